@@ -1,0 +1,82 @@
+"""The `mxcp` command line. Heavy modules (mcp, duckdb, uvicorn) are imported only by commands that need them."""
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from .options import GlobalState
+
+
+def _root(
+    disable_plugin: Annotated[
+        list[str] | None,
+        typer.Option("--disable-plugin", help="Do not load this plugin (repeatable). Also MXCP_DISABLE_PLUGINS=a,b."),
+    ] = None,
+    strict_plugins: Annotated[
+        bool, typer.Option("--strict-plugins", help="A plugin that fails to load is fatal (MXCP_STRICT_PLUGINS=1).")
+    ] = False,
+) -> None:
+    """MXCP: serve tools, resources and prompts described in YAML and written in SQL or Python over MCP."""
+    GlobalState.disabled_plugins = list(disable_plugin or [])
+    GlobalState.strict_plugins = True if strict_plugins else None
+
+
+def build_app(load_plugin_commands: bool = True) -> typer.Typer:
+    from . import init_cmd, project_cmds
+
+    app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                      context_settings={"help_option_names": ["-h", "--help"]})
+    app.callback()(_root)
+    app.command("init")(init_cmd.init)
+    app.command("list")(project_cmds.list_endpoints)
+    app.command("validate")(project_cmds.validate)
+    app.command("plugins")(project_cmds.plugins)
+    for register in _core_command_modules():
+        register(app)
+    if load_plugin_commands:
+        _add_plugin_commands(app)
+    return app
+
+
+def _core_command_modules() -> list:
+    """Later command groups register themselves here (run/query, serve, test...)."""
+    registrars = []
+    for module_name in ("run_cmds", "serve_cmd", "test_cmd"):
+        try:
+            module = __import__(f"{__name__}.{module_name}", fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{module_name}":
+                raise
+            continue
+        registrars.append(module.register)
+    return registrars
+
+
+def _add_plugin_commands(app: typer.Typer) -> None:
+    """Plugins add commands through `register_commands`; options before the command may disable some."""
+    from ..execution import CorePlugin
+    from ..hooks import Hooks
+    from ..plugin_manager import PluginHost
+
+    disabled = _pre_parse_disabled(sys.argv[1:])
+    host = PluginHost(disabled=disabled, strict=False)
+    host.register(CorePlugin(), "core")
+    host.load_entry_points()
+    Hooks(host.pm).register_commands(cli=app)
+
+
+def _pre_parse_disabled(argv: list[str]) -> list[str]:
+    names = []
+    for index, arg in enumerate(argv):
+        if arg == "--disable-plugin" and index + 1 < len(argv):
+            names.append(argv[index + 1])
+        elif arg.startswith("--disable-plugin="):
+            names.append(arg.split("=", 1)[1])
+    return names
+
+
+def main() -> None:
+    app = build_app()
+    app(prog_name="mxcp")

@@ -1,0 +1,142 @@
+"""`mxcp list`, `mxcp validate`, `mxcp plugins`."""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import attrs
+import typer
+
+from .options import DebugOpt, GlobalState, JsonOpt, ProfileOpt, load, plural, short
+from .output import console, fail, ok, reporting_errors
+
+
+def list_endpoints(
+    profile: ProfileOpt = None,
+    json_output: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """List the project's tools, resources and prompts."""
+    with reporting_errors(json_output, debug):
+        project = load(profile)
+        registry = project.endpoints()
+        rows = [
+            {
+                "kind": e.kind,
+                "name": e.key,
+                "description": e.description,
+                "language": e.language,
+                "origin": e.origin,
+                "tags": list(e.tags),
+            }
+            for e in registry.all()
+        ]
+        invalid = [{"kind": b.kind, "name": b.name, "origin": b.origin, "error": b.message} for b in registry.invalid]
+        result = {"endpoints": rows, "invalid": invalid}
+
+        def render(_: Any) -> None:
+            from rich.table import Table
+
+            out = console()
+            if not rows and not invalid:
+                out.print("No endpoints found. Add YAML files under tools/, resources/ or prompts/.")
+                return
+            table = Table(title=f"{project.context.name} ({project.context.profile})", show_lines=False)
+            for column in ("kind", "name", "language", "description", "origin"):
+                table.add_column(column)
+            for row in rows:
+                table.add_row(row["kind"], row["name"], row["language"] or "", short(row["description"], 50),
+                              row["origin"])
+            out.print(table)
+            for bad in invalid:
+                out.print(f"[red]invalid[/] {bad['origin']}: {bad['error']}", highlight=False)
+
+        ok(result, json_output, render)
+
+
+def validate(
+    name: Annotated[str | None, typer.Argument(help="Only this endpoint (name, or URI for a resource).")] = None,
+    profile: ProfileOpt = None,
+    json_output: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Check every endpoint's structure and references; exits 1 on any error."""
+    from ..validation import validate_project
+
+    with reporting_errors(json_output, debug):
+        project = load(profile)
+        problems = validate_project(project, only=name)
+        errors = [p for p in problems if p.severity == "error"]
+        checked = len([e for e in project.endpoints().all() if name is None or e.key == name])
+        if name is not None and checked == 0 and not problems:
+            fail(f"endpoint '{name}' not found", json_output)
+        result = {
+            "checked": checked,
+            "problems": [attrs.asdict(p) for p in problems],
+            "valid": not errors,
+        }
+        if json_output:
+            from .output import emit_json
+
+            emit_json({"status": "ok" if not errors else "error", "result": result,
+                       **({"error": f"{plural(len(errors), 'problem')} found"} if errors else {})})
+        else:
+            out = console(stderr=bool(errors))
+            for problem in problems:
+                colour = "red" if problem.severity == "error" else "yellow"
+                out.print(f"[{colour}]{problem.severity}[/] {problem.format()}", highlight=False)
+            if errors:
+                out.print(f"[bold red]{plural(len(errors), 'problem')} found[/] in {plural(checked, 'endpoint')}")
+            else:
+                console().print(f"[green]✓[/] {plural(checked, 'endpoint')} valid")
+        if errors:
+            raise typer.Exit(1)
+
+
+def plugins(
+    profile: ProfileOpt = None,
+    json_output: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show loaded plugins (distribution, version, hooks), disabled ones, and failed loads with the reason."""
+    from pathlib import Path
+
+    from ..config import find_site_file
+    from ..errors import ConfigError
+    from ..plugin_manager import PluginHost
+
+    with reporting_errors(json_output, debug):
+        try:
+            find_site_file(Path.cwd())
+            host = load(profile).host
+        except ConfigError as exc:
+            if "no mxcp-site.yml" not in str(exc):
+                raise
+            # Outside a project: show what is installed.
+            from ..execution import CorePlugin
+
+            host = PluginHost(disabled=GlobalState.disabled_plugins, strict=GlobalState.strict_plugins)
+            host.register(CorePlugin(), "core")
+            host.load_entry_points()
+        result = {
+            "plugins": [attrs.asdict(p) for p in host.plugins()],
+            "disabled": sorted(set(host.skipped)),
+            "failed": [attrs.asdict(f) for f in host.failures],
+        }
+
+        def render(_: Any) -> None:
+            from rich.table import Table
+
+            out = console()
+            table = Table(title="Plugins")
+            for column in ("name", "distribution", "version", "hooks"):
+                table.add_column(column)
+            for info in host.plugins():
+                table.add_row(info.name, info.distribution or "(core)", info.version or "", ", ".join(info.hooks))
+            out.print(table)
+            for name in result["disabled"]:
+                out.print(f"[yellow]disabled[/] {name}")
+            for failure in host.failures:
+                out.print(f"[red]failed[/] {failure.name} ({failure.distribution or '?'}): {failure.reason}",
+                          highlight=False)
+
+        ok(result, json_output, render)

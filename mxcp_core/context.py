@@ -1,0 +1,62 @@
+"""Which runtime and which call the current code runs in; what `mxcp.runtime` reads."""
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from .errors import MxcpError
+
+if TYPE_CHECKING:
+    from .execution import Runtime
+    from .records import EndpointCall
+
+current_runtime: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar("mxcp_runtime", default=None)
+current_call: contextvars.ContextVar[EndpointCall | None] = contextvars.ContextVar("mxcp_call", default=None)
+# The cursor a call uses for all its statements, so they share one transaction scope and one interrupt.
+current_cursor: contextvars.ContextVar[Any] = contextvars.ContextVar("mxcp_cursor", default=None)
+
+
+class OutsideRuntimeError(MxcpError):
+    """The runtime API was used outside an endpoint call or lifecycle hook."""
+
+
+def cursor() -> Any:
+    """The cursor of the current call or hook, taken from the pool on first use and returned when it ends."""
+    found = current_cursor.get()
+    if found is not None:
+        return found
+    runtime = require_runtime("db")
+    found = runtime.database.acquire()
+    current_cursor.set(found)
+    call = current_call.get()
+    if call is not None:
+        call.on_interrupt(found.interrupt)
+    return found
+
+
+def require_runtime(what: str) -> Runtime:
+    runtime = current_runtime.get()
+    if runtime is None:
+        raise OutsideRuntimeError(
+            f"mxcp.runtime.{what} can only be used inside an endpoint call or an @on_init/@on_shutdown hook "
+            "(run the endpoint with `mxcp run` or `mxcp serve`)"
+        )
+    return runtime
+
+
+@contextmanager
+def bound(runtime: Runtime, call: EndpointCall | None = None) -> Iterator[None]:
+    tokens = (current_runtime.set(runtime), current_call.set(call), current_cursor.set(None))
+    healthy = False
+    try:
+        yield
+        healthy = True
+    finally:
+        cursor = current_cursor.get()
+        if cursor is not None:
+            runtime.database.release(cursor, healthy and not (call is not None and call.cancelled))
+        current_cursor.reset(tokens[2])
+        current_call.reset(tokens[1])
+        current_runtime.reset(tokens[0])

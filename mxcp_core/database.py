@@ -1,0 +1,109 @@
+"""DuckDB ownership: one database per project and profile, a pooled cursor per call, safe from many threads."""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ExecutionError
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from .hooks import Hooks
+    from .records import ProjectContext
+
+log = logging.getLogger(__name__)
+
+
+class Database:
+    """The project's DuckDB database. Cursors share the database (and its functions) and are reused."""
+
+    def __init__(self, project: ProjectContext, hooks: Hooks) -> None:
+        self.project = project
+        self.hooks = hooks
+        self._conn: duckdb.DuckDBPyConnection | None = None
+        self._idle: list[duckdb.DuckDBPyConnection] = []
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None
+
+    @property
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        if self._conn is None:
+            self.open()
+        assert self._conn is not None
+        return self._conn
+
+    def open(self) -> None:
+        """Connect, then let plugins configure the database and register their functions."""
+        import duckdb
+
+        with self._lock:
+            if self._conn is not None:
+                return
+            path = self.project.duckdb_path
+            readonly = self.project.readonly
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                if readonly and not Path(path).exists():
+                    # A read-only open of a missing file fails; create it empty once, then reopen read-only.
+                    duckdb.connect(path).close()
+            try:
+                conn = duckdb.connect(path, read_only=readonly and path != ":memory:")
+            except duckdb.Error as exc:
+                raise ExecutionError(f"cannot open DuckDB database {path}: {exc}") from None
+            try:
+                self.hooks.configure_database(conn=conn, project=self.project)
+                self.hooks.register_functions(conn=conn, project=self.project)
+            except Exception:
+                conn.close()
+                raise
+            self._conn = conn
+
+    def close(self) -> None:
+        with self._lock:
+            for cursor in self._idle:
+                _quietly_close(cursor)
+            self._idle.clear()
+            if self._conn is not None:
+                _quietly_close(self._conn)
+                self._conn = None
+
+    def acquire(self) -> duckdb.DuckDBPyConnection:
+        """A cursor for one call (a cursor is never used by two threads at once)."""
+        conn = self.connection
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return conn.cursor()
+
+    def release(self, cursor: duckdb.DuckDBPyConnection, healthy: bool = True) -> None:
+        """Back to the pool; after an error or interrupt the cursor may hold an aborted transaction: drop it."""
+        with self._lock:
+            if healthy and self._conn is not None and len(self._idle) < 64:
+                self._idle.append(cursor)
+                return
+        _quietly_close(cursor)
+
+    @contextmanager
+    def cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        cursor = self.acquire()
+        healthy = False
+        try:
+            yield cursor
+            healthy = True
+        finally:
+            self.release(cursor, healthy)
+
+
+def _quietly_close(conn: Any) -> None:
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001
+        log.debug("closing a DuckDB connection failed", exc_info=True)

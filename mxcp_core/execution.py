@@ -1,0 +1,382 @@
+"""The runtime: compiled endpoints, the call path through the `call_endpoint` hook, lifecycle and reload."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from . import context
+from .errors import ExecutionError, MxcpError, NotFoundError, ValidationError
+from .markers import hookimpl
+from .records import EndpointCall, EndpointDefinition, Executor, ResourceDefinition, UserContext
+from .typesystem import CompiledParameters, CompiledReturn
+
+if TYPE_CHECKING:
+    from .project import Project
+
+log = logging.getLogger(__name__)
+
+
+class CallTimeout(ExecutionError):
+    """A call ran longer than its timeout and was interrupted."""
+
+
+class ReloadGate:
+    """Calls share the database; a reload takes it exclusively. Calls arriving during a reload wait."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._exclusive = False
+        self._waiting_exclusive = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive or self._waiting_exclusive:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                if self._active == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting_exclusive += 1
+            try:
+                while self._exclusive or self._active:
+                    self._cond.wait()
+            finally:
+                self._waiting_exclusive -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+@attrs.define(eq=False)
+class CompiledEndpoint:
+    """An endpoint with its validators built once, when the runtime starts."""
+
+    definition: EndpointDefinition
+    parameters: CompiledParameters
+    returns: CompiledReturn
+    uri_template: Any = None  # mcp.UriTemplate-like matcher for resource templates, set by the server
+
+    @property
+    def kind(self) -> str:
+        return self.definition.kind
+
+
+class Runtime:
+    """A started project: the database open, executors ready, lifecycle hooks run."""
+
+    def __init__(self, project: Project, *, skip_invalid: bool = False) -> None:
+        from .database import Database
+
+        self.project = project
+        self.hooks = project.hooks
+        self.context = project.context
+        self.database = Database(project.context, project.hooks)
+        self.gate = ReloadGate()
+        self.skip_invalid = skip_invalid
+        self.compiled: dict[tuple[str, str], CompiledEndpoint] = {}
+        self._templates: list[tuple[ResourceDefinition, Any]] = []
+        self._started = False
+        self._reload_lock = threading.Lock()
+        self._reloads: list[threading.Thread] = []
+        self.reload_count = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._started:
+            return
+        registry = self.project.endpoints()
+        if registry.invalid and not self.skip_invalid:
+            problems = "\n".join(f"  {bad.origin}: {bad.message}" for bad in registry.invalid)
+            raise MxcpError(f"{len(registry.invalid)} invalid endpoint(s):\n{problems}")
+        for definition in registry.all():
+            self.compiled[(definition.kind, definition.key)] = CompiledEndpoint(
+                definition=definition,
+                parameters=CompiledParameters(definition.parameters),
+                returns=CompiledReturn(definition.return_type),
+            )
+            if isinstance(definition, ResourceDefinition) and definition.is_template:
+                self._templates.append((definition, _UriMatcher(definition.uri)))
+        self.database.open()
+        for executor in self.project.executors().values():
+            executor.start(self)
+        self._started = True
+        self._run_hook(self.hooks.on_init)
+
+    def stop(self) -> None:
+        """Wait for scheduled reloads, run on_shutdown, stop executors, close the database."""
+        if not self._started:
+            return
+        self.wait_for_reloads()
+        self._run_hook(self.hooks.on_shutdown)
+        for executor in self.project.executors().values():
+            try:
+                executor.stop()
+            except Exception:  # noqa: BLE001
+                log.exception("stopping executor '%s' failed", executor.language)
+        self.database.close()
+        self._started = False
+
+    def __enter__(self) -> Runtime:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _run_hook(self, hook: Callable[..., None]) -> None:
+        with context.bound(self):
+            hook(runtime=self)
+
+    # -- lookup --------------------------------------------------------------------------------
+    def endpoint(self, kind: str, name: str) -> tuple[CompiledEndpoint, dict[str, Any]]:
+        """The compiled endpoint for a name (a URI for resources), with arguments taken from a URI template."""
+        compiled = self.compiled.get((kind, name))
+        if compiled is not None:
+            return compiled, {}
+        if kind == "resource":
+            for definition, matcher in self._templates:
+                values = matcher.match(name)
+                if values is not None:
+                    return self.compiled[("resource", definition.key)], values
+        registry = self.project.endpoints()
+        return registry.get(kind, name), {}  # raises NotFoundError with a suggestion
+
+    # -- calls ---------------------------------------------------------------------------------
+    def prepare_call(
+        self,
+        kind: str,
+        name: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        caller: str = "cli",
+        user: UserContext | Mapping[str, Any] | None = None,
+        session_id: str | None = None,
+    ) -> tuple[CompiledEndpoint, EndpointCall]:
+        """Find the endpoint and validate the arguments (defaults applied, formats converted)."""
+        compiled, from_uri = self.endpoint(kind, name)
+        given = {**from_uri, **(arguments or {})}
+        validated = compiled.parameters.validate(given)
+        if user is not None and not isinstance(user, UserContext):
+            user = UserContext.from_mapping(user)
+        call = EndpointCall(
+            endpoint=compiled.definition,
+            arguments=validated,
+            runtime=self,
+            caller=caller,
+            user=user,
+            session_id=session_id,
+            trace_id=uuid.uuid4().hex,
+        )
+        return compiled, call
+
+    def invoke(self, call: EndpointCall) -> Any:
+        """Run a prepared call through the hook chain (blocking; call from a worker thread when serving)."""
+        with self.gate.shared(), context.bound(self, call):
+            return self.hooks.call_endpoint(call=call)
+
+    def call(self, kind: str, name: str, arguments: Mapping[str, Any] | None = None, **options: Any) -> Any:
+        """Validate and run one call, blocking."""
+        _, call = self.prepare_call(kind, name, arguments, **options)
+        return self.invoke(call)
+
+    async def call_async(
+        self,
+        kind: str,
+        name: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> Any:
+        """Run a call in a worker thread; cancellation or timeout interrupts the running query."""
+        import anyio
+        import anyio.lowlevel
+
+        compiled, call = self.prepare_call(kind, name, arguments, **options)
+        limit = timeout or compiled.definition.timeout or self.context.site.timeout
+        call.notes["loop_token"] = anyio.lowlevel.current_token()
+        try:
+            with anyio.fail_after(limit) if limit else _nullcontext():
+                return await anyio.to_thread.run_sync(self.invoke, call, abandon_on_cancel=True)
+        except TimeoutError:
+            call.interrupt()
+            raise CallTimeout(f"{compiled.kind} '{compiled.definition.key}' timed out after {limit:g}s") from None
+        except anyio.get_cancelled_exc_class():
+            call.interrupt()
+            raise
+
+    def run_async(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run an async function from a worker thread on the server's loop, or in a fresh loop in the CLI."""
+        call = context.current_call.get()
+        token = call.notes.get("loop_token") if call is not None else None
+        if token is not None:
+            from anyio import from_thread
+
+            return from_thread.run(func, *args, token=token)
+        import asyncio
+
+        return asyncio.run(func(*args))
+
+    def execute_body(self, call: EndpointCall) -> Any:
+        """The innermost step of every call: the executor runs the body, the result is shaped and checked."""
+        definition = call.endpoint
+        compiled = self.compiled[(definition.kind, definition.key)]
+        if definition.function is not None:
+            raw = definition.function(**call.arguments)
+            if _is_awaitable(raw):
+                raw = self.run_async(_await, raw)
+        else:
+            executor = self.executor_for(definition)
+            raw = executor.execute(call)
+        return compiled.returns.validate(shape_result(raw, compiled.returns.kind, definition))
+
+    def executor_for(self, definition: EndpointDefinition) -> Executor:
+        try:
+            return self.project.executors()[definition.language or ""]
+        except KeyError:
+            raise ExecutionError(f"no executor for language '{definition.language}'") from None
+
+    # -- reload --------------------------------------------------------------------------------
+    def reload(self, payload: Callable[[], Any] | None = None, description: str = "") -> None:
+        """Schedule: drain calls, shut down, run the payload with exclusive access, start again."""
+        thread = threading.Thread(
+            target=self._reload_now, args=(payload, description), name="mxcp-reload", daemon=True
+        )
+        with self._reload_lock:
+            self._reloads = [t for t in self._reloads if t.is_alive()]
+            self._reloads.append(thread)
+        thread.start()
+
+    def _reload_now(self, payload: Callable[[], Any] | None, description: str) -> None:
+        with self.gate.exclusive():
+            log.info("reload started%s", f": {description}" if description else "")
+            self._run_hook(self.hooks.on_shutdown)
+            self.database.close()
+            if payload is not None:
+                try:
+                    with context.bound(self):
+                        payload()
+                except Exception:  # noqa: BLE001 - the runtime must come back even when the payload fails
+                    log.exception("reload payload failed%s", f" ({description})" if description else "")
+            self.database.open()
+            self._run_hook(self.hooks.on_init)
+            self.reload_count += 1
+            log.info("reload finished%s", f": {description}" if description else "")
+
+    def wait_for_reloads(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._reload_lock:
+                pending = [t for t in self._reloads if t.is_alive()]
+            if not pending:
+                return
+            for thread in pending:
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+
+
+def shape_result(raw: Any, kind: str, definition: EndpointDefinition) -> Any:
+    """Fit rows to the declared return type: array → rows, object → exactly one row, scalar → one value."""
+    rows = raw if isinstance(raw, list) else None
+    if kind == "object" and rows is not None:
+        if len(rows) != 1:
+            raise ExecutionError(
+                f"{definition.kind} '{definition.key}' must return exactly one row for an object result, "
+                f"got {len(rows)}"
+            )
+        return rows[0]
+    if kind == "scalar" and rows is not None:
+        if len(rows) != 1:
+            raise ExecutionError(
+                f"{definition.kind} '{definition.key}' must return exactly one row for a scalar result, "
+                f"got {len(rows)}"
+            )
+        row = rows[0]
+        if isinstance(row, Mapping):
+            if len(row) != 1:
+                raise ExecutionError(
+                    f"{definition.kind} '{definition.key}' must return exactly one column for a scalar result, "
+                    f"got {len(row)}"
+                )
+            return next(iter(row.values()))
+        return row
+    return raw
+
+
+class _UriMatcher:
+    """Matches `scheme://path/{var}` templates; the server may swap in the SDK's RFC 6570 matcher."""
+
+    def __init__(self, template: str) -> None:
+        import re
+
+        parts = re.split(r"(\{[^}]+\})", template)
+        pattern = ""
+        for part in parts:
+            if part.startswith("{") and part.endswith("}"):
+                name = part[1:-1].lstrip("+")
+                greedy = part[1] == "+"
+                pattern += f"(?P<{name}>{'.+' if greedy else '[^/]+'})"
+            else:
+                pattern += re.escape(part)
+        self._regex = re.compile(f"^{pattern}$")
+
+    def match(self, uri: str) -> dict[str, str] | None:
+        found = self._regex.match(uri)
+        return found.groupdict() if found else None
+
+
+@contextmanager
+def _nullcontext() -> Iterator[None]:
+    yield
+
+
+def _is_awaitable(value: Any) -> bool:
+    import inspect
+
+    return inspect.isawaitable(value)
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+class CorePlugin:
+    """The host's own, essential implementation of `call_endpoint`: the innermost step of every call."""
+
+    @hookimpl(trylast=True)
+    def call_endpoint(self, call: EndpointCall) -> Any:
+        return call.runtime.execute_body(call)
+
+
+__all__ = [
+    "CallTimeout",
+    "CompiledEndpoint",
+    "CorePlugin",
+    "NotFoundError",
+    "ReloadGate",
+    "Runtime",
+    "ValidationError",
+    "shape_result",
+]

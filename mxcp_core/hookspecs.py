@@ -1,0 +1,80 @@
+"""The contract between the core and its plugins. hookspecs.md documents each hook; a test keeps both in sync.
+
+Every argument is a keyword argument: an implementation may accept any subset, so adding an argument later
+stays compatible.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from .markers import hookspec
+
+if TYPE_CHECKING:
+    import duckdb
+    import typer
+
+    from .records import (
+        EndpointCall,
+        Executor,
+        ProjectContext,
+        PromptDefinition,
+        ResourceDefinition,
+        SecretValue,
+        ToolDefinition,
+    )
+
+
+@hookspec
+def on_init(runtime: Any) -> None:
+    """Runtime started (database open, functions registered): set up resources before the first call."""
+
+
+@hookspec
+def on_shutdown(runtime: Any) -> None:
+    """Runtime stopping (or reloading): release what on_init acquired; the database is still open."""
+
+
+@hookspec
+def configure_database(conn: duckdb.DuckDBPyConnection, project: ProjectContext) -> None:
+    """A DuckDB database was opened: load extensions, create DuckDB secrets."""
+
+
+@hookspec
+def register_functions(conn: duckdb.DuckDBPyConnection, project: ProjectContext) -> None:
+    """A DuckDB database was opened: register user-defined functions on the connection."""
+
+
+@hookspec(firstresult=True)
+def resolve_secret(reference: str, project: ProjectContext | None) -> SecretValue | None:
+    """Resolve a value reference such as `file://token.txt`; None when this plugin does not own the scheme."""
+
+
+@hookspec
+def provide_tool(project: ProjectContext) -> Iterable[ToolDefinition] | None:
+    """Tools this plugin contributes to the project."""
+
+
+@hookspec
+def provide_resource(project: ProjectContext) -> Iterable[ResourceDefinition] | None:
+    """Resources this plugin contributes to the project."""
+
+
+@hookspec
+def provide_prompt(project: ProjectContext) -> Iterable[PromptDefinition] | None:
+    """Prompts this plugin contributes to the project."""
+
+
+@hookspec
+def provide_executor(project: ProjectContext) -> Iterable[Executor] | None:
+    """Executors this plugin contributes, one per language it runs (`sql`, `python`, ...)."""
+
+
+@hookspec(firstresult=True)
+def call_endpoint(call: EndpointCall) -> Any:
+    """Run one endpoint call; wrappers (`wrapper=True`) surround every call for audit, policies, timing."""
+
+
+@hookspec
+def register_commands(cli: typer.Typer) -> None:
+    """Add commands to the `mxcp` command line."""

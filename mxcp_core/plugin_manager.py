@@ -1,0 +1,146 @@
+"""Finds, loads and reports plugins: entry points of group `mxcp`, builtins and third parties alike."""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginLoadError
+from .markers import PROJECT_NAME
+from .records import PluginFailure, PluginInfo
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "mxcp"
+# The host's own implementation of `call_endpoint` runs every call; without it nothing works.
+ESSENTIAL_PLUGINS = frozenset({"core"})
+BUILTIN_PREFIX = "mxcp_plugins"
+
+
+def disabled_from_env() -> set[str]:
+    """Plugin names listed in MXCP_DISABLE_PLUGINS (comma separated)."""
+    raw = os.environ.get("MXCP_DISABLE_PLUGINS", "")
+    return {name.strip() for name in raw.split(",") if name.strip()}
+
+
+def strict_from_env() -> bool:
+    return os.environ.get("MXCP_STRICT_PLUGINS", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+class PluginHost:
+    """Owns the pluggy manager: loads entry points, isolates broken plugins, honours disabling."""
+
+    def __init__(self, *, disabled: Iterable[str] = (), strict: bool | None = None) -> None:
+        self.pm = pluggy.PluginManager(PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self.disabled = set(disabled) | disabled_from_env()
+        self.strict = strict_from_env() if strict is None else strict
+        self.failures: list[PluginFailure] = []
+        self.skipped: list[str] = []
+        self._sources: dict[str, metadata.EntryPoint | None] = {}
+
+    # -- loading -------------------------------------------------------------------------------
+    def load_entry_points(self, entry_points: Iterable[metadata.EntryPoint] | None = None) -> None:
+        """Register every plugin of the `mxcp` entry point group, skipping disabled and broken ones."""
+        if entry_points is None:
+            entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
+        for entry_point in sorted(entry_points, key=lambda ep: ep.name):
+            if entry_point.name in self.disabled:
+                self.skipped.append(entry_point.name)
+                continue
+            dist = _dist_name(entry_point)
+            if entry_point.name in self._sources:
+                other = _dist_name(self._sources[entry_point.name]) if self._sources[entry_point.name] else "core"
+                self._fail(
+                    entry_point.name,
+                    dist,
+                    f"duplicate plugin name '{entry_point.name}': provided by {other} and by {dist}",
+                )
+                continue
+            try:
+                plugin = entry_point.load()
+            except Exception as exc:  # noqa: BLE001 - any import failure is reported, not fatal
+                self._fail(entry_point.name, dist, f"import failed: {type(exc).__name__}: {exc}")
+                continue
+            self.register(plugin, entry_point.name, source=entry_point)
+
+    def register(self, plugin: Any, name: str, *, source: metadata.EntryPoint | None = None) -> bool:
+        """Register one plugin object or module; a failure is reported by name (fatal in strict mode)."""
+        if name in self.disabled and name not in ESSENTIAL_PLUGINS:
+            self.skipped.append(name)
+            return False
+        dist = _dist_name(source) if source else None
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as exc:  # noqa: BLE001 - pluggy raises ValueError / PluginValidationError
+            self._fail(name, dist, f"registration failed: {exc}")
+            return False
+        unknown = [caller.name for caller in self.pm.get_hookcallers(plugin) or [] if caller.spec is None]
+        if unknown:
+            self.pm.unregister(plugin)
+            self._fail(
+                name,
+                dist,
+                "implements unknown hook(s): " + ", ".join(sorted(unknown)) + _hook_suggestions(unknown),
+            )
+            return False
+        self._sources[name] = source
+        return True
+
+    def unregister(self, name: str) -> None:
+        plugin = self.pm.get_plugin(name)
+        if plugin is not None:
+            self.pm.unregister(plugin)
+        self._sources.pop(name, None)
+
+    def check_pending(self) -> None:
+        """Fail loudly when any registered plugin implements a hook that does not exist."""
+        self.pm.check_pending()
+
+    def _fail(self, name: str, dist: str | None, reason: str) -> None:
+        failure = PluginFailure(name=name, distribution=dist, reason=reason)
+        if self.strict:
+            raise PluginLoadError(f"plugin '{name}' failed to load: {reason}")
+        log.warning("plugin '%s' failed to load and was skipped: %s", name, reason)
+        self.failures.append(failure)
+
+    # -- reporting -----------------------------------------------------------------------------
+    def plugins(self) -> list[PluginInfo]:
+        infos = []
+        for name, plugin in sorted(self.pm.list_name_plugin(), key=lambda item: item[0]):
+            source = self._sources.get(name)
+            dist = source.dist if source is not None else None
+            hooks = tuple(sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or []))
+            module_name = getattr(plugin, "__name__", type(plugin).__module__)
+            infos.append(
+                PluginInfo(
+                    name=name,
+                    distribution=dist.metadata["Name"] if dist is not None else None,
+                    version=dist.version if dist is not None else None,
+                    hooks=hooks,
+                    builtin=module_name.startswith(BUILTIN_PREFIX) or name in ESSENTIAL_PLUGINS,
+                )
+            )
+        return infos
+
+    def plugin(self, name: str) -> Any:
+        return self.pm.get_plugin(name)
+
+
+def _dist_name(entry_point: metadata.EntryPoint | None) -> str | None:
+    if entry_point is None or entry_point.dist is None:
+        return None
+    return entry_point.dist.metadata["Name"]
+
+
+def _hook_suggestions(unknown: list[str]) -> str:
+    from .errors import suggest
+
+    known = [name for name in dir(hookspecs) if not name.startswith("_")]
+    hints = [suggest(name, known) for name in unknown]
+    return "".join(hints)

@@ -1,0 +1,1 @@
+"""The builtin plugins: ordinary modules of hook implementations, registered through entry points."""

@@ -1,0 +1,250 @@
+"""Builtin plugin: endpoints from `*.yml` / `*.yaml` files under the project's tools/, resources/ and prompts/."""
+from __future__ import annotations
+
+import re
+import threading
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mxcp_core import hookimpl
+from mxcp_core.errors import ConfigError, suggest
+from mxcp_core.records import (
+    ENDPOINT_KINDS,
+    EndpointDefinition,
+    InvalidEndpoint,
+    ProjectContext,
+    SourceSpec,
+)
+from mxcp_core.typesystem import parse_parameters, parse_type
+from mxcp_core.yamlfile import line_of, load_yaml_file
+
+COMMON_KEYS = {
+    "name", "description", "tags", "parameters", "return", "source", "language", "enabled",
+    "tests", "policies", "timeout", "annotations", "title",
+}
+KEYS_BY_KIND = {
+    "tool": COMMON_KEYS,
+    "resource": COMMON_KEYS | {"uri", "mime_type"},
+    "prompt": {"name", "description", "tags", "parameters", "messages", "enabled", "tests", "policies", "title"},
+}
+ANNOTATION_KEYS = {"title", "readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint"}
+MESSAGE_KEYS = {"role", "type", "prompt"}
+TOP_KEYS = {"mxcp", "tool", "resource", "prompt", "metadata"}
+FOLDERS = ("tools", "resources", "prompts")
+_URI_VAR = re.compile(r"\{\+?([A-Za-z_][A-Za-z0-9_]*)\}")
+
+_cache: dict[int, list[Any]] = {}
+_cache_lock = threading.Lock()
+
+
+def discover(project: ProjectContext) -> list[Any]:
+    """Parse every endpoint file of the project once; later calls reuse the result."""
+    key = id(project)
+    with _cache_lock:
+        if key in _cache:
+            return _cache[key]
+    found: list[Any] = []
+    seen_files: set[Path] = set()
+    for folder_name in FOLDERS:
+        folder = project.path(folder_name)
+        if not folder.is_dir():
+            continue
+        for path in sorted([*folder.rglob("*.yml"), *folder.rglob("*.yaml")]):
+            if path in seen_files or any(part.startswith(".") for part in path.relative_to(folder).parts):
+                continue
+            seen_files.add(path)
+            found.append(_load_file(path, project))
+    with _cache_lock:
+        _cache[key] = found
+    weakref.finalize(project, _forget, key)
+    return found
+
+
+def _forget(key: int) -> None:
+    with _cache_lock:
+        _cache.pop(key, None)
+
+
+def _display(path: Path, project: ProjectContext) -> str:
+    try:
+        return str(path.relative_to(project.root))
+    except ValueError:
+        return str(path)
+
+
+def _load_file(path: Path, project: ProjectContext) -> Any:
+    shown = _display(path, project)
+    kind = "tool"
+    try:
+        raw = load_yaml_file(path)
+        if not isinstance(raw, Mapping):
+            raise ConfigError("expected a mapping with 'mxcp: 1' and one of tool:, resource:, prompt:", file=shown)
+        for key in raw:
+            if key not in TOP_KEYS:
+                raise ConfigError(
+                    f"unknown key '{key}'{suggest(str(key), TOP_KEYS)}",
+                    file=shown, line=line_of(raw, key), key_path=str(key),
+                )
+        kinds = [k for k in ENDPOINT_KINDS if k in raw]
+        if len(kinds) != 1:
+            raise ConfigError(
+                "expected exactly one of tool:, resource:, prompt:" + (f" (found {', '.join(kinds)})" if kinds else ""),
+                file=shown, line=getattr(raw, "line", None),
+            )
+        kind = kinds[0]
+        version = raw.get("mxcp", 1)
+        if str(version) not in {"1", "1.0"}:
+            raise ConfigError(f"unsupported version {version!r}; expected 1", file=shown,
+                              line=line_of(raw, "mxcp"), key_path="mxcp")
+        return parse_endpoint(kind, raw[kind], file=path, shown=shown, project_root=project.root)
+    except ConfigError as exc:
+        return InvalidEndpoint(kind=kind, origin=shown, message=exc.detail() if exc.file == shown else exc.format())
+
+
+def parse_endpoint(kind: str, body: Any, *, file: Path, shown: str, project_root: Path) -> EndpointDefinition:
+    """Turn one `tool:` / `resource:` / `prompt:` mapping into its attrs definition."""
+    if not isinstance(body, Mapping):
+        raise ConfigError("expected a mapping", file=shown, key_path=kind)
+    allowed = KEYS_BY_KIND[kind]
+    for key in body:
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown key '{key}'{suggest(str(key), allowed)}",
+                file=shown, line=line_of(body, key), key_path=f"{kind}.{key}",
+            )
+
+    def need(key: str, expected: type, what: str, default: Any = None, required: bool = False) -> Any:
+        if key not in body or body[key] is None:
+            if required:
+                raise ConfigError(f"required key '{key}' is missing", file=shown,
+                                  line=getattr(body, "line", None), key_path=f"{kind}.{key}")
+            return default
+        value = body[key]
+        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool) and expected is not object):
+            raise ConfigError(f"expected {what}, got {type(value).__name__} {value!r}"[:160], file=shown,
+                              line=line_of(body, key), key_path=f"{kind}.{key}")
+        return value
+
+    uri = need("uri", str, "a string", required=kind == "resource")
+    name = need("name", str, "a string", required=kind != "resource")
+    if kind == "resource" and not name:
+        name = uri
+    description = need("description", str, "a string", default="")
+    tags = need("tags", list, "a list of strings", default=[])
+    enabled = need("enabled", bool, "true or false", default=True)
+    timeout = need("timeout", (int, float), "a number of seconds")
+    language = need("language", str, "a string such as sql or python")
+    annotations = dict(need("annotations", Mapping, "a mapping", default={}))
+    for key in annotations:
+        if key not in ANNOTATION_KEYS:
+            raise ConfigError(f"unknown annotation '{key}'{suggest(str(key), ANNOTATION_KEYS)}", file=shown,
+                              line=line_of(body.get("annotations"), key), key_path=f"{kind}.annotations.{key}")
+    if "title" in body and "title" not in annotations:
+        annotations["title"] = body["title"]
+    parameters = parse_parameters(body.get("parameters") or [], file=shown, key_path=f"{kind}.parameters")
+    return_type = parse_type(body["return"], file=shown, key_path=f"{kind}.return") if body.get("return") else None
+    tests = need("tests", list, "a list of tests", default=[])
+    for index, test in enumerate(tests):
+        if not isinstance(test, Mapping) or not isinstance(test.get("name"), str):
+            raise ConfigError("each test needs a 'name'", file=shown, line=line_of(tests, index),
+                              key_path=f"{kind}.tests[{index}]")
+    policies = need("policies", Mapping, "a mapping with input: and output:")
+
+    common: dict[str, Any] = dict(
+        name=name, description=description, tags=tuple(str(t) for t in tags), enabled=enabled,
+        parameters=parameters, return_type=return_type, tests=tuple(tests), policies=policies,
+        annotations=annotations, origin=shown, timeout=float(timeout) if timeout else None,
+    )
+    if kind == "prompt":
+        messages = need("messages", list, "a list of messages", required=True)
+        for index, message in enumerate(messages):
+            _check_message(message, index, shown, messages)
+        return ENDPOINT_KINDS[kind](messages=tuple(dict(m) for m in messages), **common)
+
+    source = _parse_source(body, kind, file, shown, project_root)
+    common.update(language=language, source=source)
+    if kind == "resource":
+        declared = {p.name for p in parameters}
+        in_uri = set(_URI_VAR.findall(uri))
+        missing = sorted(declared - in_uri)
+        if missing:
+            raise ConfigError(f"parameter(s) {', '.join(missing)} do not appear in the URI '{uri}'",
+                              file=shown, line=line_of(body, "uri"), key_path="resource.uri")
+        undeclared = sorted(in_uri - declared)
+        if undeclared:
+            raise ConfigError(f"URI placeholder(s) {', '.join(undeclared)} are not declared parameters",
+                              file=shown, line=line_of(body, "uri"), key_path="resource.uri")
+        mime_type = need("mime_type", str, "a string")
+        return ENDPOINT_KINDS[kind](uri=uri, mime_type=mime_type, **common)
+    return ENDPOINT_KINDS[kind](**common)
+
+
+def _parse_source(body: Mapping[str, Any], kind: str, file: Path, shown: str, project_root: Path) -> SourceSpec:
+    source = body.get("source")
+    if not isinstance(source, Mapping):
+        raise ConfigError("required key 'source' is missing or not a mapping (expected code: or file:)",
+                          file=shown, line=line_of(body, "source") or getattr(body, "line", None),
+                          key_path=f"{kind}.source")
+    for key in source:
+        if key not in {"code", "file"}:
+            raise ConfigError(f"unknown key '{key}'{suggest(str(key), ['code', 'file'])}", file=shown,
+                              line=line_of(source, key), key_path=f"{kind}.source.{key}")
+    if ("code" in source) == ("file" in source):
+        raise ConfigError("expected exactly one of code: or file:", file=shown, line=line_of(body, "source"),
+                          key_path=f"{kind}.source")
+    if "code" in source:
+        if not isinstance(source["code"], str):
+            raise ConfigError("expected a string", file=shown, line=line_of(source, "code"),
+                              key_path=f"{kind}.source.code")
+        return SourceSpec(code=source["code"])
+    target = source["file"]
+    if not isinstance(target, str):
+        raise ConfigError("expected a path string", file=shown, line=line_of(source, "file"),
+                          key_path=f"{kind}.source.file")
+    path = (project_root / target.lstrip("/")) if target.startswith("/") else (file.parent / target)
+    path = path.resolve()
+    if not path.is_file():
+        raise ConfigError(f"source file '{target}' does not exist", file=shown, line=line_of(source, "file"),
+                          key_path=f"{kind}.source.file")
+    return SourceSpec(file=path)
+
+
+def _check_message(message: Any, index: int, shown: str, messages: Any) -> None:
+    key_path = f"prompt.messages[{index}]"
+    if not isinstance(message, Mapping):
+        raise ConfigError("expected a mapping with role and prompt", file=shown,
+                          line=line_of(messages, index), key_path=key_path)
+    for key in message:
+        if key not in MESSAGE_KEYS:
+            raise ConfigError(f"unknown key '{key}'{suggest(str(key), MESSAGE_KEYS)}", file=shown,
+                              line=line_of(message, key), key_path=f"{key_path}.{key}")
+    if message.get("role") not in {"user", "assistant"}:
+        raise ConfigError("role must be 'user' or 'assistant'", file=shown,
+                          line=line_of(message, "role"), key_path=f"{key_path}.role")
+    if message.get("type", "text") != "text":
+        raise ConfigError("type must be 'text'", file=shown, line=line_of(message, "type"),
+                          key_path=f"{key_path}.type")
+    if not isinstance(message.get("prompt"), str):
+        raise ConfigError("prompt must be a string", file=shown, line=line_of(message, "prompt") or
+                          line_of(messages, index), key_path=f"{key_path}.prompt")
+
+
+def _of_kind(project: ProjectContext, kind: str) -> list[Any]:
+    return [item for item in discover(project) if item.kind == kind]
+
+
+@hookimpl
+def provide_tool(project: ProjectContext) -> list[Any]:
+    return _of_kind(project, "tool")
+
+
+@hookimpl
+def provide_resource(project: ProjectContext) -> list[Any]:
+    return _of_kind(project, "resource")
+
+
+@hookimpl
+def provide_prompt(project: ProjectContext) -> list[Any]:
+    return _of_kind(project, "prompt")

@@ -1,0 +1,77 @@
+"""Builtin plugin: the `sql` executor. Parameters are bound as `$name`, never formatted into the SQL text."""
+from __future__ import annotations
+
+from typing import Any
+
+from mxcp_core import context, hookimpl
+from mxcp_core.errors import ExecutionError, MxcpError
+from mxcp_core.records import EndpointCall, EndpointDefinition
+from mxcp_core.sql import parameter_names, run_sql, split_statements
+
+
+class SqlExecutor:
+    language = "sql"
+    file_suffixes = (".sql",)
+
+    def __init__(self) -> None:
+        self._texts: dict[tuple[str, str], str] = {}
+
+    def start(self, runtime: Any) -> None:
+        self._texts.clear()
+
+    def _text(self, endpoint: EndpointDefinition) -> str:
+        key = (endpoint.kind, endpoint.key)
+        text = self._texts.get(key)
+        if text is None:
+            if endpoint.source is None:
+                raise ExecutionError(f"{endpoint.kind} '{endpoint.key}' has no SQL source")
+            text = self._texts[key] = endpoint.source.read()
+        return text
+
+    def validate(self, endpoint: EndpointDefinition, runtime: Any) -> list[str]:
+        try:
+            sql = self._text(endpoint)
+            statements = split_statements(sql)
+        except (OSError, MxcpError) as exc:
+            return [str(exc)]
+        if not statements:
+            return ["the SQL source is empty"]
+        problems = []
+        used = parameter_names(sql)
+        declared = {p.name for p in endpoint.parameters}
+        if used - declared:
+            problems.append(
+                "SQL uses undeclared parameter(s): " + ", ".join(f"${n}" for n in sorted(used - declared))
+            )
+        if declared - used:
+            problems.append(
+                "declared parameter(s) not used in the SQL: " + ", ".join(sorted(declared - used))
+            )
+        if len(statements) == 1:
+            problems.extend(_prepare(runtime, statements[0][0]))
+        return problems
+
+    def execute(self, call: EndpointCall) -> Any:
+        rows = run_sql(context.cursor(), self._text(call.endpoint), call.arguments)
+        return list(rows)
+
+    def stop(self) -> None:
+        self._texts.clear()
+
+
+def _prepare(runtime: Any, query: str) -> list[str]:
+    """Let DuckDB bind the statement (tables, columns, functions) without running it."""
+    import duckdb
+
+    with runtime.database.cursor() as cursor:
+        try:
+            cursor.execute(f"PREPARE mxcp_validate AS {query.rstrip().rstrip(';')}")
+            cursor.execute("DEALLOCATE mxcp_validate")
+        except duckdb.Error as exc:
+            return [f"SQL does not prepare: {str(exc).strip().splitlines()[0]}"]
+    return []
+
+
+@hookimpl
+def provide_executor(project):
+    return [SqlExecutor()]

@@ -242,6 +242,10 @@ class Runtime:
         """The innermost step of every call: the executor runs the body, the result is shaped and checked."""
         definition = call.endpoint
         compiled = self.compiled[(definition.kind, definition.key)]
+        if definition.kind == "prompt":
+            from .prompts import render_messages
+
+            return render_messages(definition.messages, call.arguments)
         if definition.function is not None:
             raw = definition.function(**call.arguments)
             if _is_awaitable(raw):

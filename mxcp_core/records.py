@@ -118,6 +118,8 @@ class ProjectContext:
     readonly: bool
     duckdb_path: str
     site_file: Path
+    # Objects plugins expose to endpoint code by name (`mxcp.runtime.plugins.get`), e.g. UDF plugin instances.
+    plugin_objects: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
 
     @property
     def name(self) -> str:

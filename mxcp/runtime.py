@@ -1,0 +1,12 @@
+"""`from mxcp.runtime import db, config, get_secret, on_init, on_shutdown, reload_duckdb, plugins`."""
+from mxcp_core.runtime_api import (
+    config,
+    db,
+    get_secret,
+    on_init,
+    on_shutdown,
+    plugins,
+    reload_duckdb,
+)
+
+__all__ = ["config", "db", "get_secret", "on_init", "on_shutdown", "plugins", "reload_duckdb"]

@@ -1,0 +1,127 @@
+"""`mxcp run tool|resource|prompt NAME -p key=value` and `mxcp query "SQL"`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import MxcpError
+from .options import DebugOpt, JsonOpt, ProfileOpt, ReadonlyOpt, load
+from .output import console, ok, reporting_errors, setup_logging, to_json_text
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """`key=value`: the value as JSON when it parses, `@file.json` reads a file, else the plain string."""
+    if "=" not in text:
+        raise MxcpError(f"parameter '{text}' must look like key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if raw.startswith("@"):
+        path = Path(raw[1:])
+        try:
+            content = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise MxcpError(f"parameter '{key}': cannot read {path}: {exc.strerror}") from None
+        try:
+            return key, json.loads(content)
+        except json.JSONDecodeError as exc:
+            raise MxcpError(f"parameter '{key}': {path} is not valid JSON: {exc}") from None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+    # A bare word like `World` is a string; JSON numbers, booleans, lists and objects keep their type.
+    return key, value
+
+
+def run(
+    kind: Annotated[str, typer.Argument(help="tool, resource or prompt")],
+    name: Annotated[str, typer.Argument(help="Endpoint name (URI for a resource).")],
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="key=value (JSON values accepted; @file.json reads a file). Repeatable."),
+    ] = None,
+    user_context: Annotated[
+        str | None, typer.Option("--user-context", "-u", help="JSON user context for policies (or @file.json).")
+    ] = None,
+    profile: ProfileOpt = None,
+    readonly: ReadonlyOpt = False,
+    json_output: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run one endpoint and print its result."""
+    import anyio
+
+    from ..execution import Runtime
+
+    setup_logging(debug)
+    with reporting_errors(json_output, debug):
+        if kind not in {"tool", "resource", "prompt"}:
+            raise MxcpError(f"unknown kind '{kind}': expected tool, resource or prompt")
+        arguments = dict(parse_param(p) for p in param or [])
+        user = None
+        if user_context:
+            user = parse_param(f"user={user_context}")[1]
+            if not isinstance(user, dict):
+                raise MxcpError("--user-context must be a JSON object")
+        project = load(profile, readonly)
+        with Runtime(project, skip_invalid=True) as runtime:
+            result = anyio.run(
+                lambda: runtime.call_async(kind, name, arguments, caller="cli", user=user)
+            )
+        ok(result, json_output, lambda r: console().print_json(to_json_text(r)) if not isinstance(r, str)
+           else console().print(r, highlight=False, markup=False))
+
+
+def query(
+    sql: Annotated[str | None, typer.Argument(help="SQL to run.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="Read the SQL from a file.")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="key=value bound as $key. Repeatable.")
+    ] = None,
+    profile: ProfileOpt = None,
+    readonly: ReadonlyOpt = False,
+    json_output: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run SQL against the project's DuckDB database (UDFs and extensions loaded)."""
+    from .. import context
+    from ..execution import Runtime
+    from ..sql import run_sql
+
+    setup_logging(debug)
+    with reporting_errors(json_output, debug):
+        if (sql is None) == (file is None):
+            raise MxcpError("give the SQL as an argument or with --file (one of them)")
+        text = sql if sql is not None else file.read_text(encoding="utf-8")  # type: ignore[union-attr]
+        arguments = dict(parse_param(p) for p in param or [])
+        project = load(profile, readonly)
+        runtime = Runtime(project, skip_invalid=True)
+        runtime.database.open()
+        try:
+            with context.bound(runtime):
+                rows = list(run_sql(context.cursor(), text, arguments))
+        finally:
+            runtime.database.close()
+
+        def render(result: list[dict[str, Any]]) -> None:
+            from rich.table import Table
+
+            if not result:
+                console().print("(no rows)")
+                return
+            table = Table()
+            for column in result[0]:
+                table.add_column(str(column))
+            for row in result:
+                table.add_row(*("NULL" if v is None else str(v) for v in row.values()))
+            console().print(table)
+
+        ok(rows, json_output, render)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.command("query")(query)

@@ -1,0 +1,95 @@
+"""The API endpoint code uses (`from mxcp.runtime import db, config, ...`); valid inside calls and hooks."""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from . import context
+from .sql import Rows, run_sql
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+LIFECYCLE_MARK = "__mxcp_lifecycle__"
+
+
+class DatabaseAccess:
+    """`db.execute(sql, params)`: rows as a list of dicts with `.fetchone()`, `.fetchall()`, `.df()`."""
+
+    def execute(self, sql: str, params: Mapping[str, Any] | Sequence[Any] | None = None) -> Rows:
+        return run_sql(context.cursor(), sql, params)
+
+    @property
+    def connection(self) -> Any:
+        """The current call's cursor. Prefer `execute`: never keep this beyond the call."""
+        return context.cursor()
+
+
+class ConfigAccess:
+    """Secrets and settings of the active project and profile."""
+
+    def get_secret(self, name: str) -> dict[str, Any] | None:
+        """The secret's `parameters` (a copy), or None when the active profile has no such secret."""
+        runtime = context.require_runtime("config.get_secret")
+        found = runtime.context.secret(name)
+        return copy.deepcopy(dict(found)) if found is not None else None
+
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        """A value of mxcp-site.yml by key (dots for nesting: `profiles.default.duckdb.path`)."""
+        node: Any = self.site_config
+        for part in key.split("."):
+            if isinstance(node, Mapping) and part in node:
+                node = node[part]
+            else:
+                return default
+        return node
+
+    @property
+    def site_config(self) -> dict[str, Any]:
+        return _unstructure(context.require_runtime("config.site_config").context.site)
+
+    @property
+    def user_config(self) -> dict[str, Any]:
+        return _unstructure(context.require_runtime("config.user_config").context.user)
+
+
+class PluginAccess:
+    """Objects plugins expose by name, such as UDF plugin instances."""
+
+    def get(self, name: str) -> Any:
+        return context.require_runtime("plugins.get").context.plugin_objects.get(name)
+
+    def list(self) -> list[str]:
+        return sorted(context.require_runtime("plugins.list").context.plugin_objects)
+
+
+def _unstructure(value: Any) -> dict[str, Any]:
+    import cattrs
+
+    return cattrs.unstructure(value)
+
+
+def on_init(func: F) -> F:
+    """Run `func` when the runtime starts (and again after a reload), before the first call."""
+    setattr(func, LIFECYCLE_MARK, "init")
+    return func
+
+
+def on_shutdown(func: F) -> F:
+    """Run `func` when the runtime stops (and before a reload)."""
+    setattr(func, LIFECYCLE_MARK, "shutdown")
+    return func
+
+
+def reload_duckdb(payload_func: Callable[[], Any] | None = None, description: str = "") -> None:
+    """Schedule a reload: drain calls, close the database, run `payload_func` with exclusive access, reopen."""
+    context.require_runtime("reload_duckdb").reload(payload_func, description)
+
+
+db = DatabaseAccess()
+config = ConfigAccess()
+plugins = PluginAccess()
+
+
+def get_secret(name: str) -> dict[str, Any] | None:
+    return config.get_secret(name)

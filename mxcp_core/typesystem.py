@@ -216,10 +216,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _format_number(value: int | float) -> str:
-    return repr(value)
-
-
 _DURATION_RE = re.compile(
     r"(?P<sign>[-+])?P"
     r"(?:(?P<years>\d+(?:[.,]\d+)?)Y)?"
@@ -748,7 +744,7 @@ def _number_rules(spec: TypeSpec) -> list[Callable[[Any], None]]:
     rules: list[Callable[[Any], None]] = []
 
     def bound(limit: Any, keyword: str, symbol: str, ok: Callable[[Any, Any], bool]) -> None:
-        message = f"must be {symbol} {_format_number(limit)} ({keyword})"
+        message = f"must be {symbol} {limit!r} ({keyword})"
 
         def bound_rule(number: Any) -> None:
             if not ok(number, limit):
@@ -766,7 +762,7 @@ def _number_rules(spec: TypeSpec) -> list[Callable[[Any], None]]:
         bound(spec.exclusive_maximum, "exclusiveMaximum", "<", lambda n, lim: n < lim)
     if spec.multiple_of is not None:
         step = spec.multiple_of
-        message = f"must be a multiple of {_format_number(step)} (multipleOf)"
+        message = f"must be a multiple of {step!r} (multipleOf)"
 
         def multiple_rule(number: Any) -> None:
             if isinstance(number, int) and isinstance(step, int):

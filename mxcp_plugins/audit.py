@@ -1,0 +1,93 @@
+"""Builtin plugin: one JSONL audit record per endpoint call, sensitive values written as "[REDACTED]".
+
+Enabled by the site profile's `audit.enabled` or MXCP_AUDIT_ENABLED=1; the file defaults to audit/logs-<profile>.jsonl.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mxcp_core import hookimpl
+from mxcp_core.typesystem import to_jsonable
+
+SCHEMA_NAME = "mxcp.audit"
+SCHEMA_VERSION = 1
+_write_lock = threading.Lock()
+
+
+def audit_path(project: Any) -> Path | None:
+    """Where records go for this project, or None when auditing is off."""
+    settings = project.site.profile_config(project.profile).audit
+    env = os.environ.get("MXCP_AUDIT_ENABLED")
+    enabled = env.strip().lower() in {"1", "true", "yes", "on"} if env else settings.enabled
+    if not enabled:
+        return None
+    if settings.path:
+        path = Path(settings.path)
+        return path if path.is_absolute() else project.root / path
+    return project.path("audit") / f"logs-{project.profile}.jsonl"
+
+
+@hookimpl(wrapper=True)
+def call_endpoint(call: Any) -> Any:
+    path = audit_path(call.runtime.context)
+    if path is None:
+        return (yield)
+    started = time.perf_counter()
+    status, error, result = "success", None, None
+    try:
+        result = yield
+        return result
+    except BaseException as exc:
+        status, error = "error", str(exc) or type(exc).__name__
+        raise
+    finally:
+        _write(path, call, status, error, result, (time.perf_counter() - started) * 1000)
+
+
+def _write(path: Path, call: Any, status: str, error: str | None, result: Any, duration_ms: float) -> None:
+    compiled = call.runtime.compiled.get((call.endpoint.kind, call.endpoint.key))
+    inputs = compiled.parameters.redact(call.arguments) if compiled else {}
+    outputs = compiled.returns.redact(result) if compiled and status == "success" else None
+    if error and compiled and _mentions_sensitive(error, call.arguments, compiled):
+        error = "[REDACTED]"
+    record = {
+        "schema_name": SCHEMA_NAME,
+        "schema_version": SCHEMA_VERSION,
+        "record_id": uuid.uuid4().hex,
+        "timestamp": datetime.now(timezone.utc).isoformat(),
+        "operation_type": call.endpoint.kind,
+        "operation_name": call.endpoint.key,
+        "operation_status": status,
+        "duration_ms": round(duration_ms, 3),
+        "caller_type": call.caller,
+        "user_id": call.user.user_id if call.user else None,
+        "session_id": call.session_id,
+        "trace_id": call.trace_id,
+        "input_data": to_jsonable(inputs),
+        "output_data": to_jsonable(outputs),
+        "error": error,
+        "policies_evaluated": call.notes.get("policies_evaluated", []),
+        "policy_decision": call.notes.get("policy_decision"),
+        "policy_reason": call.notes.get("policy_reason"),
+    }
+    line = json.dumps(record, ensure_ascii=False, default=str)
+    with _write_lock:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+
+def _mentions_sensitive(error: str, arguments: dict[str, Any], compiled: Any) -> bool:
+    """An error message that quotes a sensitive argument must not carry it into the audit log."""
+    redacted = compiled.parameters.redact(arguments)
+    for name, value in arguments.items():
+        if redacted.get(name) != value and isinstance(value, (str, int, float)) and str(value) in error:
+            return True
+    return False

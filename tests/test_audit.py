@@ -1,0 +1,89 @@
+"""The audit plugin: a wrapper around every call writing one JSONL record, sensitive values redacted."""
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mxcp_core.errors import MxcpError
+from mxcp_core.execution import Runtime
+from mxcp_core.project import open_project
+
+SITE = """\
+mxcp: 1
+project: audited
+profile: default
+profiles:
+  default:
+    audit: {enabled: true}
+"""
+
+LOGIN_TOOL = """\
+mxcp: 1
+tool:
+  name: login
+  description: Check a password.
+  parameters:
+    - {name: user, type: string}
+    - {name: password, type: string, sensitive: true, minLength: 12}
+  return:
+    type: object
+    properties:
+      user: {type: string}
+      token: {type: string, sensitive: true}
+  source:
+    code: "SELECT $user AS user, 'tok-' || $password AS token"
+"""
+
+
+@pytest.fixture
+def audited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # No user config at all: a missing ~/.mxcp/config.yml is an empty config.
+    monkeypatch.delenv("MXCP_CONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MXCP_AUDIT_ENABLED", raising=False)
+    monkeypatch.delenv("MXCP_DISABLE_PLUGINS", raising=False)
+    (tmp_path / "mxcp-site.yml").write_text(SITE)
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "login.yml").write_text(textwrap.dedent(LOGIN_TOOL))
+    return tmp_path
+
+
+def records(root: Path) -> list[dict]:
+    path = root / "audit" / "logs-default.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_success_record_redacts_sensitive_input_and_output(audited: Path) -> None:
+    with Runtime(open_project(audited)) as runtime:
+        result = runtime.call("tool", "login", {"user": "ann", "password": "correct-horse-battery"})
+    assert result == {"user": "ann", "token": "tok-correct-horse-battery"}
+    (record,) = records(audited)
+    assert record["operation_type"] == "tool" and record["operation_name"] == "login"
+    assert record["operation_status"] == "success" and record["caller_type"] == "cli"
+    assert record["input_data"] == {"user": "ann", "password": "[REDACTED]"}
+    assert record["output_data"] == {"user": "ann", "token": "[REDACTED]"}
+    assert "correct-horse" not in json.dumps(record)
+    assert record["schema_name"] == "mxcp.audit" and record["duration_ms"] >= 0
+
+
+def test_error_record_and_disabling_by_name(audited: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Runtime(open_project(audited)) as runtime:
+        _, call = runtime.prepare_call("tool", "login", {"user": "bob", "password": "a-long-password"})
+        # Force an execution error after validation: the wrapper records it and re-raises.
+        call.endpoint = type(call.endpoint)(name="login", origin="test", language="sql",
+                                            source=type(call.endpoint.source)(code="SELECT nope"))
+        runtime.compiled[("tool", "login")].definition = call.endpoint
+        with pytest.raises(MxcpError):
+            runtime.invoke(call)
+    (record,) = records(audited)
+    assert record["operation_status"] == "error"
+    assert "nope" in record["error"] and "a-long-password" not in json.dumps(record)
+
+    (audited / "audit" / "logs-default.jsonl").unlink()
+    monkeypatch.setenv("MXCP_DISABLE_PLUGINS", "audit")
+    with Runtime(open_project(audited)) as runtime:
+        runtime.call("tool", "login", {"user": "ann", "password": "correct-horse-battery"})
+    assert not (audited / "audit" / "logs-default.jsonl").exists()

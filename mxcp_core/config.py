@@ -12,7 +12,7 @@ import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from .errors import ConfigError, suggest
-from .yamlfile import LineDict, LineList, load_yaml_file
+from .yamlfile import LineDict, LineList, line_of, load_yaml_file
 
 SITE_FILE = "mxcp-site.yml"
 
@@ -275,11 +275,13 @@ def _config_error(
         )
     if isinstance(leaf, KeyError):
         missing = leaf.args[0] if leaf.args else "?"
+        # cattrs already notes the missing field's name on the way down; add it only when it did not.
+        missing_path = path if path and path[-1] == missing else path + [missing]
         return ConfigError(
             f"required key '{missing}' is missing",
             file=file,
             line=line,
-            key_path=_format_path(root_path, path + [missing]) if path else _format_path(root_path, [missing]),
+            key_path=_format_path(root_path, missing_path),
         )
     message = str(leaf)
     if isinstance(leaf, (TypeError, AttributeError)) and "mapping" not in message:
@@ -377,13 +379,20 @@ def resolve_references(
             match = _SCHEME.match(node)
             if not match or match.group(1).lower() in PASSTHROUGH_SCHEMES:
                 return node
-            resolved = resolver(node)
+            line = getattr(container, "line_of", lambda _k: None)(key)
+            try:
+                resolved = resolver(node)
+            except ConfigError as exc:
+                if exc.file is not None:
+                    raise
+                # A provider knows what went wrong, not where: add the file, line and key path.
+                raise ConfigError(f"{subject}: {exc.message}", file=file, line=line, key_path=path) from None
             if resolved is None:
                 raise ConfigError(
                     f"{subject}: no plugin resolves references of scheme '{match.group(1)}://' "
                     "(is the plugin for it installed and enabled?)",
                     file=file,
-                    line=getattr(container, "line_of", lambda _k: None)(key),
+                    line=line,
                     key_path=path,
                 )
             return resolved
@@ -429,20 +438,24 @@ def load_site_config(site_file: Path, profile: str | None = None) -> tuple[SiteC
     raw = load_yaml_file(site_file)
     if raw is None or not isinstance(raw, Mapping):
         raise ConfigError("expected a mapping with at least 'mxcp', 'project' and 'profile'", file=site_file)
-    active = profile or os.environ.get("MXCP_PROFILE") or raw.get("profile")
     interpolated = LineDict()
     interpolated.line, interpolated.key_lines = raw.line, raw.key_lines
     for key, value in raw.items():
-        if key == "profiles" and isinstance(value, Mapping):
-            profiles = LineDict()
-            profiles.line, profiles.key_lines = getattr(value, "line", None), getattr(value, "key_lines", {})
-            for name, body in value.items():
-                profiles[name] = (
-                    interpolate(body, file=site_file, key_path=f"profiles.{name}") if name == active else body
-                )
-            interpolated[key] = profiles
-        else:
+        if key != "profiles":
             interpolated[key] = interpolate(value, file=site_file, key_path=str(key))
+    # `profile:` itself may come from a variable, so the active profile is known only after the pass above.
+    active = profile or os.environ.get("MXCP_PROFILE") or interpolated.get("profile")
+    profiles_raw = raw.get("profiles")
+    if isinstance(profiles_raw, Mapping):
+        profiles = LineDict()
+        profiles.line, profiles.key_lines = getattr(profiles_raw, "line", None), getattr(profiles_raw, "key_lines", {})
+        for name, body in profiles_raw.items():
+            profiles[name] = (
+                interpolate(body, file=site_file, key_path=f"profiles.{name}") if name == active else body
+            )
+        interpolated["profiles"] = profiles
+    elif "profiles" in raw:
+        interpolated["profiles"] = profiles_raw
     site = structure(interpolated, SiteConfig, file=site_file)
     if site.mxcp != 1:
         raise ConfigError(
@@ -499,12 +512,31 @@ def _prepare_projects(
         if profile in profiles:
             key_path = f"projects.{name}.profiles.{profile}"
             active = interpolate(profiles[profile], file=file, key_path=key_path)
+            _check_unique_secret_names(active, file, key_path)
             if resolver is not None and isinstance(active, Mapping):
                 active = _resolve_profile_references(active, resolver, file, key_path)
             profiles_out[profile] = active if active is not None else LineDict()
         body_out["profiles"] = profiles_out
         out[name] = body_out
     return out
+
+
+def _check_unique_secret_names(active: Any, file: Path, key_path: str) -> None:
+    """Secrets of one profile need unique names: otherwise the first would silently win."""
+    secrets = active.get("secrets") if isinstance(active, Mapping) else None
+    if not isinstance(secrets, list):
+        return
+    seen: set[Any] = set()
+    for index, secret in enumerate(secrets):
+        name = secret.get("name") if isinstance(secret, Mapping) else None
+        if name is None:
+            continue
+        if name in seen:
+            raise ConfigError(
+                f"secret '{name}' is defined twice", file=file, line=line_of(secrets, index),
+                key_path=f"{key_path}.secrets[{index}].name",
+            )
+        seen.add(name)
 
 
 def _resolve_profile_references(

@@ -124,6 +124,11 @@ class Hooks:
         """Call each implementation on its own, so results can be attributed to their plugin."""
         caller = getattr(self.pm.hook, hook_name)
         for impl in reversed(caller.get_hookimpls()):
+            if impl.wrapper or impl.hookwrapper:
+                # Results are gathered per plugin here, so there is no call for a wrapper to surround.
+                raise ConfigError(
+                    f"plugin '{impl.plugin_name}': {hook_name} cannot be a wrapper; return records instead"
+                )
             yield impl.plugin_name, _call_impl(impl, **kwargs)
 
 

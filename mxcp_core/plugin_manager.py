@@ -10,7 +10,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import PluginLoadError
+from .errors import PluginLoadError, suggest
 from .markers import PROJECT_NAME
 from .records import PluginFailure, PluginInfo
 
@@ -35,11 +35,13 @@ def strict_from_env() -> bool:
 class PluginHost:
     """Owns the pluggy manager: loads entry points, isolates broken plugins, honours disabling."""
 
-    def __init__(self, *, disabled: Iterable[str] = (), strict: bool | None = None) -> None:
+    def __init__(self, *, disabled: Iterable[str] = (), strict: bool | None = None, warn: bool = True) -> None:
         self.pm = pluggy.PluginManager(PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
         self.disabled = set(disabled) | disabled_from_env()
         self.strict = strict_from_env() if strict is None else strict
+        # A host that only gathers CLI commands stays quiet: the project's own host reports the same failures.
+        self.warn = warn
         self.failures: list[PluginFailure] = []
         self.skipped: list[str] = []
         self._sources: dict[str, metadata.EntryPoint | None] = {}
@@ -86,7 +88,7 @@ class PluginHost:
             self._fail(
                 name,
                 dist,
-                "implements unknown hook(s): " + ", ".join(sorted(unknown)) + _hook_suggestions(unknown),
+                "implements unknown hook(s): " + _with_suggestions(unknown),
             )
             return False
         self._sources[name] = source
@@ -106,7 +108,8 @@ class PluginHost:
         failure = PluginFailure(name=name, distribution=dist, reason=reason)
         if self.strict:
             raise PluginLoadError(f"plugin '{name}' failed to load: {reason}")
-        log.warning("plugin '%s' failed to load and was skipped: %s", name, reason)
+        if self.warn:
+            log.warning("plugin '%s' failed to load and was skipped: %s", name, reason)
         self.failures.append(failure)
 
     # -- reporting -----------------------------------------------------------------------------
@@ -138,9 +141,7 @@ def _dist_name(entry_point: metadata.EntryPoint | None) -> str | None:
     return entry_point.dist.metadata["Name"]
 
 
-def _hook_suggestions(unknown: list[str]) -> str:
-    from .errors import suggest
-
-    known = [name for name in dir(hookspecs) if not name.startswith("_")]
-    hints = [suggest(name, known) for name in unknown]
-    return "".join(hints)
+def _with_suggestions(unknown: list[str]) -> str:
+    """`provide_tols (did you mean 'provide_tool'?), ...` for misspelled hook names."""
+    known = [name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), f"{PROJECT_NAME}_spec")]
+    return ", ".join(name + suggest(name, known) for name in sorted(unknown))

@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 
 from .config import UserConfig, find_site_file, load_site_config, load_user_config
-from .errors import ConfigError, NotFoundError, suggest
+from .errors import NotFoundError, suggest
 from .hooks import Hooks
 from .plugin_manager import PluginHost
 from .records import (
@@ -196,17 +196,5 @@ def open_project(
 
     user = load_user_config(site.project, active_profile, resolver=resolver)
     context = attrs.evolve(context, user=user)
-    _check_declared_secrets(context)
     return Project(context=context, host=host, hooks=hooks)
 
-
-def _check_declared_secrets(context: ProjectContext) -> None:
-    """Secrets configured for the profile must have unique names (the first would silently win)."""
-    seen: set[str] = set()
-    for secret in context.secrets():
-        if secret.name in seen:
-            raise ConfigError(
-                f"secret '{secret.name}' is defined twice",
-                key_path=f"projects.{context.name}.profiles.{context.profile}.secrets",
-            )
-        seen.add(secret.name)

@@ -17,6 +17,7 @@ from mxcp_core.records import (
     ProjectContext,
     SourceSpec,
 )
+from mxcp_core.testing_runner import structure_problems
 from mxcp_core.typesystem import parse_parameters, parse_type
 from mxcp_core.yamlfile import line_of, load_yaml_file
 
@@ -100,7 +101,9 @@ def _load_file(path: Path, project: ProjectContext) -> Any:
                               line=line_of(raw, "mxcp"), key_path="mxcp")
         return parse_endpoint(kind, raw[kind], file=path, shown=shown, project_root=project.root)
     except ConfigError as exc:
-        return InvalidEndpoint(kind=kind, origin=shown, message=exc.detail() if exc.file == shown else exc.format())
+        # The origin already names this file; repeat only a file that is another one (a missing source file...).
+        same_file = exc.file in (shown, str(path))
+        return InvalidEndpoint(kind=kind, origin=shown, message=exc.detail() if same_file else exc.format())
 
 
 def parse_endpoint(kind: str, body: Any, *, file: Path, shown: str, project_root: Path) -> EndpointDefinition:
@@ -147,9 +150,9 @@ def parse_endpoint(kind: str, body: Any, *, file: Path, shown: str, project_root
     return_type = parse_type(body["return"], file=shown, key_path=f"{kind}.return") if body.get("return") else None
     tests = need("tests", list, "a list of tests", default=[])
     for index, test in enumerate(tests):
-        if not isinstance(test, Mapping) or not isinstance(test.get("name"), str):
-            raise ConfigError("each test needs a 'name'", file=shown, line=line_of(tests, index),
-                              key_path=f"{kind}.tests[{index}]")
+        problems = structure_problems(test)
+        if problems:
+            raise ConfigError(problems[0], file=shown, line=line_of(tests, index), key_path=f"{kind}.tests[{index}]")
     policies = need("policies", Mapping, "a mapping with input: and output:")
 
     common: dict[str, Any] = dict(

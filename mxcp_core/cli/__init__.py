@@ -60,11 +60,24 @@ def _add_plugin_commands(app: typer.Typer) -> None:
     from ..hooks import Hooks
     from ..plugin_manager import PluginHost
 
-    disabled = _pre_parse_disabled(sys.argv[1:])
-    host = PluginHost(disabled=disabled, strict=False)
+    disabled = [*_pre_parse_disabled(sys.argv[1:]), *_site_disabled()]
+    host = PluginHost(disabled=disabled, strict=False, warn=False)
     host.register(CorePlugin(), "core")
     host.load_entry_points()
     Hooks(host.pm).register_commands(cli=app)
+
+
+def _site_disabled() -> list[str]:
+    """`disable_plugins:` of the project here, read leniently: a broken site file must not break `--help`."""
+    from ..config import find_site_file
+    from ..errors import MxcpError
+    from ..yamlfile import load_yaml_file
+
+    try:
+        names = load_yaml_file(find_site_file()).get("disable_plugins") or []
+    except (MxcpError, AttributeError):
+        return []
+    return [str(name) for name in names] if isinstance(names, list) else []
 
 
 def _pre_parse_disabled(argv: list[str]) -> list[str]:

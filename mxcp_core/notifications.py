@@ -1,0 +1,58 @@
+"""Messages from endpoint code to the MCP client: log entries and progress, for the request being served.
+
+`await mcp_log("info", "loaded 10 rows")` and `await report_progress(3, 10, "step 3")` reach the client that made
+the call. Outside a served MCP request (`mxcp run`, tests) they go to the Python log and do nothing else, so the
+same endpoint code runs everywhere. This module must stay cheap to import: user modules import it via
+`mxcp.runtime` in every command, not only in `mxcp serve`.
+"""
+from __future__ import annotations
+
+import contextvars
+import logging
+import warnings
+from typing import Any
+
+# The MCP request context (mcp.server.ServerRequestContext) of the call the current code serves.
+# Set by the server around each call; worker threads and `from_thread` tasks inherit it.
+current_request: contextvars.ContextVar[Any] = contextvars.ContextVar("mxcp_mcp_request", default=None)
+
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+_PYTHON_LEVELS = {
+    "debug": logging.DEBUG, "info": logging.INFO, "notice": logging.INFO, "warning": logging.WARNING,
+    "error": logging.ERROR, "critical": logging.CRITICAL, "alert": logging.CRITICAL, "emergency": logging.CRITICAL,
+}
+log = logging.getLogger("mxcp.endpoint")
+
+
+async def mcp_log(level: str, message: Any, *, logger: str | None = None) -> None:
+    """Send a `notifications/message` log entry to the client of the current call.
+
+    `level` is an MCP level (debug, info, notice, warning, error, critical, alert, emergency); `message` is any
+    JSON-serialisable value. Clients on protocol 2026-07-28 receive it only if they asked for logs.
+    """
+    if level not in _PYTHON_LEVELS:
+        raise ValueError(f"unknown log level '{level}' (expected one of {', '.join(LOG_LEVELS)})")
+    request = current_request.get()
+    if request is None:
+        logging.getLogger(logger or log.name).log(_PYTHON_LEVELS[level], "%s", message)
+        return
+    from .typesystem import to_jsonable
+
+    with warnings.catch_warnings():
+        # The SDK marks the logging capability deprecated for 2026-07-28; older clients rely on it.
+        warnings.simplefilter("ignore")
+        await request.session.send_log_message(
+            level=level, data=to_jsonable(message), logger=logger, related_request_id=request.request_id
+        )
+
+
+async def report_progress(progress: float, total: float | None = None, message: str | None = None) -> None:
+    """Send a `notifications/progress` update for the current call; a no-op when the client asked for none."""
+    request = current_request.get()
+    if request is None:
+        log.debug("progress %s/%s %s", progress, total, message or "")
+        return
+    await request.session.report_progress(float(progress), None if total is None else float(total), message)
+
+
+__all__ = ["mcp_log", "report_progress"]

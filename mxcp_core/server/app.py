@@ -1,0 +1,341 @@
+"""The MCP server of a started Runtime, on the SDK's low-level `Server`.
+
+Everything a client can list is built once here, when the server is created: tool schemas, resource and
+template lists, prompt arguments. A call then costs one dictionary lookup, the Runtime's validation and the
+body itself, which runs in a worker thread (`Runtime.call_async`) so the event loop never blocks.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import mcp.types as types
+from mcp import MCPError, UriTemplate
+from mcp.server import Server, ServerRequestContext
+from pydantic import ValidationError as PydanticValidationError
+
+from ..errors import MxcpError
+from ..execution import CallTimeout, CompiledEndpoint, Runtime
+from ..notifications import current_request
+from ..typesystem import to_jsonable
+
+log = logging.getLogger(__name__)
+
+REDACTED = "[REDACTED]"
+# Absolute paths (two segments or more) in messages from user code: clients never see the server's layout.
+_PATH = re.compile(r"(?<![\w:/.])/(?:[\w.@+-]+/)+[\w.@+-]*")
+_STRING_TYPES = {"integer": int, "number": float}
+
+
+@attrs.define(eq=False)
+class _Entry:
+    """One served endpoint: what the call path needs, precomputed."""
+
+    compiled: CompiledEndpoint
+    key: str
+    structured: str  # "object": the result is the structured content; "wrap": {"result": ...}; "": none
+    mime_type: str | None = None
+    template: Any = None  # UriTemplate of a resource template
+    string_types: dict[str, Any] = attrs.Factory(dict)  # how to read string arguments (URI values, prompt args)
+
+
+class Catalog:
+    """The served endpoints and their MCP listings, built once from a started runtime."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.tools: dict[str, _Entry] = {}
+        self.resources: dict[str, _Entry] = {}
+        self.templates: list[_Entry] = []
+        self.prompts: dict[str, _Entry] = {}
+        self.input_schemas: dict[str, dict[str, Any]] = {}
+        tools: list[types.Tool] = []
+        resources: list[types.Resource] = []
+        templates: list[types.ResourceTemplate] = []
+        prompts: list[types.Prompt] = []
+        for (kind, key), compiled in sorted(runtime.compiled.items()):
+            definition = compiled.definition
+            if kind == "tool":
+                entry = _Entry(compiled, key, {"object": "object", "array": "wrap", "scalar": "wrap"}.get(
+                    compiled.returns.kind, ""))
+                self.tools[key] = entry
+                schema = compiled.parameters.json_schema()
+                self.input_schemas[key] = schema
+                tools.append(types.Tool(
+                    name=key,
+                    title=definition.annotations.get("title"),
+                    description=definition.description or None,
+                    input_schema=schema,
+                    output_schema=compiled.returns.output_schema(),
+                    annotations=_annotations(definition.annotations),
+                ))
+            elif kind == "resource":
+                mime_type = getattr(definition, "mime_type", None)
+                entry = _Entry(compiled, key, "", mime_type=mime_type, string_types=_string_types(compiled))
+                if "{" in key:
+                    entry.template = UriTemplate.parse(key)
+                    self.templates.append(entry)
+                    templates.append(types.ResourceTemplate(
+                        uri_template=key, name=definition.name or key,
+                        description=definition.description or None, mime_type=mime_type,
+                    ))
+                else:
+                    self.resources[key] = entry
+                    resources.append(types.Resource(
+                        uri=key, name=definition.name or key,
+                        description=definition.description or None, mime_type=mime_type,
+                    ))
+            elif kind == "prompt":
+                self.prompts[key] = _Entry(compiled, key, "", string_types=_string_types(compiled))
+                prompts.append(types.Prompt(
+                    name=key,
+                    title=definition.annotations.get("title"),
+                    description=definition.description or None,
+                    arguments=[
+                        types.PromptArgument(name=p.name, description=p.type.description or None,
+                                             required=p.required)
+                        for p in definition.parameters
+                    ],
+                ))
+        self.list_tools = types.ListToolsResult(tools=tools)
+        self.list_resources = types.ListResourcesResult(resources=resources)
+        self.list_templates = types.ListResourceTemplatesResult(resource_templates=templates)
+        self.list_prompts = types.ListPromptsResult(prompts=prompts)
+
+    def resource(self, uri: str) -> tuple[_Entry, dict[str, Any]]:
+        found = self.resources.get(uri)
+        if found is not None:
+            return found, {}
+        for entry in self.templates:
+            values = entry.template.match(uri)
+            if values is not None:
+                return entry, values
+        raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown resource: {uri}")
+
+
+def create_server(runtime: Runtime, *, name: str | None = None) -> Server:
+    """A low-level MCP Server for a started runtime. The caller owns `runtime.start()` and `stop()`."""
+    catalog = Catalog(runtime)
+    scrub = _Scrubber(runtime)
+
+    def identity(ctx: ServerRequestContext[Any]) -> dict[str, Any]:
+        request = ctx.request
+        if request is None:
+            return {"caller": "stdio"}
+        return {"caller": "http", "session_id": request.headers.get("mcp-session-id")}
+
+    async def run(ctx: ServerRequestContext[Any], kind: str, key: str, arguments: Mapping[str, Any]) -> Any:
+        token = current_request.set(ctx)
+        try:
+            return await runtime.call_async(kind, key, arguments, **identity(ctx))
+        finally:
+            current_request.reset(token)
+
+    async def list_tools(ctx: ServerRequestContext[Any], params: Any) -> types.ListToolsResult:
+        return catalog.list_tools
+
+    async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
+        entry = catalog.tools.get(params.name)
+        if entry is None:
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
+        arguments = params.arguments or {}
+        try:
+            value = await run(ctx, "tool", entry.key, arguments)
+        except Exception as exc:  # noqa: BLE001 - every failure is a result the model can read
+            return _error_result(scrub.message(exc, entry, arguments))
+        return _tool_result(entry, value)
+
+    async def list_resources(ctx: ServerRequestContext[Any], params: Any) -> types.ListResourcesResult:
+        return catalog.list_resources
+
+    async def list_templates(ctx: ServerRequestContext[Any], params: Any) -> types.ListResourceTemplatesResult:
+        return catalog.list_templates
+
+    async def read_resource(
+        ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        uri = str(params.uri)
+        entry, values = catalog.resource(uri)
+        arguments = _read_strings(entry, values)
+        try:
+            value = await run(ctx, "resource", entry.key, arguments)
+        except Exception as exc:  # noqa: BLE001
+            raise MCPError(code=types.INTERNAL_ERROR, message=scrub.message(exc, entry, arguments)) from None
+        return types.ReadResourceResult(contents=[_resource_contents(uri, entry.mime_type, value)])
+
+    async def list_prompts(ctx: ServerRequestContext[Any], params: Any) -> types.ListPromptsResult:
+        return catalog.list_prompts
+
+    async def get_prompt(ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams) -> types.GetPromptResult:
+        entry = catalog.prompts.get(params.name)
+        if entry is None:
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {params.name}")
+        arguments = _read_strings(entry, params.arguments or {})
+        try:
+            messages = await run(ctx, "prompt", entry.key, arguments)
+        except Exception as exc:  # noqa: BLE001
+            raise MCPError(code=types.INVALID_PARAMS, message=scrub.message(exc, entry, arguments)) from None
+        return types.GetPromptResult(
+            description=entry.compiled.definition.description or None,
+            messages=[
+                types.PromptMessage(role=m["role"], content=types.TextContent(type="text", text=m["content"]["text"]))
+                for m in messages
+            ],
+        )
+
+    server: Server = Server(
+        name or runtime.context.name,
+        version=_version(),
+        instructions=runtime.context.site.description,
+        get_tool_input_schema=catalog.input_schemas.get,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_list_resources=list_resources,
+        on_list_resource_templates=list_templates,
+        on_read_resource=read_resource,
+        on_list_prompts=list_prompts,
+        on_get_prompt=get_prompt,
+    )
+    # Our guard instead of the default OpenTelemetry middleware (a no-op without an exporter, yet ~6 % per call).
+    server.middleware = [_guard]
+    server.catalog = catalog  # type: ignore[attr-defined] - for tests and tools that inspect what is served
+    return server
+
+
+async def _guard(ctx: ServerRequestContext[Any], call_next: Any) -> Any:
+    """An exception escaping a handler would reach the client as its own text: send a generic error instead."""
+    try:
+        return await call_next(ctx)
+    except (MCPError, PydanticValidationError):
+        raise
+    except Exception:
+        log.exception("handling %s failed", ctx.method)
+        raise MCPError(code=types.INTERNAL_ERROR, message="Internal error") from None
+
+
+def _tool_result(entry: _Entry, value: Any) -> types.CallToolResult:
+    data = to_jsonable(value)
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    structured = None
+    if entry.structured == "wrap":
+        structured = {"result": data}
+    elif entry.structured == "object" and isinstance(data, dict):
+        structured = data
+    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content=structured)
+
+
+def _error_result(message: str) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(type="text", text=message)], is_error=True)
+
+
+def _resource_contents(uri: str, mime_type: str | None, value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        import base64
+
+        return types.BlobResourceContents(uri=uri, mime_type=mime_type or "application/octet-stream",
+                                          blob=base64.b64encode(bytes(value)).decode("ascii"))
+    data = to_jsonable(value)
+    if isinstance(data, str):
+        return types.TextResourceContents(uri=uri, mime_type=mime_type or "text/plain", text=data)
+    return types.TextResourceContents(uri=uri, mime_type=mime_type or "application/json",
+                                      text=json.dumps(data, ensure_ascii=False))
+
+
+def _annotations(values: Mapping[str, Any]) -> types.ToolAnnotations | None:
+    if not values:
+        return None
+    try:
+        return types.ToolAnnotations.model_validate(dict(values))
+    except PydanticValidationError:
+        log.warning("ignoring invalid tool annotations %r", dict(values))
+        return None
+
+
+def _string_types(compiled: CompiledEndpoint) -> dict[str, Any]:
+    """Declared types of parameters that arrive as strings (URI template values, prompt arguments)."""
+    return {p.name: p.type.type for p in compiled.definition.parameters}
+
+
+def _read_strings(entry: _Entry, values: Mapping[str, Any]) -> dict[str, Any]:
+    """URI values and prompt arguments are strings: read them as the declared type (`"2"` → 2 for an integer)."""
+    result: dict[str, Any] = {}
+    for key, value in values.items():
+        declared = entry.string_types.get(key)
+        if isinstance(value, str) and declared not in (None, "string"):
+            try:
+                if declared in _STRING_TYPES:
+                    number = _STRING_TYPES[declared](value)
+                    value = int(number) if declared == "number" and number.is_integer() and "." not in value \
+                        else number
+                elif declared == "boolean" and value.lower() in ("true", "false"):
+                    value = value.lower() == "true"
+                elif declared in ("array", "object"):
+                    value = json.loads(value)
+            except ValueError:
+                pass  # left as given: validation names the parameter and the expected type
+        result[key] = value
+    return result
+
+
+class _Scrubber:
+    """Client-visible error text: one line, no secrets, no sensitive arguments, no file paths, no SQL."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.root = str(runtime.context.root)
+        secrets: set[str] = set()
+        for secret in runtime.context.secrets():
+            _collect_strings(secret.parameters, secrets)
+        # Longest first, so a secret containing another is replaced whole.
+        self.secrets = sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True)
+
+    def message(self, exc: BaseException, entry: _Entry, arguments: Mapping[str, Any]) -> str:
+        if isinstance(exc, MCPError):
+            raise exc
+        if isinstance(exc, CallTimeout):
+            text = str(exc)
+        elif isinstance(exc, MxcpError):
+            text = str(exc) or type(exc).__name__
+        else:
+            # Not one of ours: a bug somewhere. The log keeps the traceback; the client gets the kind only.
+            log.error("%s '%s' failed", entry.compiled.kind, entry.key, exc_info=exc)
+            text = f"Internal error ({type(exc).__name__})"
+        return self.clean(text, entry, arguments)
+
+    def clean(self, text: str, entry: _Entry, arguments: Mapping[str, Any]) -> str:
+        text = text.strip().split("\n", 1)[0]
+        sensitive: set[str] = set()
+        redacted = entry.compiled.parameters.redact(arguments) if arguments else {}
+        for key, value in redacted.items():
+            if value != arguments.get(key):
+                _collect_strings(arguments.get(key), sensitive)
+        hidden = [*self.secrets, *(s for s in sensitive if len(s) >= 3)]
+        for value in sorted(hidden, key=len, reverse=True):
+            if value in text:
+                text = text.replace(value, REDACTED)
+        text = text.replace(self.root, "<project>")
+        return _PATH.sub("<path>", text)
+
+
+def _collect_strings(value: Any, into: set[str]) -> None:
+    if isinstance(value, str):
+        into.add(value)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _collect_strings(item, into)
+    elif isinstance(value, (list, tuple, set)):
+        for item in value:
+            _collect_strings(item, into)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        into.add(str(value))
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("mxcp-pluggy")
+    except Exception:  # noqa: BLE001 - running from a source tree
+        return "0"

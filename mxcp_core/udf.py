@@ -1,0 +1,113 @@
+"""The class form of DuckDB UDF plugins kept from the original MXCP: `MXCPBasePlugin` and the `@udf` marker.
+
+A module under plugins/ defines `class MXCPPlugin(MXCPBasePlugin)`; every method marked `@udf` and fully
+type-hinted becomes the DuckDB function `<method>_<instance name>`. User code imports these names from
+`mxcp.plugins`.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+UDF_MARK = "__mxcp_udf__"
+
+# Order matters: datetime is a subclass of date.
+_SCALAR_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "BOOLEAN"),
+    (int, "INTEGER"),
+    (float, "DOUBLE"),
+    (str, "VARCHAR"),
+    (bytes, "BLOB"),
+    (dt.datetime, "TIMESTAMP"),
+    (dt.date, "DATE"),
+    (dt.time, "TIME"),
+)
+
+
+class MXCPBasePlugin:
+    """Base of a UDF plugin class; an instance is built with its config dict from the user config."""
+
+    def __init__(self, config: Mapping[str, Any] | None = None, *args: Any, **kwargs: Any) -> None:
+        # Extra arguments are accepted (and ignored) so subclasses written for richer constructors still load.
+        self.config: dict[str, Any] = dict(config or {})
+
+    def udf_methods(self) -> list[tuple[str, Callable[..., Any]]]:
+        """The bound methods marked `@udf`, by method name, in name order."""
+        found = []
+        for name, member in inspect.getmembers(type(self)):
+            if getattr(member, UDF_MARK, False):
+                found.append((name, getattr(self, name)))
+        return found
+
+
+def udf(func: F) -> F:
+    """Mark a method of an `MXCPBasePlugin` subclass as a DuckDB function."""
+    setattr(func, UDF_MARK, True)
+    return func
+
+
+def is_udf(func: Any) -> bool:
+    return bool(getattr(func, UDF_MARK, False))
+
+
+def duckdb_type(hint: Any, *, where: str) -> str:
+    """The DuckDB type name for a Python type hint (`list[int]` → `INTEGER[]`); `Optional[T]` is T."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        members = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if len(members) == 1:
+            return duckdb_type(members[0], where=where)
+        raise ConfigError(f"{where}: union type {_name(hint)} has no DuckDB equivalent")
+    if origin in (list, tuple) or hint in (list, tuple):
+        args = [arg for arg in typing.get_args(hint) if arg is not Ellipsis]
+        if len(args) != 1:
+            raise ConfigError(f"{where}: list type {_name(hint)} needs one item type, e.g. list[str]")
+        return duckdb_type(args[0], where=where) + "[]"
+    if isinstance(hint, type):
+        for python_type, sql_type in _SCALAR_TYPES:
+            if hint is python_type:
+                return sql_type
+        for python_type, sql_type in _SCALAR_TYPES:
+            if issubclass(hint, python_type):
+                return sql_type
+    raise ConfigError(
+        f"{where}: type {_name(hint)} has no DuckDB equivalent "
+        "(use str, int, float, bool, bytes, date, time, datetime or list[...] of them)"
+    )
+
+
+def function_signature(method: Callable[..., Any], *, where: str | None = None) -> tuple[list[str], str]:
+    """DuckDB parameter types and return type of a type-hinted function or bound method."""
+    where = where or f"@udf method '{getattr(method, '__name__', method)}'"
+    try:
+        hints = typing.get_type_hints(method)
+    except Exception as exc:  # noqa: BLE001 - a hint naming something undefined
+        raise ConfigError(f"{where}: cannot read its type hints: {exc}") from None
+    parameters = [
+        p for p in inspect.signature(method).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in inspect.signature(method).parameters.values()):
+        raise ConfigError(f"{where}: *args and **kwargs cannot become DuckDB function parameters")
+    missing = [p.name for p in parameters if p.name not in hints]
+    if missing:
+        raise ConfigError(f"{where}: parameter(s) {', '.join(missing)} need a type hint")
+    if "return" not in hints:
+        raise ConfigError(f"{where}: needs a return type hint")
+    parameter_types = [duckdb_type(hints[p.name], where=f"{where}, parameter '{p.name}'") for p in parameters]
+    return parameter_types, duckdb_type(hints["return"], where=f"{where}, return type")
+
+
+def _name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+__all__ = ["MXCPBasePlugin", "udf", "is_udf", "duckdb_type", "function_signature", "UDF_MARK"]

@@ -1,0 +1,159 @@
+"""Builtin plugin: `mxcp lint`, advice on endpoint metadata that helps AI clients use the endpoints well.
+
+Findings have a severity (error > warning > info); `--severity` shows findings at or above a level; any error
+makes the command exit 1. Each finding is reported once, even when several rules or tests would repeat it.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Annotated, Any
+
+import attrs
+import typer
+
+from mxcp_core import hookimpl
+from mxcp_core.cli.options import DebugOpt, JsonOpt, ProfileOpt
+from mxcp_core.errors import suggest
+from mxcp_core.testing_runner import ASSERTION_KEYS
+
+SEVERITIES = ("error", "warning", "info")
+_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
+
+
+@attrs.frozen
+class LintFinding:
+    """One piece of advice about one endpoint; `location` is a path inside the endpoint (`parameters.id`)."""
+
+    severity: str
+    rule: str
+    kind: str
+    endpoint: str
+    location: str
+    message: str
+    file: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def lint_endpoint(endpoint: Any) -> Iterable[LintFinding]:
+    """Every finding for one endpoint definition, in a stable order."""
+    def finding(severity: str, rule: str, location: str, message: str) -> LintFinding:
+        return LintFinding(severity=severity, rule=rule, kind=endpoint.kind, endpoint=endpoint.key,
+                           location=location, message=message, file=endpoint.origin)
+
+    if not (endpoint.description or "").strip():
+        yield finding("warning", "missing-description", "description",
+                      f"{endpoint.kind} has no description; clients rely on it to choose the endpoint")
+    for param in endpoint.parameters:
+        where = f"parameters.{param.name}"
+        if not (param.description or "").strip():
+            yield finding("warning", "missing-parameter-description", where,
+                          f"parameter '{param.name}' has no description")
+        if not param.type.examples:
+            yield finding("info", "missing-parameter-examples", where,
+                          f"parameter '{param.name}' has no examples")
+    if endpoint.kind != "prompt":
+        if endpoint.return_type is None:
+            yield finding("warning", "missing-return-type", "return",
+                          f"{endpoint.kind} declares no return type; results are neither checked nor described")
+        elif (endpoint.kind == "tool" and endpoint.language == "sql"
+              and not (endpoint.return_type.description or "").strip()):
+            yield finding("info", "missing-return-description", "return.description",
+                          "the return type has no description")
+    if endpoint.kind == "tool" and not endpoint.annotations:
+        yield finding("info", "missing-annotations", "annotations",
+                      "tool has no annotations (readOnlyHint, destructiveHint, idempotentHint, openWorldHint)")
+    if not endpoint.tests:
+        yield finding("warning", "missing-tests", "tests", f"{endpoint.kind} has no tests")
+    declared = {param.name for param in endpoint.parameters}
+    for index, test in enumerate(endpoint.tests):
+        test_name = str(test.get("name") or f"#{index + 1}")
+        where = f"tests.{test_name}"
+        if not any(key in test for key in ASSERTION_KEYS):
+            yield finding("warning", "test-without-assertions", where,
+                          f"test '{test_name}' has no assertions; it only checks the call does not fail")
+        for argument in test.get("arguments") or ():
+            key = argument.get("key") if isinstance(argument, dict) else None
+            if isinstance(key, str) and key not in declared:
+                yield finding("error", "test-unknown-parameter", f"{where}.arguments.{key}",
+                              f"test '{test_name}' passes '{key}', which is not a parameter{suggest(key, declared)}")
+
+
+def lint_project(project: Any) -> list[LintFinding]:
+    """Findings for every endpoint of the project (unparseable ones are errors), each reported once."""
+    registry = project.endpoints()
+    findings = [
+        LintFinding(severity="error", rule="invalid-endpoint", kind=bad.kind, endpoint=bad.name or bad.origin,
+                    location="", message=bad.message, file=bad.origin)
+        for bad in registry.invalid
+    ]
+    for endpoint in registry.all():
+        findings.extend(lint_endpoint(endpoint))
+    seen: set[tuple[str, str, str, str]] = set()
+    unique = []
+    for item in findings:
+        identity = (item.kind, item.endpoint, item.rule, item.location)
+        if identity not in seen:
+            seen.add(identity)
+            unique.append(item)
+    return unique
+
+
+def at_or_above(findings: Iterable[LintFinding], severity: str) -> list[LintFinding]:
+    return [f for f in findings if _RANK[f.severity] <= _RANK[severity]]
+
+
+def lint_command(
+    severity: Annotated[
+        str, typer.Option("--severity", help="Show findings at or above this level: error, warning or info.")
+    ] = "info",
+    profile: ProfileOpt = None,
+    json_output: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Check endpoint metadata (descriptions, examples, return types, tests); exits 1 on any error."""
+    from mxcp_core.cli.options import load, plural
+    from mxcp_core.cli.output import console, emit_json, reporting_errors, setup_logging
+    from mxcp_core.errors import MxcpError
+
+    setup_logging(debug)
+    with reporting_errors(json_output, debug):
+        if severity not in _RANK:
+            raise MxcpError(f"unknown severity '{severity}': expected error, warning or info")
+        project = load(profile)
+        every = lint_project(project)
+        shown = at_or_above(every, severity)
+        counts = {name: sum(1 for f in shown if f.severity == name) for name in SEVERITIES}
+        errors = sum(1 for f in every if f.severity == "error")
+        result = {
+            "checked": len(project.endpoints().all()) + len(project.endpoints().invalid),
+            "findings": [f.as_dict() for f in shown],
+            "summary": counts,
+        }
+        if json_output:
+            payload: dict[str, Any] = {"status": "error" if errors else "ok", "result": result}
+            if errors:
+                payload["error"] = f"{plural(errors, 'error')} found"
+            emit_json(payload)
+        else:
+            from rich.markup import escape
+
+            out = console()
+            colours = {"error": "red", "warning": "yellow", "info": "cyan"}
+            for item in sorted(shown, key=lambda f: (f.file or "", f.endpoint, _RANK[f.severity])):
+                place = f"{item.file} [{item.kind} {item.endpoint}]" + (f" {item.location}" if item.location else "")
+                out.print(f"[{colours[item.severity]}]{item.severity:<7}[/] {escape(place)}: {escape(item.message)} "
+                          f"[dim]({item.rule})[/]", highlight=False)
+            if not shown:
+                out.print(f"[green]✓[/] no findings in {plural(result['checked'], 'endpoint')}")
+            else:
+                out.print(f"{plural(counts['error'], 'error')}, {plural(counts['warning'], 'warning')}, "
+                          f"{counts['info']} info in {plural(result['checked'], 'endpoint')}")
+        if errors:
+            raise typer.Exit(1)
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    cli.command("lint")(lint_command)

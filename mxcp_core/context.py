@@ -14,8 +14,22 @@ if TYPE_CHECKING:
 
 current_runtime: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar("mxcp_runtime", default=None)
 current_call: contextvars.ContextVar[EndpointCall | None] = contextvars.ContextVar("mxcp_call", default=None)
-# The cursor a call uses for all its statements, so they share one transaction scope and one interrupt.
-current_cursor: contextvars.ContextVar[Any] = contextvars.ContextVar("mxcp_cursor", default=None)
+
+
+class CursorSlot:
+    """Holds the cursor a call uses for all its statements (one transaction scope, one interrupt).
+
+    A mutable slot rather than the cursor itself: tasks of an async endpoint (`asyncio.gather`) run in
+    copies of the context, and must all find, and give back, the same cursor.
+    """
+
+    __slots__ = ("cursor",)
+
+    def __init__(self) -> None:
+        self.cursor: Any = None
+
+
+current_cursor: contextvars.ContextVar[CursorSlot | None] = contextvars.ContextVar("mxcp_cursor", default=None)
 
 
 class OutsideRuntimeError(MxcpError):
@@ -24,12 +38,14 @@ class OutsideRuntimeError(MxcpError):
 
 def cursor() -> Any:
     """The cursor of the current call or hook, taken from the pool on first use and returned when it ends."""
-    found = current_cursor.get()
-    if found is not None:
-        return found
+    slot = current_cursor.get()
+    if slot is not None and slot.cursor is not None:
+        return slot.cursor
     runtime = require_runtime("db")
-    found = runtime.database.acquire()
-    current_cursor.set(found)
+    if slot is None:
+        slot = CursorSlot()
+        current_cursor.set(slot)
+    found = slot.cursor = runtime.database.acquire()
     call = current_call.get()
     if call is not None:
         call.on_interrupt(found.interrupt)
@@ -48,13 +64,14 @@ def require_runtime(what: str) -> Runtime:
 
 @contextmanager
 def bound(runtime: Runtime, call: EndpointCall | None = None) -> Iterator[None]:
-    tokens = (current_runtime.set(runtime), current_call.set(call), current_cursor.set(None))
+    slot = CursorSlot()
+    tokens = (current_runtime.set(runtime), current_call.set(call), current_cursor.set(slot))
     healthy = False
     try:
         yield
         healthy = True
     finally:
-        cursor = current_cursor.get()
+        cursor = slot.cursor
         if cursor is not None:
             runtime.database.release(cursor, healthy and not (call is not None and call.cancelled))
         current_cursor.reset(tokens[2])

@@ -28,6 +28,8 @@ class Database:
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._idle: list[duckdb.DuckDBPyConnection] = []
         self._lock = threading.Lock()
+        # Set while a reload payload has exclusive use of the file: nothing may reopen it behind its back.
+        self.paused = False
 
     @property
     def is_open(self) -> bool:
@@ -36,6 +38,11 @@ class Database:
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
         if self._conn is None:
+            if self.paused:
+                raise ExecutionError(
+                    "the database is closed while a reload payload runs; the payload has the file to itself "
+                    f"(open it with duckdb.connect({self.project.duckdb_path!r}))"
+                )
             self.open()
         assert self._conn is not None
         return self._conn

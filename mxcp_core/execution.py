@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from . import context
-from .errors import ExecutionError, MxcpError, NotFoundError, ValidationError
+from . import context, redaction
+from .errors import ExecutionError, MxcpError, NotFoundError, ValidationError, suggest
 from .markers import hookimpl
 from .records import EndpointCall, EndpointDefinition, Executor, ResourceDefinition, UserContext
 from .typesystem import CompiledParameters, CompiledReturn
@@ -117,11 +117,21 @@ class Runtime:
             )
             if isinstance(definition, ResourceDefinition) and definition.is_template:
                 self._templates.append((definition, _UriMatcher(definition.uri)))
+        # Whatever is logged from now on (tracebacks of user code included) masks this profile's secret values.
+        for secret in self.context.secrets():
+            redaction.masker.add(redaction.secret_values(secret.parameters))
         self.database.open()
-        for executor in self.project.executors().values():
-            executor.start(self)
-        self._started = True
-        self._run_hook(self.hooks.on_init)
+        try:
+            for executor in self.project.executors().values():
+                executor.start(self)
+            self._started = True
+            self._run_hook(self.hooks.on_init)
+        except BaseException:
+            # A half-done start releases what it took (import path, user modules, the database file).
+            self._started = False
+            self._stop_executors()
+            self.database.close()
+            raise
 
     def stop(self) -> None:
         """Wait for scheduled reloads, run on_shutdown, stop executors, close the database."""
@@ -129,13 +139,16 @@ class Runtime:
             return
         self.wait_for_reloads()
         self._run_hook(self.hooks.on_shutdown)
+        self._stop_executors()
+        self.database.close()
+        self._started = False
+
+    def _stop_executors(self) -> None:
         for executor in self.project.executors().values():
             try:
                 executor.stop()
             except Exception:  # noqa: BLE001
                 log.exception("stopping executor '%s' failed", executor.language)
-        self.database.close()
-        self._started = False
 
     def __enter__(self) -> Runtime:
         self.start()
@@ -159,8 +172,10 @@ class Runtime:
                 values = matcher.match(name)
                 if values is not None:
                     return self.compiled[("resource", definition.key)], values
-        registry = self.project.endpoints()
-        return registry.get(kind, name), {}  # raises NotFoundError with a suggestion
+        known = [key for (k, key) in self.compiled if k == kind]
+        if kind not in {"tool", "resource", "prompt"}:
+            raise NotFoundError(f"unknown endpoint kind '{kind}' (expected tool, resource or prompt)")
+        raise NotFoundError(f"{kind} '{name}' not found{suggest(name, known)}")
 
     # -- calls ---------------------------------------------------------------------------------
     def prepare_call(
@@ -233,7 +248,7 @@ class Runtime:
         if token is not None:
             from anyio import from_thread
 
-            return from_thread.run(func, *args, token=token)
+            return from_thread.run(_cancellable, call, func, args, token=token)
         import asyncio
 
         return asyncio.run(func(*args))
@@ -278,13 +293,19 @@ class Runtime:
             self._run_hook(self.hooks.on_shutdown)
             self.database.close()
             if payload is not None:
+                self.database.paused = True
                 try:
                     with context.bound(self):
                         payload()
                 except Exception:  # noqa: BLE001 - the runtime must come back even when the payload fails
                     log.exception("reload payload failed%s", f" ({description})" if description else "")
-            self.database.open()
-            self._run_hook(self.hooks.on_init)
+                finally:
+                    self.database.paused = False
+            try:
+                self.database.open()
+                self._run_hook(self.hooks.on_init)
+            except Exception:  # noqa: BLE001 - a thread has no caller to tell: the log must
+                log.exception("restarting after the reload failed%s", f" ({description})" if description else "")
             self.reload_count += 1
             log.info("reload finished%s", f": {description}" if description else "")
 
@@ -299,6 +320,16 @@ class Runtime:
                 thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
             if deadline is not None and time.monotonic() >= deadline:
                 return
+
+
+async def _cancellable(call: EndpointCall, func: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """Run on the loop inside a cancel scope that the call's interrupt (cancellation, timeout) cancels."""
+    import anyio
+
+    with anyio.CancelScope() as scope:
+        call.on_interrupt(scope.cancel)
+        return await func(*args)
+    raise ExecutionError("call cancelled")
 
 
 def shape_result(raw: Any, kind: str, definition: EndpointDefinition) -> Any:

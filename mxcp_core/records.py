@@ -120,6 +120,9 @@ class ProjectContext:
     site_file: Path
     # Objects plugins expose to endpoint code by name (`mxcp.runtime.plugins.get`), e.g. UDF plugin instances.
     plugin_objects: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
+    # Per-project state plugins keep under their own key (parsed files, loaded modules): it lives and dies
+    # with the project, so plugins need no module-level caches keyed by id() nor finalizers.
+    state: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
 
     @property
     def name(self) -> str:

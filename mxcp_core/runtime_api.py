@@ -11,6 +11,8 @@ from .sql import Rows, run_sql
 F = TypeVar("F", bound=Callable[..., Any])
 
 LIFECYCLE_MARK = "__mxcp_lifecycle__"
+# Key of `EndpointCall.notes`: secrets the call asked for that the active profile does not have.
+MISSING_SECRETS = "missing_secrets"
 
 
 class DatabaseAccess:
@@ -32,7 +34,15 @@ class ConfigAccess:
         """The secret's `parameters` (a copy), or None when the active profile has no such secret."""
         runtime = context.require_runtime("config.get_secret")
         found = runtime.context.secret(name)
-        return copy.deepcopy(dict(found)) if found is not None else None
+        if found is None:
+            # Code often indexes the result straight away; the executor then names the missing secret.
+            call = context.current_call.get()
+            if call is not None:
+                missing = call.notes.setdefault(MISSING_SECRETS, [])
+                if name not in missing:
+                    missing.append(name)
+            return None
+        return copy.deepcopy(dict(found))
 
     def get_setting(self, key: str, default: Any = None) -> Any:
         """A value of mxcp-site.yml by key (dots for nesting: `profiles.default.duckdb.path`)."""

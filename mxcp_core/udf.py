@@ -41,11 +41,7 @@ class MXCPBasePlugin:
 
     def udf_methods(self) -> list[tuple[str, Callable[..., Any]]]:
         """The bound methods marked `@udf`, by method name, in name order."""
-        found = []
-        for name, member in inspect.getmembers(type(self)):
-            if getattr(member, UDF_MARK, False):
-                found.append((name, getattr(self, name)))
-        return found
+        return udf_methods(self)
 
 
 def udf(func: F) -> F:
@@ -56,6 +52,15 @@ def udf(func: F) -> F:
 
 def is_udf(func: Any) -> bool:
     return bool(getattr(func, UDF_MARK, False))
+
+
+def udf_methods(obj: Any) -> list[tuple[str, Callable[..., Any]]]:
+    """The bound `@udf` methods of any plugin object (a subclass of MXCPBasePlugin or not), in name order."""
+    cls = type(obj)
+    return [
+        (name, getattr(obj, name)) for name in sorted(dir(cls))
+        if not name.startswith("__") and is_udf(getattr(cls, name, None))
+    ]
 
 
 def duckdb_type(hint: Any, *, where: str) -> str:
@@ -110,4 +115,4 @@ def _name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
-__all__ = ["MXCPBasePlugin", "udf", "is_udf", "duckdb_type", "function_signature", "UDF_MARK"]
+__all__ = ["MXCPBasePlugin", "udf", "is_udf", "udf_methods", "duckdb_type", "function_signature", "UDF_MARK"]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import re
 import threading
-import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,16 +35,20 @@ TOP_KEYS = {"mxcp", "tool", "resource", "prompt", "metadata"}
 FOLDERS = ("tools", "resources", "prompts")
 _URI_VAR = re.compile(r"\{\+?([A-Za-z_][A-Za-z0-9_]*)\}")
 
-_cache: dict[int, list[Any]] = {}
-_cache_lock = threading.Lock()
+STATE_KEY = "endpoint_discovery"
+_lock = threading.Lock()
 
 
 def discover(project: ProjectContext) -> list[Any]:
-    """Parse every endpoint file of the project once; later calls reuse the result."""
-    key = id(project)
-    with _cache_lock:
-        if key in _cache:
-            return _cache[key]
+    """Parse every endpoint file of the project once; later calls reuse the result kept in the project's state."""
+    with _lock:
+        found = project.state.get(STATE_KEY)
+        if found is None:
+            found = project.state[STATE_KEY] = _scan(project)
+        return found
+
+
+def _scan(project: ProjectContext) -> list[Any]:
     found: list[Any] = []
     seen_files: set[Path] = set()
     for folder_name in FOLDERS:
@@ -57,15 +60,7 @@ def discover(project: ProjectContext) -> list[Any]:
                 continue
             seen_files.add(path)
             found.append(_load_file(path, project))
-    with _cache_lock:
-        _cache[key] = found
-    weakref.finalize(project, _forget, key)
     return found
-
-
-def _forget(key: int) -> None:
-    with _cache_lock:
-        _cache.pop(key, None)
 
 
 def _display(path: Path, project: ProjectContext) -> str:

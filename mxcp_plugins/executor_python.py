@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import inspect
 import logging
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -14,7 +15,7 @@ from typing import Any
 from mxcp_core import hookimpl
 from mxcp_core.errors import ExecutionError, MxcpError
 from mxcp_core.records import EndpointCall, EndpointDefinition
-from mxcp_core.runtime_api import LIFECYCLE_MARK
+from mxcp_core.runtime_api import LIFECYCLE_MARK, MISSING_SECRETS
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,9 @@ class PythonExecutor:
                 self.runtime.project.host.unregister(name)
         for name in self._loaded_names:
             sys.modules.pop(name, None)
+        if self.python_dir is not None:
+            for name in _modules_under(self.python_dir):
+                sys.modules.pop(name, None)
         if self._path_added and self.python_dir is not None and str(self.python_dir) in sys.path:
             sys.path.remove(str(self.python_dir))
         importlib.invalidate_caches()
@@ -189,7 +193,25 @@ class PythonExecutor:
             # The client gets the message; the server log gets the whole story.
             log.error("%s '%s' raised", call.endpoint.kind, call.endpoint.key, exc_info=True)
             message = str(exc) or type(exc).__name__
+            missing = call.notes.get(MISSING_SECRETS)
+            if missing:
+                profile = call.runtime.context.profile
+                names = ", ".join(f"'{name}'" for name in missing)
+                message += f" (secret {names} {'is' if len(missing) == 1 else 'are'} not configured for profile '{profile}')"
             raise ExecutionError(message) from exc
+
+
+def _modules_under(folder: Path) -> list[str]:
+    """Names of imported modules and packages living in `folder`: parents such as `utils` of `utils.validators`
+    too, which user code imports implicitly and another project may have under the same name."""
+    prefix = str(folder) + os.sep
+    found = []
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None) or ""
+        locations = [str(entry) for entry in (getattr(module, "__path__", None) or ())]
+        if file.startswith(prefix) or any(entry == str(folder) or entry.startswith(prefix) for entry in locations):
+            found.append(name)
+    return found
 
 
 def _signature_problems(function: Any, endpoint: EndpointDefinition) -> list[str]:

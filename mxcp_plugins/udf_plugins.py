@@ -17,7 +17,6 @@ import importlib.util
 import logging
 import sys
 import threading
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +28,7 @@ import attrs
 from mxcp_core import hookimpl
 from mxcp_core.errors import ConfigError, MxcpError
 from mxcp_core.records import ProjectContext
-from mxcp_core.udf import function_signature, is_udf
+from mxcp_core.udf import function_signature, udf_methods
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ class ProjectPlugins:
                     f"creating plugin '{instance.name}' failed: {type(exc).__name__}: {exc}",
                     file=project.site_file, key_path=f"plugin[{index}]",
                 ) from None
-            for method_name, method in _udf_methods(obj):
+            for method_name, method in udf_methods(obj):
                 parameter_types, return_type = function_signature(
                     method, where=f"plugin '{instance.name}', @udf method '{method_name}'"
                 )
@@ -215,16 +214,6 @@ def _is_builtin_function(conn: Any, name: str) -> bool:
     return bool(rows[0][0])
 
 
-def _udf_methods(obj: Any) -> list[tuple[str, Callable[..., Any]]]:
-    methods = []
-    for name in sorted(dir(type(obj))):
-        if name.startswith("__"):
-            continue
-        if is_udf(getattr(type(obj), name, None)):
-            methods.append((name, getattr(obj, name)))
-    return methods
-
-
 def _instance_config(project: ProjectContext, config_name: str | None, instance: str) -> dict[str, Any]:
     if config_name is None:
         return {}
@@ -298,19 +287,18 @@ def _first_line(exc: BaseException) -> str:
 
 
 # -- per-project state -------------------------------------------------------------------------------
-_loaded: dict[int, ProjectPlugins] = {}
+STATE_KEY = "udf_plugins"
 _lock = threading.Lock()
 
 
 def plugins_for(project: ProjectContext) -> ProjectPlugins:
-    """The project's plugins, loaded on first use and forgotten (modules unloaded) with the project."""
-    key = id(project)
+    """The project's plugins, loaded on first use and kept in the project's own state."""
     with _lock:
-        found = _loaded.get(key)
+        found = project.state.get(STATE_KEY)
         if found is not None:
             return found
         folder = project.path("plugins")
-        digest = hashlib.sha1(f"{folder}:{key}".encode()).hexdigest()[:10]
+        digest = hashlib.sha1(f"{folder}:{id(project.state)}".encode()).hexdigest()[:10]
         found = ProjectPlugins(folder=folder, prefix=f"mxcp_plugin_{digest}_")
         try:
             found.load(project)
@@ -319,16 +307,8 @@ def plugins_for(project: ProjectContext) -> ProjectPlugins:
                 project.plugin_objects.pop(name, None)
             found.unload()
             raise
-        _loaded[key] = found
-        weakref.finalize(project, _forget, key)
+        project.state[STATE_KEY] = found
         return found
-
-
-def _forget(key: int) -> None:
-    with _lock:
-        found = _loaded.pop(key, None)
-    if found is not None:
-        found.unload()
 
 
 @hookimpl

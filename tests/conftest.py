@@ -1,4 +1,8 @@
-"""Shared fixtures: every test runs isolated from the developer's ~/.mxcp and MXCP_* environment.
+"""Shared fixtures: every test runs isolated from the developer's ~/.mxcp, MXCP_* environment and plugins.
+
+Plugins of other installed distributions (entry point group `mxcp`, e.g. examples/mxcp-plugin-example when
+CI installs it) are disabled through MXCP_DISABLE_PLUGINS, so they add no tools to the projects tests build.
+A test that wants them deletes that variable; the fixture `third_party_plugins` lists their names.
 
 - `make_project(root, files)` writes a project (a default mxcp-site.yml unless `files` has one) and returns its root.
 - `user_config(text)` writes a user config and points MXCP_CONFIG at it.
@@ -12,11 +16,13 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator, Mapping
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
 DEFAULT_SITE = "mxcp: 1\nproject: demo\nprofile: default\n"
+OWN = "mxcp-pluggy"  # the distribution whose entry points are the builtins
 
 # Every variable the framework reads; none may leak in from the developer's shell.
 MXCP_ENV = (
@@ -25,13 +31,25 @@ MXCP_ENV = (
 )
 
 
+@pytest.fixture(scope="session")
+def third_party_plugins() -> list[str]:
+    """Names of installed `mxcp` plugins that are not this project's builtins."""
+    return sorted(
+        {ep.name for ep in metadata.entry_points(group="mxcp") if ep.dist is None or ep.dist.metadata["Name"] != OWN}
+    )
+
+
 @pytest.fixture(autouse=True)
-def isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh empty HOME and no MXCP_* variables; returns the HOME folder."""
+def isolated_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory, third_party_plugins: list[str]
+) -> Path:
+    """A fresh empty HOME, no MXCP_* variables, other distributions' plugins disabled; returns the HOME folder."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
     for name in MXCP_ENV:
         monkeypatch.delenv(name, raising=False)
+    if third_party_plugins:
+        monkeypatch.setenv("MXCP_DISABLE_PLUGINS", ",".join(third_party_plugins))
     return home
 
 

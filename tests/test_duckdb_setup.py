@@ -39,7 +39,11 @@ def test_builtin_extensions_are_loaded(make_project, tmp_path):
 
 
 def test_missing_extension_error_names_it(make_project, tmp_path):
-    root = make_project(tmp_path / "p", {"mxcp-site.yml": site("extensions: [json, no_such_ext_xyz]\n")})
+    # A local (missing) repository: the INSTALL attempt fails without touching the network.
+    repo = tmp_path / "no-repo"
+    root = make_project(tmp_path / "p", {
+        "mxcp-site.yml": site(f"extensions: [json, {{name: no_such_ext_xyz, repo: '{repo}'}}]\n"),
+    })
     runtime = Runtime(open_project(root))
     with pytest.raises(ConfigError) as info:
         runtime.start()

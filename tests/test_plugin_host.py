@@ -173,12 +173,12 @@ def test_duplicate_plugin_name_from_two_distributions(make_dist):
 TOOL = "mxcp: 1\ntool:\n  name: t\n  source: {code: SELECT 1}\n"
 
 
-def test_disable_plugin_by_environment(make_project, tmp_path, monkeypatch):
+def test_disable_plugin_by_environment(make_project, tmp_path, monkeypatch, third_party_plugins):
     root = make_project(tmp_path / "p", {"tools/t.yml": TOOL})
-    monkeypatch.setenv("MXCP_DISABLE_PLUGINS", " endpoint_discovery , secrets_file")
+    monkeypatch.setenv("MXCP_DISABLE_PLUGINS", ",".join([" endpoint_discovery , secrets_file", *third_party_plugins]))
     project = open_project(root)
     assert project.host.plugin("endpoint_discovery") is None and project.host.plugin("secrets_file") is None
-    assert set(project.host.skipped) == {"endpoint_discovery", "secrets_file"}
+    assert set(project.host.skipped) == {"endpoint_discovery", "secrets_file", *third_party_plugins}
     assert project.endpoints().tools == {}
 
 
@@ -189,12 +189,12 @@ def test_disable_plugin_by_site_config(make_project, tmp_path):
     assert project.endpoints().tools == {}
 
 
-def test_disable_plugin_by_cli_flag(make_project, run_mxcp, tmp_path):
+def test_disable_plugin_by_cli_flag(make_project, run_mxcp, tmp_path, third_party_plugins):
     root = make_project(tmp_path / "p", {"tools/t.yml": TOOL})
     listed = run_mxcp("--disable-plugin", "endpoint_discovery", "list", "--json-output", cwd=root)
     assert json.loads(listed.stdout)["result"]["endpoints"] == []
     shown = json.loads(run_mxcp("--disable-plugin", "executor_sql", "plugins", "--json-output", cwd=root).stdout)
-    assert shown["result"]["disabled"] == ["executor_sql"]
+    assert shown["result"]["disabled"] == sorted(["executor_sql", *third_party_plugins])
     assert "executor_sql" not in {p["name"] for p in shown["result"]["plugins"]}
 
 

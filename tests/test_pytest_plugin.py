@@ -168,3 +168,15 @@ def test_installed_plugin_is_replaced_not_doubled(tmp_path, monkeypatch, make_di
     assert project.host.failures == []
     assert "acme" not in dict(project.host.pm.list_name_plugin())
     assert handle.tool("a") == 7
+
+
+def test_readme_example_test_passes(pytester: pytest.Pytester) -> None:
+    """The example test shown in README.md's "Testing plugins" section runs as written."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Testing plugins", 1)[1]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    pytester.makepyfile(test_readme_example=code)
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)

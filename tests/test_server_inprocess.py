@@ -1,6 +1,7 @@
 """The MCP server with the SDK client in-process: listings, results, errors, notifications, timeouts, cancellation, reload."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -123,7 +124,7 @@ def test_tool_results_carry_structured_and_text_content(served):
     hello, user, numbers, shout = run_client(server, body)
     assert hello.structured_content == {"result": "Hello, Ada!"} and hello.content[0].text == "Hello, Ada!"
     assert user.structured_content == {"id": 2, "name": "Linus"}
-    assert user.content[0].text == '{"id": 2, "name": "Linus"}'
+    assert json.loads(user.content[0].text) == {"id": 2, "name": "Linus"}
     assert numbers.structured_content == {"result": [{"i": 0}, {"i": 1}, {"i": 2}]}
     assert shout.structured_content == {"result": "HEY!"}
     assert not any(r.is_error for r in (hello, user, numbers, shout))
@@ -140,8 +141,8 @@ def test_static_resources_and_templates_are_listed_and_readable(served):
     assert [(r.uri, r.name, r.mime_type) for r in resources.resources] == [
         ("config://settings", "settings", "application/json")]
     assert [t.uri_template for t in templates.resource_templates] == ["users://{id}"]
-    assert settings.contents[0].text == '{"mode": "fast"}'
-    assert user.contents[0].text == '{"id": 1, "name": "Ada"}' and user.contents[0].uri == "users://1"
+    assert json.loads(settings.contents[0].text) == {"mode": "fast"}
+    assert json.loads(user.contents[0].text) == {"id": 1, "name": "Ada"} and user.contents[0].uri == "users://1"
 
 
 def test_unknown_resource_and_bad_uri_value_are_protocol_errors(served):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -184,3 +183,20 @@ def test_serve_refuses_invalid_endpoints_and_ignore_errors_serves_the_rest(proje
     assert "broken" not in names and "hello_world" in names
     stderr = project["errlog"].read_text()
     assert "skipping invalid endpoint broken" in stderr and "unparsable.yml" in stderr
+
+
+def test_calls_sent_before_stdin_closes_are_answered(project):
+    lines = [
+        {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "sleepy", "arguments": {"seconds": 0.3}}},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "shout", "arguments": {"text": "bye"}}},
+    ]
+    done = subprocess.run([*mxcp_command(), "serve", "--transport", "stdio"], cwd=project["root"], env=project["env"],
+                          input="".join(json.dumps(line) + "\n" for line in lines).encode(), capture_output=True,
+                          timeout=30, check=False)
+    answers = {m["id"]: m for m in map(json.loads, done.stdout.decode().splitlines())}
+    assert done.returncode == 0 and sorted(answers) == [0, 1, 2]
+    assert answers[2]["result"]["structuredContent"] == {"result": "BYE!"}
+    assert project["marks"].read_text().split() == ["init", "shutdown"]

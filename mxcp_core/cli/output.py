@@ -39,6 +39,9 @@ def ok(result: Any, json_output: bool, render: Callable[[Any], None]) -> None:
 
 
 def fail(message: str, json_output: bool, *, result: Any = None, code: int = 1) -> NoReturn:
+    from ..redaction import masker
+
+    message = masker.mask(message)
     if json_output:
         payload: dict[str, Any] = {"status": "error", "error": message}
         if result is not None:
@@ -58,6 +61,9 @@ def setup_logging(debug: bool) -> None:
         stream=sys.stderr,
         force=True,
     )
+    from .. import redaction
+
+    redaction.install()
 
 
 @contextmanager

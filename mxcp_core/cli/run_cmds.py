@@ -36,6 +36,19 @@ def parse_param(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def keep_text_for_strings(arguments: dict[str, Any], raw_params: list[str], declared: Any) -> dict[str, Any]:
+    """`-p zip=02134` or `-p name=123` for a string parameter: the text as typed, not the JSON number it parses to."""
+    string_names = {p.name for p in declared if p.type.type == "string"}
+    fixed = dict(arguments)
+    for text in raw_params:
+        key, _, raw = text.partition("=")
+        key = key.strip()
+        value = fixed.get(key)
+        if key in string_names and not raw.startswith("@") and value is not None and not isinstance(value, str):
+            fixed[key] = raw
+    return fixed
+
+
 def run(
     kind: Annotated[str, typer.Argument(help="tool, resource or prompt")],
     name: Annotated[str, typer.Argument(help="Endpoint name (URI for a resource).")],
@@ -68,6 +81,9 @@ def run(
                 raise MxcpError("--user-context must be a JSON object")
         project = load(profile, readonly)
         with Runtime(project, skip_invalid=True) as runtime:
+            compiled = runtime.compiled.get((kind, name))
+            if compiled is not None:
+                arguments = keep_text_for_strings(arguments, param or [], compiled.definition.parameters)
             result = anyio.run(
                 lambda: runtime.call_async(kind, name, arguments, caller="cli", user=user)
             )

@@ -17,6 +17,7 @@ import mcp.types as types
 from mcp import MCPError, UriTemplate
 from mcp.server import Server, ServerRequestContext
 from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import to_json
 
 from ..errors import MxcpError
 from ..execution import CallTimeout, CompiledEndpoint, Runtime
@@ -200,9 +201,33 @@ def create_server(runtime: Runtime, *, name: str | None = None) -> Server:
         on_get_prompt=get_prompt,
     )
     # Our guard instead of the default OpenTelemetry middleware (a no-op without an exporter, yet ~6 % per call).
-    server.middleware = [_guard]
+    server.inflight = InFlight()  # type: ignore[attr-defined]
+    server.middleware = [server.inflight.track, _guard]  # type: ignore[attr-defined]
     server.catalog = catalog  # type: ignore[attr-defined] - for tests and tools that inspect what is served
     return server
+
+
+class InFlight:
+    """Requests being handled, so a transport can let them finish before it closes (stdin at EOF)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def track(self, ctx: ServerRequestContext[Any], call_next: Any) -> Any:
+        if ctx.request_id is None:
+            return await call_next(ctx)
+        self.count += 1
+        try:
+            return await call_next(ctx)
+        finally:
+            self.count -= 1
+
+    async def drained(self) -> None:
+        import anyio
+
+        await anyio.sleep(0.02)  # the last requests read may not have reached a handler yet
+        while self.count:
+            await anyio.sleep(0.01)
 
 
 async def _guard(ctx: ServerRequestContext[Any], call_next: Any) -> Any:
@@ -218,7 +243,8 @@ async def _guard(ctx: ServerRequestContext[Any], call_next: Any) -> Any:
 
 def _tool_result(entry: _Entry, value: Any) -> types.CallToolResult:
     data = to_jsonable(value)
-    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    # pydantic-core writes JSON several times faster than the json module: it matters for large results.
+    text = data if isinstance(data, str) else to_json(data).decode("utf-8")
     structured = None
     if entry.structured == "wrap":
         structured = {"result": data}
@@ -241,7 +267,7 @@ def _resource_contents(uri: str, mime_type: str | None, value: Any) -> Any:
     if isinstance(data, str):
         return types.TextResourceContents(uri=uri, mime_type=mime_type or "text/plain", text=data)
     return types.TextResourceContents(uri=uri, mime_type=mime_type or "application/json",
-                                      text=json.dumps(data, ensure_ascii=False))
+                                      text=to_json(data).decode("utf-8"))
 
 
 def _annotations(values: Mapping[str, Any]) -> types.ToolAnnotations | None:

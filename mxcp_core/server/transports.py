@@ -94,17 +94,21 @@ class StdioWire:
 class _LineReader:
     """Lines from a pipe through the event loop: cancellable, no thread per line."""
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
-        self.reader = reader
+    def __init__(self, read_line: Callable[[], Any], drained: Callable[[], Any] | None) -> None:
+        self.read_line = read_line
+        self.drained = drained
 
     def __aiter__(self) -> _LineReader:
         return self
 
     async def __anext__(self) -> str:
-        line = await self.reader.readline()
+        line = await self.read_line()
         if not line:
+            # The client closed stdin: answer what it already asked before the session ends.
+            if self.drained is not None:
+                await self.drained()
             raise StopAsyncIteration
-        return line.decode("utf-8", errors="replace")
+        return line.decode("utf-8", errors="replace") if isinstance(line, bytes) else line
 
 
 class _LineWriter:
@@ -118,23 +122,36 @@ class _LineWriter:
         await self.writer.drain()
 
 
-async def _wire_streams(wire: StdioWire) -> tuple[Any, Any]:
+async def _wire_streams(wire: StdioWire, drained: Callable[[], Any] | None = None) -> tuple[Any, Any]:
     """Async line streams over the private fds; a regular file (not a pipe) falls back to the SDK's thread I/O."""
     loop = asyncio.get_running_loop()
     reading = os.fdopen(wire.read_fd, "rb", buffering=0, closefd=False)
     writing = os.fdopen(wire.write_fd, "wb", buffering=0, closefd=False)
-    try:
-        reader = asyncio.StreamReader(limit=_LINE_LIMIT, loop=loop)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), reading)
-        stdin: Any = _LineReader(reader)
-    except (ValueError, OSError):
-        stdin = anyio.wrap_file(io.TextIOWrapper(io.BufferedReader(reading), encoding="utf-8", errors="replace"))
-    try:
-        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, writing)
-        stdout: Any = _LineWriter(asyncio.StreamWriter(transport, protocol, None, loop))
-    except (ValueError, OSError):
+    stdin: Any = None
+    stdout: Any = None
+    if _pollable(wire.read_fd):
+        with contextlib.suppress(ValueError, OSError):
+            reader = asyncio.StreamReader(limit=_LINE_LIMIT, loop=loop)
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), reading)
+            stdin = _LineReader(reader.readline, drained)
+    if stdin is None:
+        text = anyio.wrap_file(io.TextIOWrapper(io.BufferedReader(reading), encoding="utf-8", errors="replace"))
+        stdin = _LineReader(text.readline, drained)
+    if _pollable(wire.write_fd):
+        with contextlib.suppress(ValueError, OSError):
+            transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, writing)
+            stdout = _LineWriter(asyncio.StreamWriter(transport, protocol, None, loop))
+    if stdout is None:
         stdout = anyio.wrap_file(io.TextIOWrapper(io.BufferedWriter(writing), encoding="utf-8"))
     return stdin, stdout
+
+
+def _pollable(fd: int) -> bool:
+    """Pipes, sockets and terminals work with the event loop; files and /dev/null do not (epoll refuses them)."""
+    import stat
+
+    mode = os.fstat(fd).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or (stat.S_ISCHR(mode) and os.isatty(fd))
 
 
 # -- start-up ----------------------------------------------------------------------------------------------
@@ -222,7 +239,7 @@ async def _watch_signals(runtime: Runtime, stop: Callable[[], None]) -> None:
 async def _serve_stdio(server: Any, runtime: Runtime, wire: StdioWire) -> None:
     from mcp.server.stdio import stdio_server
 
-    stdin, stdout = await _wire_streams(wire)
+    stdin, stdout = await _wire_streams(wire, getattr(server, "inflight", None) and server.inflight.drained)
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(_watch_signals, runtime, tasks.cancel_scope.cancel)
         async with stdio_server(stdin=stdin, stdout=stdout) as (read_stream, write_stream):

@@ -1,19 +1,12 @@
-"""A generated, deterministic training table: three well-separated species measured by petal size."""
+"""The generated training table (sql/create_flowers.sql), created on first use."""
+from pathlib import Path
+
 from mxcp.runtime import db
 
 TABLES = ("flowers",)
 FEATURES = ["petal_length", "petal_width"]
+CREATE_FLOWERS = Path(__file__).resolve().parent.parent / "sql" / "create_flowers.sql"
 
 
 def ensure_flowers() -> None:
-    db.execute(
-        """
-        CREATE TABLE IF NOT EXISTS flowers AS
-        SELECT
-            i AS id,
-            ['setosa', 'versicolor', 'virginica'][1 + i % 3] AS species,
-            [1.4, 4.3, 5.6][1 + i % 3] + ((i * 37) % 100 - 50) / 200.0 AS petal_length,
-            [0.2, 1.3, 2.1][1 + i % 3] + ((i * 53) % 100 - 50) / 400.0 AS petal_width
-        FROM range(1, 151) AS t(i)
-        """
-    )
+    db.execute(CREATE_FLOWERS.read_text(encoding="utf-8"))

@@ -38,6 +38,7 @@ def _fit(table_name: str, target_column: str, feature_columns: list, n_estimator
 @on_init
 def load_models() -> None:
     """Load saved models; train the default model when none was saved yet."""
+    ensure_flowers()  # the SQL tool species_counts reads it too
     models.clear()
     if MODEL_DIR.is_dir():
         for file in sorted(MODEL_DIR.glob("*.pkl")):

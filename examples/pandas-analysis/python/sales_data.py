@@ -1,21 +1,11 @@
-"""A small, deterministic sales table, created on first use so the example needs no setup step."""
+"""The generated sales table, created on first use (sql/create_sales.sql) so the example needs no setup step."""
+from pathlib import Path
+
 from mxcp.runtime import db
 
-REGIONS = ["north", "south", "east", "west"]
-PRODUCTS = ["pen", "ink", "paper"]
 TABLES = ("sales",)
+CREATE_SALES = Path(__file__).resolve().parent.parent / "sql" / "create_sales.sql"
 
 
 def ensure_sales() -> None:
-    db.execute(
-        """
-        CREATE TABLE IF NOT EXISTS sales AS
-        SELECT
-            i AS order_id,
-            ['north', 'south', 'east', 'west'][1 + i % 4] AS region,
-            ['pen', 'ink', 'paper'][1 + i % 3] AS product,
-            1 + (i * 7) % 10 AS quantity,
-            round(2.5 + (i * 13) % 40 / 4.0, 2) AS unit_price
-        FROM range(1, 61) AS t(i)
-        """
-    )
+    db.execute(CREATE_SALES.read_text(encoding="utf-8"))

@@ -37,7 +37,7 @@ def cache_set(key: str, value: str, ttl: int = 3600) -> dict:
     if redis_client is None:
         return _not_configured()
     try:
-        redis_client.setex(key, ttl, value)
+        redis_client.set(key, value, ex=ttl)
         return {"status": "success", "key": key, "ttl": ttl}
     except Exception as exc:  # noqa: BLE001 - the model gets a readable error
         return {"error": str(exc)}

@@ -1,0 +1,95 @@
+"""A timeout or cancellation stops the work in progress: DuckDB queries and async Python endpoints alike."""
+from __future__ import annotations
+
+import threading
+
+import anyio
+import pytest
+
+from mxcp_core.execution import CallTimeout, Runtime
+from mxcp_core.project import open_project
+
+SLOW_ASYNC = """\
+import asyncio
+
+STATE = {"cancelled": False}
+
+async def slow_async() -> dict:
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        STATE["cancelled"] = True
+        raise
+    return {"done": True}
+
+
+def was_cancelled() -> dict:
+    return dict(STATE)
+"""
+
+FILES = {
+    "tools/slow_async.yml": """\
+        mxcp: 1
+        tool:
+          name: slow_async
+          language: python
+          return: {type: object}
+          source: {file: ../python/slow.py}
+        """,
+    "tools/was_cancelled.yml": """\
+        mxcp: 1
+        tool:
+          name: was_cancelled
+          language: python
+          return: {type: object}
+          source: {file: ../python/slow.py}
+        """,
+    "tools/slow_sql.yml": """\
+        mxcp: 1
+        tool:
+          name: slow_sql
+          return: {type: integer}
+          source: {code: "SELECT count(*) FROM range(1000000000) a, range(1000) b WHERE a.range + b.range = -1"}
+        """,
+    "python/slow.py": SLOW_ASYNC,
+}
+
+
+@pytest.fixture
+def runtime(make_project, tmp_path):
+    with Runtime(open_project(make_project(tmp_path / "proj", FILES))) as started:
+        yield started
+
+
+def test_timeout_cancels_a_running_async_python_endpoint(runtime: Runtime) -> None:
+    async def main() -> None:
+        with pytest.raises(CallTimeout, match="timed out after 0.3s"):
+            await runtime.call_async("tool", "slow_async", {}, timeout=0.3)
+        # The coroutine saw its cancellation (it does not keep running on the loop).
+        with anyio.fail_after(5):
+            while not (await runtime.call_async("tool", "was_cancelled", {}))["cancelled"]:
+                await anyio.sleep(0.02)
+
+    anyio.run(main)
+
+
+def test_client_cancellation_interrupts_a_running_query(runtime: Runtime) -> None:
+    finished = threading.Event()
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            async def call() -> None:
+                try:
+                    await runtime.call_async("tool", "slow_sql", {})
+                finally:
+                    finished.set()
+
+            group.start_soon(call)
+            await anyio.sleep(0.3)
+            group.cancel_scope.cancel()
+        # Interrupted, the query frees its cursor: the next call gets an answer at once.
+        with anyio.fail_after(10):
+            assert await runtime.call_async("tool", "was_cancelled", {}) == {"cancelled": False}
+
+    anyio.run(main)
+    assert finished.is_set()

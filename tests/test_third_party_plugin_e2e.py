@@ -1,9 +1,9 @@
 """The third-party package examples/mxcp-plugin-example, served by `mxcp serve --transport stdio`.
 
-When the package is installed (CI installs it for a second run), the installed copy is served. Otherwise the
-test lays the package out as an installed distribution in a temporary folder (its modules plus a dist-info
-with the entry points of its pyproject.toml) and puts that folder on the server's PYTHONPATH, so the main
-suite never needs it installed: installed, its tool would appear in every other test's projects.
+When the package is installed (CI installs it), the installed copy is served. Otherwise the test lays the
+package out as an installed distribution in a temporary folder (its modules plus a dist-info with the entry
+points of its pyproject.toml) and puts that folder on the server's PYTHONPATH, so a developer can run the suite
+without installing it.
 """
 from __future__ import annotations
 

@@ -248,9 +248,8 @@ def snapshot_command(
 ) -> None:
     """Record tables, endpoint definitions, validation and test status as the drift baseline."""
     from mxcp_core.cli.options import load, plural
-    from mxcp_core.cli.output import console, ok, reporting_errors, setup_logging
+    from mxcp_core.cli.output import console, ok, reporting_errors
 
-    setup_logging(debug)
     with reporting_errors(json_output, debug):
         project = load(profile)
         state = collect_state(project)
@@ -282,10 +281,9 @@ def check_command(
 ) -> None:
     """Compare the project with its drift snapshot; exits 1 when anything changed."""
     from mxcp_core.cli.options import load, plural
-    from mxcp_core.cli.output import console, emit_json, reporting_errors, setup_logging
+    from mxcp_core.cli.output import console, emit_json, reporting_errors
     from mxcp_core.errors import MxcpError
 
-    setup_logging(debug)
     with reporting_errors(json_output, debug):
         project = load(profile)
         path = baseline if baseline is not None else drift_path(project)

@@ -114,10 +114,9 @@ def lint_command(
 ) -> None:
     """Check endpoint metadata (descriptions, examples, return types, tests); exits 1 on any error."""
     from mxcp_core.cli.options import load, plural
-    from mxcp_core.cli.output import console, emit_json, reporting_errors, setup_logging
+    from mxcp_core.cli.output import console, emit_json, reporting_errors
     from mxcp_core.errors import MxcpError
 
-    setup_logging(debug)
     with reporting_errors(json_output, debug):
         if severity not in _RANK:
             raise MxcpError(f"unknown severity '{severity}': expected error, warning or info")

@@ -68,7 +68,8 @@ def setup_logging(debug: bool) -> None:
 
 @contextmanager
 def reporting_errors(json_output: bool, debug: bool = False) -> Iterator[None]:
-    """Framework errors become one clear message and exit code 1; anything else too, with a debug hint."""
+    """Logging set up (stderr, secrets masked); framework errors become one clear message and exit code 1."""
+    setup_logging(debug)
     try:
         yield
     except typer.Exit:

@@ -9,7 +9,7 @@ import typer
 
 from ..errors import MxcpError
 from .options import DebugOpt, JsonOpt, ProfileOpt, ReadonlyOpt, load
-from .output import console, ok, reporting_errors, setup_logging, to_json_text
+from .output import console, ok, reporting_errors, to_json_text
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -69,7 +69,6 @@ def run(
 
     from ..execution import Runtime
 
-    setup_logging(debug)
     with reporting_errors(json_output, debug):
         if kind not in {"tool", "resource", "prompt"}:
             raise MxcpError(f"unknown kind '{kind}': expected tool, resource or prompt")
@@ -107,7 +106,6 @@ def query(
     from ..execution import Runtime
     from ..sql import run_sql
 
-    setup_logging(debug)
     with reporting_errors(json_output, debug):
         if (sql is None) == (file is None):
             raise MxcpError("give the SQL as an argument or with --file (one of them)")

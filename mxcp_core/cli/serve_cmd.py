@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from .options import DebugOpt, ProfileOpt, ReadonlyOpt, load
-from .output import reporting_errors, setup_logging
+from .output import reporting_errors
 
 
 def serve(
@@ -32,7 +32,6 @@ def serve(
     """Serve the project's tools, resources and prompts to MCP clients."""
     from ..server.transports import ServeOptions, StdioWire, serve as run_server
 
-    setup_logging(debug)
     # Protect the protocol stream before any plugin or user module is imported (they may print).
     wire = StdioWire.claim() if transport in (None, "stdio") else None
     try:

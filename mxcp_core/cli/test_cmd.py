@@ -7,7 +7,7 @@ import typer
 
 from ..errors import MxcpError
 from .options import DebugOpt, JsonOpt, ProfileOpt, ReadonlyOpt, load, plural, short
-from .output import console, emit_json, reporting_errors, setup_logging
+from .output import console, emit_json, reporting_errors
 
 KINDS = ("tool", "resource", "prompt")
 
@@ -26,7 +26,6 @@ def test(
     from ..execution import Runtime
     from ..testing_runner import TestOutcome, plan_tests, run_tests, summarise
 
-    setup_logging(debug)
     with reporting_errors(json_output, debug):
         if kind is not None and kind not in KINDS and name is None:
             kind, name = None, kind  # `mxcp test NAME`: any kind

@@ -19,6 +19,7 @@ from mcp.server import Server, ServerRequestContext
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import to_json
 
+from .. import redaction
 from ..errors import MxcpError
 from ..execution import CallTimeout, CompiledEndpoint, Runtime
 from ..notifications import current_request
@@ -311,11 +312,6 @@ class _Scrubber:
 
     def __init__(self, runtime: Runtime) -> None:
         self.root = str(runtime.context.root)
-        secrets: set[str] = set()
-        for secret in runtime.context.secrets():
-            _collect_strings(secret.parameters, secrets)
-        # Longest first, so a secret containing another is replaced whole.
-        self.secrets = sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True)
 
     def message(self, exc: BaseException, entry: _Entry, arguments: Mapping[str, Any]) -> str:
         if isinstance(exc, MCPError):
@@ -337,8 +333,10 @@ class _Scrubber:
         for key, value in redacted.items():
             if value != arguments.get(key):
                 _collect_strings(arguments.get(key), sensitive)
-        hidden = [*self.secrets, *(s for s in sensitive if len(s) >= 3)]
-        for value in sorted(hidden, key=len, reverse=True):
+        # The runtime registered this profile's secret values with the masker when it started.
+        text = redaction.masker.mask(text)
+        # Longest first, so a value containing another is replaced whole.
+        for value in sorted((s for s in sensitive if len(s) >= 3), key=len, reverse=True):
             if value in text:
                 text = text.replace(value, REDACTED)
         text = text.replace(self.root, "<project>")

@@ -161,6 +161,15 @@ class Runtime:
         with context.bound(self):
             hook(runtime=self)
 
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def drop(self, kind: str, key: str) -> None:
+        """Stop serving one endpoint (serve --ignore-errors skips the ones that fail their checks)."""
+        self.compiled.pop((kind, key), None)
+        self._templates = [(d, m) for d, m in self._templates if (d.kind, d.key) != (kind, key)]
+
     # -- lookup --------------------------------------------------------------------------------
     def endpoint(self, kind: str, name: str) -> tuple[CompiledEndpoint, dict[str, Any]]:
         """The compiled endpoint for a name (a URI for resources), with arguments taken from a URI template."""

@@ -233,8 +233,8 @@ class Executor(Protocol):
     def start(self, runtime: Any) -> None:
         """Get ready to run: import modules, prepare caches. Called once per runtime."""
 
-    def validate(self, endpoint: EndpointDefinition, runtime: Any) -> list[str]:
-        """Problems with the endpoint's body, as messages (empty when fine)."""
+    def validate(self, endpoint: EndpointDefinition, runtime: Any) -> list[str | Problem]:
+        """Problems with the endpoint's body: messages (errors) or Problem records (empty when fine)."""
 
     def execute(self, call: EndpointCall) -> Any:
         """Run the endpoint (in a worker thread) and return its raw result."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import attrs
@@ -9,7 +10,7 @@ import attrs
 from .errors import MxcpError
 from .execution import Runtime
 from .project import Project
-from .records import Problem
+from .records import EndpointDefinition, Problem
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +40,7 @@ def validate_project(project: Project, *, deep: bool = True, only: str | None = 
                 executor.start(runtime)
             except MxcpError as exc:
                 problems.append(Problem(message=str(exc), severity="error"))
-        for endpoint in endpoints:
-            if endpoint.function is not None or endpoint.kind == "prompt":
-                continue
-            executor = project.executors().get(endpoint.language or "")
-            if executor is None:
-                continue
-            try:
-                found = executor.validate(endpoint, runtime)
-            except Exception as exc:  # noqa: BLE001 - a checker bug must not hide other problems
-                found = [f"could not be checked: {type(exc).__name__}: {exc}"]
-            problems.extend(Problem(message=m, file=endpoint.origin, endpoint=endpoint.key) for m in found)
+        problems.extend(check_bodies(runtime, endpoints))
     finally:
         for executor in project.executors().values():
             try:
@@ -57,6 +48,24 @@ def validate_project(project: Project, *, deep: bool = True, only: str | None = 
             except Exception:  # noqa: BLE001
                 log.debug("executor stop failed", exc_info=True)
         runtime.database.close()
+    return problems
+
+
+def check_bodies(runtime: Runtime, endpoints: Iterable[EndpointDefinition]) -> list[Problem]:
+    """Each executor's own checks of the endpoints' bodies (SQL prepared, Python functions and parameters)."""
+    problems: list[Problem] = []
+    executors = runtime.project.executors()
+    for endpoint in endpoints:
+        executor = executors.get(endpoint.language or "")
+        if endpoint.function is not None or endpoint.kind == "prompt" or executor is None:
+            continue
+        try:
+            found = executor.validate(endpoint, runtime)
+        except Exception as exc:  # noqa: BLE001 - a checker bug must not hide other problems
+            found = [f"could not be checked: {type(exc).__name__}: {exc}"]
+        for item in found:
+            problem = item if isinstance(item, Problem) else Problem(message=str(item))
+            problems.append(attrs.evolve(problem, file=endpoint.origin, endpoint=endpoint.key))
     return problems
 
 

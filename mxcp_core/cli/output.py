@@ -48,7 +48,9 @@ def fail(message: str, json_output: bool, *, result: Any = None, code: int = 1) 
             payload["result"] = result
         emit_json(payload)
     else:
-        console(stderr=True).print(f"[bold red]Error:[/] {message}", highlight=False, markup=True)
+        from rich.markup import escape
+
+        console(stderr=True).print(f"[bold red]Error:[/] {escape(message)}", highlight=False, markup=True)
     raise typer.Exit(code)
 
 

@@ -5,6 +5,7 @@ from typing import Annotated, Any
 
 import attrs
 import typer
+from rich.markup import escape
 
 from .options import DebugOpt, GlobalState, JsonOpt, ProfileOpt, load, plural, short
 from .output import console, fail, ok, reporting_errors
@@ -48,7 +49,7 @@ def list_endpoints(
                               row["origin"])
             out.print(table)
             for bad in invalid:
-                out.print(f"[red]invalid[/] {bad['origin']}: {bad['error']}", highlight=False)
+                out.print(f"[red]invalid[/] {escape(bad['origin'])}: {escape(bad['error'])}", highlight=False)
 
         ok(result, json_output, render)
 
@@ -83,7 +84,7 @@ def validate(
             out = console(stderr=bool(errors))
             for problem in problems:
                 colour = "red" if problem.severity == "error" else "yellow"
-                out.print(f"[{colour}]{problem.severity}[/] {problem.format()}", highlight=False)
+                out.print(f"[{colour}]{problem.severity}[/] {escape(problem.format())}", highlight=False)
             if errors:
                 out.print(f"[bold red]{plural(len(errors), 'problem')} found[/] in {plural(checked, 'endpoint')}")
             else:
@@ -136,7 +137,7 @@ def plugins(
             for name in result["disabled"]:
                 out.print(f"[yellow]disabled[/] {name}")
             for failure in host.failures:
-                out.print(f"[red]failed[/] {failure.name} ({failure.distribution or '?'}): {failure.reason}",
+                out.print(f"[red]failed[/] {failure.name} ({failure.distribution or '?'}): {escape(failure.reason)}",
                           highlight=False)
 
         ok(result, json_output, render)

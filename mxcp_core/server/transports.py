@@ -165,18 +165,13 @@ def start_runtime(project: Project, *, ignore_errors: bool = False) -> Runtime:
     runtime.start()
     broken: list[tuple[str, str]] = []
     try:
-        executors = project.executors()
+        from ..validation import check_bodies
+
+        # After on_init, so tables its hooks create count as present.
         for (kind, key), compiled in list(runtime.compiled.items()):
-            definition = compiled.definition
-            executor = executors.get(definition.language or "")
-            if definition.function is not None or kind == "prompt" or executor is None:
-                continue
-            try:
-                found = executor.validate(definition, runtime)
-            except Exception as exc:  # noqa: BLE001 - a checker bug must not hide other problems
-                found = [f"could not be checked: {type(exc).__name__}: {exc}"]
-            if found:
-                problems.append((key, definition.origin, "; ".join(found)))
+            errors = [p for p in check_bodies(runtime, [compiled.definition]) if p.severity == "error"]
+            if errors:
+                problems.append((key, compiled.definition.origin, "; ".join(p.message for p in errors)))
                 broken.append((kind, key))
     except BaseException:
         runtime.stop()
@@ -190,9 +185,7 @@ def start_runtime(project: Project, *, ignore_errors: bool = False) -> Runtime:
     for name, origin, message in problems:
         print(f"mxcp: skipping invalid endpoint {name} ({origin}): {message}", file=sys.stderr)
     for kind, key in broken:
-        runtime.compiled.pop((kind, key), None)
-    if broken:
-        runtime._templates = [(d, m) for d, m in runtime._templates if ("resource", d.key) in runtime.compiled]
+        runtime.drop(kind, key)
     return runtime
 
 

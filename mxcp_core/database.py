@@ -20,16 +20,16 @@ log = logging.getLogger(__name__)
 
 
 class Database:
-    """The project's DuckDB database. Cursors share the database (and its functions) and are reused."""
+    """The project's DuckDB database: one connection; each call gets its own cursor (sharing its functions)."""
 
     def __init__(self, project: ProjectContext, hooks: Hooks) -> None:
         self.project = project
         self.hooks = hooks
         self._conn: duckdb.DuckDBPyConnection | None = None
-        self._idle: list[duckdb.DuckDBPyConnection] = []
         self._lock = threading.Lock()
         # Set while a reload payload has exclusive use of the file: nothing may reopen it behind its back.
         self.paused = False
+        self._stopped = False
 
     @property
     def is_open(self) -> bool:
@@ -43,6 +43,8 @@ class Database:
                     "the database is closed while a reload payload runs; the payload has the file to itself "
                     f"(open it with duckdb.connect({self.project.duckdb_path!r}))"
                 )
+            if self._stopped:
+                raise ExecutionError("the runtime has stopped; the database is closed")
             self.open()
         assert self._conn is not None
         return self._conn
@@ -54,6 +56,7 @@ class Database:
         with self._lock:
             if self._conn is not None:
                 return
+            self._stopped = False
             path = self.project.duckdb_path
             readonly = self.project.readonly
             if path != ":memory:":
@@ -73,29 +76,20 @@ class Database:
                 raise
             self._conn = conn
 
-    def close(self) -> None:
+    def close(self, *, final: bool = False) -> None:
+        """Close the database; `final` (the runtime stopped) keeps late calls from reopening it."""
         with self._lock:
-            for cursor in self._idle:
-                _quietly_close(cursor)
-            self._idle.clear()
+            self._stopped = final
             if self._conn is not None:
                 _quietly_close(self._conn)
                 self._conn = None
 
     def acquire(self) -> duckdb.DuckDBPyConnection:
-        """A cursor for one call (a cursor is never used by two threads at once)."""
-        conn = self.connection
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return conn.cursor()
+        """A fresh cursor for one call: its own transaction and temporary objects, never seen by the next call."""
+        return self.connection.cursor()
 
     def release(self, cursor: duckdb.DuckDBPyConnection, healthy: bool = True) -> None:
-        """Back to the pool; after an error or interrupt the cursor may hold an aborted transaction: drop it."""
-        with self._lock:
-            if healthy and self._conn is not None and len(self._idle) < 64:
-                self._idle.append(cursor)
-                return
+        """Closing the cursor rolls back what the call left open and drops its temporary objects."""
         _quietly_close(cursor)
 
     @contextmanager

@@ -100,6 +100,9 @@ class Runtime:
         self._reload_lock = threading.Lock()
         self._reloads: list[threading.Thread] = []
         self.reload_count = 0
+        self._loop: Any = None
+        self._loop_thread: threading.Thread | None = None
+        self._loop_lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -130,7 +133,7 @@ class Runtime:
             # A half-done start releases what it took (import path, user modules, the database file).
             self._started = False
             self._stop_executors()
-            self.database.close()
+            self.database.close(final=True)
             raise
 
     def stop(self) -> None:
@@ -140,7 +143,8 @@ class Runtime:
         self.wait_for_reloads()
         self._run_hook(self.hooks.on_shutdown)
         self._stop_executors()
-        self.database.close()
+        self._stop_user_loop()
+        self.database.close(final=True)
         self._started = False
 
     def _stop_executors(self) -> None:
@@ -217,7 +221,18 @@ class Runtime:
     def invoke(self, call: EndpointCall) -> Any:
         """Run a prepared call through the hook chain (blocking; call from a worker thread when serving)."""
         with self.gate.shared(), context.bound(self, call):
-            return self.hooks.call_endpoint(call=call)
+            # A call that timed out or was cancelled while it waited (e.g. behind a reload) must not run later.
+            if call.cancelled:
+                raise ExecutionError("call cancelled before it started")
+            try:
+                return self.hooks.call_endpoint(call=call)
+            except MxcpError as exc:
+                # Messages may quote what user code or DuckDB saw: never a secret or a sensitive argument.
+                text = str(exc)
+                masked = redaction.masker.mask(text, redaction.sensitive_arguments())
+                if masked == text:
+                    raise
+                raise type(exc)(masked) from None
 
     def call(self, kind: str, name: str, arguments: Mapping[str, Any] | None = None, **options: Any) -> Any:
         """Validate and run one call, blocking."""
@@ -235,11 +250,9 @@ class Runtime:
     ) -> Any:
         """Run a call in a worker thread; cancellation or timeout interrupts the running query."""
         import anyio
-        import anyio.lowlevel
 
         compiled, call = self.prepare_call(kind, name, arguments, **options)
         limit = timeout or compiled.definition.timeout or self.context.site.timeout
-        call.notes["loop_token"] = anyio.lowlevel.current_token()
         try:
             with anyio.fail_after(limit) if limit else _nullcontext():
                 return await anyio.to_thread.run_sync(self.invoke, call, abandon_on_cancel=True)
@@ -251,16 +264,43 @@ class Runtime:
             raise
 
     def run_async(self, func: Callable[..., Any], *args: Any) -> Any:
-        """Run an async function from a worker thread on the server's loop, or in a fresh loop in the CLI."""
-        call = context.current_call.get()
-        token = call.notes.get("loop_token") if call is not None else None
-        if token is not None:
-            from anyio import from_thread
+        """Run an async endpoint or hook on the runtime's own event loop and wait for it (from a worker thread).
 
-            return from_thread.run(_cancellable, call, func, args, token=token)
+        Not the server's loop: endpoint code may block (a `db.execute` inside an async function), and that must
+        never stall the protocol. One loop for all user coroutines, so async clients made in `@on_init` keep
+        working in every call. Cancellation or a timeout of the call cancels the coroutine.
+        """
+        import asyncio
+        import concurrent.futures
+
+        future = asyncio.run_coroutine_threadsafe(func(*args), self._user_loop())
+        call = context.current_call.get()
+        if call is not None:
+            call.on_interrupt(future.cancel)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise ExecutionError("call cancelled") from None
+
+    def _user_loop(self) -> Any:
         import asyncio
 
-        return asyncio.run(func(*args))
+        with self._loop_lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="mxcp-user-loop", daemon=True)
+                thread.start()
+                self._loop, self._loop_thread = loop, thread
+            return self._loop
+
+    def _stop_user_loop(self) -> None:
+        with self._loop_lock:
+            loop, thread, self._loop, self._loop_thread = self._loop, self._loop_thread, None, None
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=5)
+            if not thread.is_alive():
+                loop.close()
 
     def execute_body(self, call: EndpointCall) -> Any:
         """The innermost step of every call: the executor runs the body, the result is shaped and checked."""
@@ -329,16 +369,6 @@ class Runtime:
                 thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
             if deadline is not None and time.monotonic() >= deadline:
                 return
-
-
-async def _cancellable(call: EndpointCall, func: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    """Run on the loop inside a cancel scope that the call's interrupt (cancellation, timeout) cancels."""
-    import anyio
-
-    with anyio.CancelScope() as scope:
-        call.on_interrupt(scope.cancel)
-        return await func(*args)
-    raise ExecutionError("call cancelled")
 
 
 def shape_result(raw: Any, kind: str, definition: EndpointDefinition) -> Any:

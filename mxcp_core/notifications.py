@@ -15,6 +15,8 @@ from typing import Any
 # The MCP request context (mcp.server.ServerRequestContext) of the call the current code serves.
 # Set by the server around each call; worker threads and `from_thread` tasks inherit it.
 current_request: contextvars.ContextVar[Any] = contextvars.ContextVar("mxcp_mcp_request", default=None)
+# The server's event loop: endpoint coroutines run on the runtime's own loop and hand notifications over.
+server_loop: contextvars.ContextVar[Any] = contextvars.ContextVar("mxcp_server_loop", default=None)
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 _PYTHON_LEVELS = {
@@ -41,9 +43,9 @@ async def mcp_log(level: str, message: Any, *, logger: str | None = None) -> Non
     with warnings.catch_warnings():
         # The SDK marks the logging capability deprecated for 2026-07-28; older clients rely on it.
         warnings.simplefilter("ignore")
-        await request.session.send_log_message(
+        await _on_server_loop(request.session.send_log_message(
             level=level, data=to_jsonable(message), logger=logger, related_request_id=request.request_id
-        )
+        ))
 
 
 async def report_progress(progress: float, total: float | None = None, message: str | None = None) -> None:
@@ -52,7 +54,19 @@ async def report_progress(progress: float, total: float | None = None, message: 
     if request is None:
         log.debug("progress %s/%s %s", progress, total, message or "")
         return
-    await request.session.report_progress(float(progress), None if total is None else float(total), message)
+    await _on_server_loop(
+        request.session.report_progress(float(progress), None if total is None else float(total), message)
+    )
+
+
+async def _on_server_loop(coroutine: Any) -> Any:
+    """The session belongs to the server's loop: run the send there when the caller is on another loop."""
+    import asyncio
+
+    loop = server_loop.get()
+    if loop is None or loop is asyncio.get_running_loop():
+        return await coroutine
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, loop))
 
 
 __all__ = ["mcp_log", "report_progress"]

@@ -15,18 +15,22 @@ class SecretMasker:
     """The set of values to mask, shared by every handler's filter; runtimes add their project's secrets."""
 
     def __init__(self) -> None:
-        self._values: frozenset[str] = frozenset()
+        # Longest first, so a secret containing another is masked whole.
+        self._values: tuple[str, ...] = ()
         self._lock = threading.Lock()
 
     def add(self, values: Iterable[str]) -> None:
-        fresh = {v for v in values if isinstance(v, str) and len(v) >= MIN_SECRET_LENGTH}
-        if fresh - self._values:
+        fresh = {v for v in values if isinstance(v, str) and len(v) >= MIN_SECRET_LENGTH} - set(self._values)
+        if fresh:
             with self._lock:
-                # Longest first, so a secret containing another is masked whole.
-                self._values = frozenset(self._values | fresh)
+                self._values = tuple(sorted({*self._values, *fresh}, key=len, reverse=True))
 
-    def mask(self, text: str) -> str:
-        for value in sorted(self._values, key=len, reverse=True):
+    def mask(self, text: str, extra: Iterable[str] = ()) -> str:
+        """`text` with every secret value, and each of `extra`, replaced by the mask."""
+        values = self._values
+        if extra:
+            values = tuple(sorted({*values, *extra}, key=len, reverse=True))
+        for value in values:
             if value in text:
                 text = text.replace(value, MASK)
         return text
@@ -51,20 +55,41 @@ def secret_values(parameters: Any) -> Iterable[str]:
             yield from secret_values(value)
 
 
+def sensitive_arguments() -> tuple[str, ...]:
+    """Values of the current call's `sensitive` arguments (computed only when something is logged)."""
+    from .context import current_call
+
+    call = current_call.get()
+    if call is None:
+        return ()
+    compiled = call.runtime.compiled.get((call.endpoint.kind, call.endpoint.key))
+    if compiled is None:
+        return ()
+    redacted = compiled.parameters.redact(call.arguments)
+    found: list[str] = []
+    for name, value in call.arguments.items():
+        if redacted.get(name) != value:
+            found.extend(v for v in secret_values(value) if len(v) >= 3)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                found.append(str(value))
+    return tuple(found)
+
+
 class RedactingFilter(logging.Filter):
-    """Masks secret values in the message and in the formatted traceback of each record."""
+    """Masks secret values and the current call's sensitive arguments in the message and the traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not masker.active:
+        extra = sensitive_arguments()
+        if not masker.active and not extra:
             return True
         message = record.getMessage()
-        masked = masker.mask(message)
+        masked = masker.mask(message, extra)
         if masked != message:
             record.msg, record.args = masked, None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = masker.mask(record.exc_text)
+            record.exc_text = masker.mask(record.exc_text, extra)
         return True
 
 

@@ -72,8 +72,10 @@ def check_bodies(runtime: Runtime, endpoints: Iterable[EndpointDefinition]) -> l
 def _checking_runtime(project: Project) -> Runtime:
     """A runtime that opens an existing database read-only, so validating never writes to it."""
     context = project.context
-    if context.duckdb_path != ":memory:" and Path(context.duckdb_path).exists():
-        context = attrs.evolve(context, readonly=True)
+    if context.duckdb_path != ":memory:":
+        # An existing file opens read-only; a missing one is not created (an empty database checks the same).
+        exists = Path(context.duckdb_path).exists()
+        context = attrs.evolve(context, readonly=True) if exists else attrs.evolve(context, duckdb_path=":memory:")
     checking = Project(context=context, host=project.host, hooks=project.hooks)
     checking._executors = project.executors()
     checking._registry = project.endpoints()

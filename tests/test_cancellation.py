@@ -25,6 +25,13 @@ async def slow_async() -> dict:
 
 def was_cancelled() -> dict:
     return dict(STATE)
+
+
+async def async_slow_sql() -> dict:
+    from mxcp.runtime import db
+    # Blocking DuckDB work inside a coroutine: it must stall neither the caller's loop nor other calls.
+    db.execute("SELECT count(*) FROM range(1000000000) a, range(1000) b WHERE a.range + b.range = -1")
+    return {"done": True}
 """
 
 FILES = {
@@ -40,6 +47,14 @@ FILES = {
         mxcp: 1
         tool:
           name: was_cancelled
+          language: python
+          return: {type: object}
+          source: {file: ../python/slow.py}
+        """,
+    "tools/async_slow_sql.yml": """\
+        mxcp: 1
+        tool:
+          name: async_slow_sql
           language: python
           return: {type: object}
           source: {file: ../python/slow.py}
@@ -93,3 +108,23 @@ def test_client_cancellation_interrupts_a_running_query(runtime: Runtime) -> Non
 
     anyio.run(main)
     assert finished.is_set()
+
+
+def test_blocking_sql_in_an_async_endpoint_neither_blocks_the_loop_nor_escapes_its_timeout(runtime: Runtime) -> None:
+    order: list[str] = []
+
+    async def main() -> None:
+        async def slow() -> None:
+            try:
+                await runtime.call_async("tool", "async_slow_sql", {}, timeout=1)
+            except CallTimeout:
+                order.append("slow timed out")
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(slow)
+            await anyio.sleep(0.2)
+            await runtime.call_async("tool", "was_cancelled", {})
+            order.append("quick answered")
+
+    anyio.run(main)
+    assert order == ["quick answered", "slow timed out"]

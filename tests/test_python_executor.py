@@ -114,20 +114,23 @@ def test_a_user_json_module_does_not_shadow_the_standard_library(project):
     assert sys.modules["json"] is json
 
 
-def test_plain_functions_run_in_a_worker_thread_and_async_on_the_event_loop(project):
+def test_plain_functions_run_in_a_worker_thread_and_async_on_the_runtime_loop(project):
     with started(project) as runtime:
 
-        async def main() -> tuple[int, dict, dict]:
+        async def main() -> tuple[int, dict, dict, dict]:
             loop_thread = threading.get_ident()
             sync_result = await runtime.call_async("tool", "where_sync")
-            async_result = await runtime.call_async("tool", "where_async")
-            return loop_thread, sync_result, async_result
+            first = await runtime.call_async("tool", "where_async")
+            second = await runtime.call_async("tool", "where_async")
+            return loop_thread, sync_result, first, second
 
-        loop_thread, sync_result, async_result = anyio.run(main)
+        loop_thread, sync_result, first, second = anyio.run(main)
         assert sync_result["thread"] != loop_thread
-        assert async_result["thread"] == loop_thread
-        # Without a server loop (`Runtime.call`), the coroutine is still awaited.
-        assert "thread" in runtime.call("tool", "where_async")
+        # Coroutines are awaited on the runtime's own loop, never the caller's (server's) loop, which endpoint
+        # code must not be able to block; every call uses the same loop.
+        assert first["thread"] != loop_thread and first["thread"] == second["thread"]
+        # Without an event loop of the caller's (`Runtime.call`), the coroutine is awaited the same way.
+        assert runtime.call("tool", "where_async") == first
 
 
 def test_an_exception_gives_the_caller_its_message_and_the_log_its_traceback(project, caplog):

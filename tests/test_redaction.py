@@ -74,3 +74,31 @@ def test_cli_error_and_server_log_mask_the_secret(make_project, user_config, run
     assert "using token [REDACTED]" in result.stderr
     assert "Traceback" in result.stderr  # the log keeps the whole story, minus the value
     assert SECRET not in result.stderr + result.stdout
+
+
+SENSITIVE_TOOL = """\
+mxcp: 1
+tool:
+  name: check_pin
+  language: python
+  parameters:
+    - {name: pin, type: string, sensitive: true}
+  return: {type: object}
+  source: {file: ../python/pins.py}
+"""
+
+SENSITIVE_CODE = """\
+import logging
+
+def check_pin(pin: str) -> dict:
+    logging.getLogger("user.code").warning("checking %s", pin)
+    raise ValueError(f"pin {pin} rejected")
+"""
+
+
+def test_sensitive_arguments_are_masked_in_the_log_and_the_error(make_project, run_mxcp, tmp_path) -> None:
+    root = make_project(tmp_path / "proj", {"tools/check_pin.yml": SENSITIVE_TOOL, "python/pins.py": SENSITIVE_CODE})
+    result = run_mxcp("run", "tool", "check_pin", "-p", "pin=918273", "--debug", cwd=root)
+    assert result.returncode == 1
+    assert "pin [REDACTED] rejected" in result.stderr and "checking [REDACTED]" in result.stderr
+    assert "918273" not in result.stderr + result.stdout

@@ -154,12 +154,12 @@ def test_unknown_resource_and_bad_uri_value_are_protocol_errors(served):
             try:
                 await client.read_resource(uri)
             except MCPError as exc:
-                errors.append(str(exc))
+                errors.append((exc.code, str(exc)))
         return errors
 
     unknown, bad_value = run_client(server, body)
-    assert "Unknown resource: nothing://here" in unknown
-    assert "Parameter 'id': expected integer" in bad_value
+    assert unknown[0] == -32002 and "Unknown resource: nothing://here" in unknown[1]  # MCP: resource not found
+    assert bad_value[0] == -32602 and "Parameter 'id': expected integer" in bad_value[1]  # invalid params
 
 
 def test_prompts_render_into_mcp_messages(served):

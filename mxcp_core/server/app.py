@@ -6,6 +6,7 @@ body itself, which runs in a worker thread (`Runtime.call_async`) so the event l
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -20,14 +21,15 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import to_json
 
 from .. import redaction
-from ..errors import MxcpError
+from ..errors import MxcpError, ValidationError
 from ..execution import CallTimeout, CompiledEndpoint, Runtime
-from ..notifications import current_request
+from ..notifications import current_request, server_loop
 from ..typesystem import to_jsonable
 
 log = logging.getLogger(__name__)
 
 REDACTED = "[REDACTED]"
+RESOURCE_NOT_FOUND = -32002  # the MCP specification's code for an unknown resource URI
 # Absolute paths (two segments or more) in messages from user code: clients never see the server's layout.
 _PATH = re.compile(r"(?<![\w:/.])/(?:[\w.@+-]+/)+[\w.@+-]*")
 _STRING_TYPES = {"integer": int, "number": float}
@@ -115,7 +117,7 @@ class Catalog:
             values = entry.template.match(uri)
             if values is not None:
                 return entry, values
-        raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown resource: {uri}")
+        raise MCPError(code=RESOURCE_NOT_FOUND, message=f"Unknown resource: {uri}")
 
 
 def create_server(runtime: Runtime, *, name: str | None = None) -> Server:
@@ -130,11 +132,12 @@ def create_server(runtime: Runtime, *, name: str | None = None) -> Server:
         return {"caller": "http", "session_id": request.headers.get("mcp-session-id")}
 
     async def run(ctx: ServerRequestContext[Any], kind: str, key: str, arguments: Mapping[str, Any]) -> Any:
-        token = current_request.set(ctx)
+        tokens = current_request.set(ctx), server_loop.set(asyncio.get_running_loop())
         try:
             return await runtime.call_async(kind, key, arguments, **identity(ctx))
         finally:
-            current_request.reset(token)
+            server_loop.reset(tokens[1])
+            current_request.reset(tokens[0])
 
     async def list_tools(ctx: ServerRequestContext[Any], params: Any) -> types.ListToolsResult:
         return catalog.list_tools
@@ -165,7 +168,7 @@ def create_server(runtime: Runtime, *, name: str | None = None) -> Server:
         try:
             value = await run(ctx, "resource", entry.key, arguments)
         except Exception as exc:  # noqa: BLE001
-            raise MCPError(code=types.INTERNAL_ERROR, message=scrub.message(exc, entry, arguments)) from None
+            raise scrub.protocol_error(exc, entry, arguments) from None
         return types.ReadResourceResult(contents=[_resource_contents(uri, entry.mime_type, value)])
 
     async def list_prompts(ctx: ServerRequestContext[Any], params: Any) -> types.ListPromptsResult:
@@ -179,7 +182,7 @@ def create_server(runtime: Runtime, *, name: str | None = None) -> Server:
         try:
             messages = await run(ctx, "prompt", entry.key, arguments)
         except Exception as exc:  # noqa: BLE001
-            raise MCPError(code=types.INVALID_PARAMS, message=scrub.message(exc, entry, arguments)) from None
+            raise scrub.protocol_error(exc, entry, arguments) from None
         return types.GetPromptResult(
             description=entry.compiled.definition.description or None,
             messages=[
@@ -325,6 +328,11 @@ class _Scrubber:
             log.error("%s '%s' failed", entry.compiled.kind, entry.key, exc_info=exc)
             text = f"Internal error ({type(exc).__name__})"
         return self.clean(text, entry, arguments)
+
+    def protocol_error(self, exc: BaseException, entry: _Entry, arguments: Mapping[str, Any]) -> MCPError:
+        """Bad arguments are the client's to fix (invalid params); anything else is an internal error."""
+        code = types.INVALID_PARAMS if isinstance(exc, ValidationError) else types.INTERNAL_ERROR
+        return MCPError(code=code, message=self.message(exc, entry, arguments))
 
     def clean(self, text: str, entry: _Entry, arguments: Mapping[str, Any]) -> str:
         text = text.strip().split("\n", 1)[0]

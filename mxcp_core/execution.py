@@ -75,7 +75,6 @@ class CompiledEndpoint:
     definition: EndpointDefinition
     parameters: CompiledParameters
     returns: CompiledReturn
-    uri_template: Any = None  # mcp.UriTemplate-like matcher for resource templates, set by the server
 
     @property
     def kind(self) -> str:

@@ -24,7 +24,7 @@ def _root(
 
 
 def build_app(load_plugin_commands: bool = True) -> typer.Typer:
-    from . import init_cmd, project_cmds
+    from . import init_cmd, project_cmds, run_cmds, serve_cmd, test_cmd
 
     app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                       context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,25 +33,11 @@ def build_app(load_plugin_commands: bool = True) -> typer.Typer:
     app.command("list")(project_cmds.list_endpoints)
     app.command("validate")(project_cmds.validate)
     app.command("plugins")(project_cmds.plugins)
-    for register in _core_command_modules():
-        register(app)
+    for module in (run_cmds, serve_cmd, test_cmd):
+        module.register(app)
     if load_plugin_commands:
         _add_plugin_commands(app)
     return app
-
-
-def _core_command_modules() -> list:
-    """Later command groups register themselves here (run/query, serve, test...)."""
-    registrars = []
-    for module_name in ("run_cmds", "serve_cmd", "test_cmd"):
-        try:
-            module = __import__(f"{__name__}.{module_name}", fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{module_name}":
-                raise
-            continue
-        registrars.append(module.register)
-    return registrars
 
 
 def _add_plugin_commands(app: typer.Typer) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from . import redaction
 from .errors import MxcpError, NotFoundError, suggest
 from .typesystem import to_jsonable
 
@@ -331,7 +332,30 @@ async def run_one(runtime: Runtime, planned: PlannedTest) -> TestOutcome:
     except Exception as exc:  # noqa: BLE001 - one broken endpoint must not stop the other tests
         return outcome("error", f"{type(exc).__name__}: {exc}")
     failures = check_assertions(spec, result)
-    return outcome("failed", "; ".join(failures)) if failures else outcome("passed")
+    if not failures:
+        return outcome("passed")
+    # A failure message quotes the result: its sensitive values must not reach a CI log.
+    compiled = runtime.compiled.get((endpoint.kind, endpoint.key))
+    hidden = _sensitive_strings(result, compiled.returns.redact(result)) if compiled else []
+    return outcome("failed", redaction.masker.mask("; ".join(failures), hidden))
+
+
+def _sensitive_strings(result: Any, redacted: Any) -> list[str]:
+    """The values `redact` replaced, as they would be printed (JSON text of strings and numbers)."""
+    if result == redacted:
+        return []
+    found: list[str] = []
+    if isinstance(result, Mapping) and isinstance(redacted, Mapping):
+        for key, value in result.items():
+            found += _sensitive_strings(value, redacted.get(key))
+    elif isinstance(result, list) and isinstance(redacted, list) and len(result) == len(redacted):
+        for value, masked in zip(result, redacted):
+            found += _sensitive_strings(value, masked)
+    else:
+        found += [str(v) for v in redaction.secret_values(to_jsonable(result)) if str(v)]
+        if isinstance(result, (int, float)) and not isinstance(result, bool):
+            found.append(str(result))
+    return found
 
 
 def run_tests(

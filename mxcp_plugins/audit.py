@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mxcp_core import hookimpl
+from mxcp_core import hookimpl, redaction
 from mxcp_core.typesystem import to_jsonable
 
 SCHEMA_NAME = "mxcp.audit"
@@ -55,8 +55,9 @@ def _write(path: Path, call: Any, status: str, error: str | None, result: Any, d
     compiled = call.runtime.compiled.get((call.endpoint.kind, call.endpoint.key))
     inputs = compiled.parameters.redact(call.arguments) if compiled else {}
     outputs = compiled.returns.redact(result) if compiled and status == "success" else None
-    if error and compiled and _mentions_sensitive(error, call.arguments, compiled):
-        error = "[REDACTED]"
+    if error:
+        # Secret values and the call's sensitive arguments, as everywhere else (this runs inside the call).
+        error = redaction.masker.mask(error, redaction.sensitive_arguments())
     record = {
         "schema_name": SCHEMA_NAME,
         "schema_version": SCHEMA_VERSION,
@@ -82,12 +83,3 @@ def _write(path: Path, call: Any, status: str, error: str | None, result: Any, d
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as handle:
             handle.write(line + "\n")
-
-
-def _mentions_sensitive(error: str, arguments: dict[str, Any], compiled: Any) -> bool:
-    """An error message that quotes a sensitive argument must not carry it into the audit log."""
-    redacted = compiled.parameters.redact(arguments)
-    for name, value in arguments.items():
-        if redacted.get(name) != value and isinstance(value, (str, int, float)) and str(value) in error:
-            return True
-    return False

@@ -128,10 +128,13 @@ def collect_state(project: Any) -> dict[str, Any]:
         endpoint_id(e.kind, e.key): {"passed": 0, "failed": 0} for e in registry.all() if e.tests
     }
     with Runtime(project, skip_invalid=True) as runtime:
-        tables = _tables(runtime)
         for outcome in run_tests(runtime):
             counts = tests[endpoint_id(outcome.kind, outcome.endpoint)]
             counts["passed" if outcome.passed else "failed"] += 1
+        # Tests may create tables or schedule a reload: read the tables as the tests leave them, so a snapshot
+        # followed at once by a check finds no drift.
+        runtime.wait_for_reloads()
+        tables = _tables(runtime)
 
     return {
         "version": SNAPSHOT_VERSION,

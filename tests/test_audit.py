@@ -87,3 +87,38 @@ def test_error_record_and_disabling_by_name(audited: Path, monkeypatch: pytest.M
     with Runtime(open_project(audited)) as runtime:
         runtime.call("tool", "login", {"user": "ann", "password": "correct-horse-battery"})
     assert not (audited / "audit" / "logs-default.jsonl").exists()
+
+
+def test_error_text_in_the_record_masks_secrets_and_sensitive_arguments(
+    audited: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (audited / "python").mkdir()
+    (audited / "python" / "leak.py").write_text(
+        "from mxcp.runtime import get_secret\n\n"
+        "def leak(creds: dict) -> dict:\n"
+        "    raise RuntimeError(f\"rejected {get_secret('api')['value']} pin={creds['pin']}\")\n"
+    )
+    (audited / "tools" / "leak.yml").write_text(textwrap.dedent("""\
+        mxcp: 1
+        tool:
+          name: leak
+          language: python
+          parameters:
+            - name: creds
+              type: object
+              properties: {pin: {type: string, sensitive: true}}
+          return: {type: object}
+          source: {file: ../python/leak.py}
+        """))
+    config = audited / "config.yml"
+    config.write_text(
+        "mxcp: 1\nprojects:\n  audited:\n    profiles:\n      default:\n        secrets:\n"
+        "          - {name: api, type: api, parameters: {value: s3cr3t-token-value}}\n"
+    )
+    monkeypatch.setenv("MXCP_CONFIG", str(config))
+    with Runtime(open_project(audited)) as runtime:
+        with pytest.raises(MxcpError):
+            runtime.call("tool", "leak", {"creds": {"pin": "918273"}})
+    (record,) = records(audited)
+    assert record["error"] == "rejected [REDACTED] pin=[REDACTED]"
+    assert record["input_data"] == {"creds": {"pin": "[REDACTED]"}}

@@ -122,3 +122,24 @@ def test_check_against_a_named_baseline_and_missing_baseline(tmp_path: Path, mak
     assert checked.returncode == 1
     (change,) = json.loads(checked.stdout)["result"]["changes"]
     assert change == {"category": "table", "change": "added", "name": "users", "detail": "columns: id, name"}
+
+
+def test_tables_made_by_the_tests_themselves_are_not_drift(tmp_path: Path, make_project: Any, run_mxcp: Any) -> None:
+    root = make_project(tmp_path / "proj", {
+        "tools/remember.yml": """\
+            mxcp: 1
+            tool:
+              name: remember
+              parameters: [{name: v, type: string}]
+              return: {type: integer}
+              source:
+                code: |
+                  CREATE OR REPLACE TABLE memo AS SELECT $v AS v;
+                  SELECT count(*) FROM memo
+              tests:
+                - {name: stores, arguments: [{key: v, value: a}], result_contains: 1}
+            """,
+    })
+    assert run_mxcp("drift-snapshot", cwd=root).returncode == 0
+    check = run_mxcp("drift-check", cwd=root)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -284,3 +284,29 @@ def test_cli_exit_codes_and_json_shape(tmp_path: Path, make_project: Any, run_mx
 
     missing = run_mxcp("test", "tool", "nope", cwd=root)
     assert missing.returncode == 1 and "tool 'nope' not found" in missing.stderr
+
+
+TOKEN_TOOL = """\
+mxcp: 1
+tool:
+  name: issue_token
+  return:
+    type: object
+    properties:
+      user: {type: string}
+      token: {type: string, sensitive: true}
+  source:
+    code: "SELECT 'ann' AS user, 'tok-hunter2-very-secret' AS token"
+  tests:
+    - name: wrong_user
+      result: {user: bob, token: x}
+"""
+
+
+def test_failure_messages_do_not_quote_sensitive_result_values(make_project, tmp_path) -> None:
+    root = make_project(tmp_path / "proj", {"tools/issue_token.yml": TOKEN_TOOL})
+    with Runtime(open_project(root)) as runtime:
+        (outcome,) = run_tests(runtime)
+    assert outcome.status == "failed"
+    assert "ann" in outcome.message and "[REDACTED]" in outcome.message
+    assert "hunter2" not in outcome.message

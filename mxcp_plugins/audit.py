@@ -34,7 +34,7 @@ def audit_path(project: Any) -> Path | None:
     return project.path("audit") / f"logs-{project.profile}.jsonl"
 
 
-@hookimpl(wrapper=True)
+@hookimpl(wrapper=True, tryfirst=True)  # outermost: denials by other wrappers are recorded too
 def call_endpoint(call: Any) -> Any:
     path = audit_path(call.runtime.context)
     if path is None:

@@ -59,7 +59,7 @@ def _scan(project: ProjectContext) -> list[Any]:
             if path in seen_files or any(part.startswith(".") for part in path.relative_to(folder).parts):
                 continue
             seen_files.add(path)
-            found.append(_load_file(path, project))
+            found.append(_load_file(path, project, default_kind=folder_name.rstrip("s")))
     return found
 
 
@@ -70,9 +70,9 @@ def _display(path: Path, project: ProjectContext) -> str:
         return str(path)
 
 
-def _load_file(path: Path, project: ProjectContext) -> Any:
+def _load_file(path: Path, project: ProjectContext, default_kind: str = "tool") -> Any:
     shown = _display(path, project)
-    kind = "tool"
+    kind = default_kind  # until the file says which kind it is
     try:
         raw = load_yaml_file(path)
         if not isinstance(raw, Mapping):

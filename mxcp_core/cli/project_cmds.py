@@ -67,7 +67,9 @@ def validate(
         project = load(profile)
         problems = validate_project(project, only=name)
         errors = [p for p in problems if p.severity == "error"]
-        checked = len([e for e in project.endpoints().all() if name is None or e.key == name])
+        registry = project.endpoints()
+        checked = len([e for e in registry.all() if name is None or e.key == name]) + len(
+            [b for b in registry.invalid if name is None or b.name == name])
         if name is not None and checked == 0 and not problems:
             fail(f"endpoint '{name}' not found", json_output)
         result = {

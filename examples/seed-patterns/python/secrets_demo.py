@@ -10,7 +10,7 @@ def secret_summary() -> dict:
     return {
         "has_api_key": bool(api_key and api_key.get("value")),
         "api_key_length": len(api_key["value"]) if api_key else 0,
-        "token_prefix": token[:5] if token else None,
+        "has_bearer_token": bool(token),
         "header_names": sorted(service.get("EXTRA_HTTP_HEADERS", {})),
         "missing_secret": config.get_secret("not_configured"),
         "project": config.get_setting("project"),

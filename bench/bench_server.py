@@ -371,16 +371,16 @@ def main() -> None:
         starts_floor = [raw(project, "hello_world", {"name": "x"}, 1, bare)["startup_s"] for _ in range(5)]
         start_ours, start_floor = statistics.median(starts_ours), statistics.median(starts_floor)
         rows.append(("start-up to the first answer (median of 5)", f"{start_ours:.2f} s", f"{start_floor:.2f} s",
-                     f"+{start_ours - start_floor:.2f} s", "≤ 1.0 s"))
+                     f"{start_ours - start_floor:+.2f} s", "≤ 1.0 s"))
 
         quiet = latency_under_load(project, serve_stdio, None, 300)
         sleeping = latency_under_load(project, serve_stdio, ("sleepy", {"seconds": 1.0}), 300)
         burn_rows = burn_rows_for_one_second(project, serve_stdio)
         burning = latency_under_load(project, serve_stdio, ("burn", {"rows": burn_rows}), 300)
         rows.append(("trivial call median while a 1 s query sleeps in DuckDB", f"{sleeping:.2f} ms",
-                     f"{quiet:.2f} ms alone", f"+{sleeping - quiet:.2f} ms", "< +5 ms"))
+                     f"{quiet:.2f} ms alone", f"{sleeping - quiet:+.2f} ms", "< +5 ms"))
         rows.append(("trivial call median while a 1 s CPU-bound query runs", f"{burning:.2f} ms",
-                     f"{quiet:.2f} ms alone", f"+{burning - quiet:.2f} ms", "< +5 ms"))
+                     f"{quiet:.2f} ms alone", f"{burning - quiet:+.2f} ms", "< +5 ms"))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -57,7 +57,7 @@ def parsed_statements(sql: str) -> tuple[tuple[Any, frozenset[str]], ...]:
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
-        raise ExecutionError(f"SQL syntax error: {_first_line(exc)}") from None
+        raise ExecutionError(f"SQL syntax error: {first_line(exc)}") from None
     return tuple((s, frozenset(s.named_parameters)) for s in statements)
 
 
@@ -113,10 +113,10 @@ def run_sql(cursor: Any, sql: str, params: Mapping[str, Any] | Sequence[Any] | N
     except duckdb.InterruptException:
         raise ExecutionError("query interrupted") from None
     except duckdb.Error as exc:
-        raise ExecutionError(f"SQL error: {_first_line(exc)}") from None
+        raise ExecutionError(f"SQL error: {first_line(exc)}") from None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     """DuckDB errors carry the SQL text and a caret after the first line: keep the message only."""
     text = str(exc).strip()
     return text.split("\n", 1)[0] if text else type(exc).__name__

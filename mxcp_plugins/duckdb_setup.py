@@ -16,6 +16,7 @@ from mxcp_core import hookimpl
 from mxcp_core.config import ExtensionSpec
 from mxcp_core.errors import ConfigError
 from mxcp_core.records import ProjectContext
+from mxcp_core.sql import first_line
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def load_extensions(conn: Any, project: ProjectContext) -> None:
         except duckdb.Error as exc:
             source = f" from repository '{repo}'" if repo else ""
             raise ConfigError(
-                f"DuckDB extension '{name}' could not be loaded or installed{source}: {_first_line(exc)}",
+                f"DuckDB extension '{name}' could not be loaded or installed{source}: {first_line(exc)}",
                 file=project.site_file, key_path=key_path,
             ) from None
 
@@ -147,15 +148,10 @@ def _leaf_values(value: Any) -> list[str]:
 
 def _reason_without_values(exc: BaseException, parameters: Mapping[str, Any]) -> str:
     """DuckDB's reason, unless it quotes any of the values (a conversion error would): then only its kind."""
-    reason = _first_line(exc)
+    reason = first_line(exc)
     if any(leaf and leaf in reason for leaf in _leaf_values(parameters)):
         return f"{type(exc).__name__} (details withheld: they contain a secret value)"
     return reason
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.split("\n", 1)[0] if text else type(exc).__name__
 
 
 @hookimpl

@@ -28,6 +28,7 @@ import attrs
 from mxcp_core import hookimpl
 from mxcp_core.errors import ConfigError, MxcpError
 from mxcp_core.records import ProjectContext
+from mxcp_core.sql import first_line
 from mxcp_core.udf import function_signature, udf_methods
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class ProjectPlugins:
             except Exception as exc:  # noqa: BLE001
                 log.error("plugins/%s: register_functions failed", stem, exc_info=True)
                 raise ConfigError(
-                    f"plugins/{stem}: register_functions(conn) failed: {type(exc).__name__}: {_first_line(exc)}"
+                    f"plugins/{stem}: register_functions(conn) failed: {type(exc).__name__}: {first_line(exc)}"
                 ) from None
         for function in self.functions:
             create_function(
@@ -194,7 +195,7 @@ def create_function(
         raise ConfigError(f"DuckDB function '{name}' of {origin} is defined twice") from None
     except duckdb.CatalogException as exc:
         if "already exists" not in str(exc):
-            raise ConfigError(f"DuckDB function '{name}' of {origin}: {_first_line(exc)}") from None
+            raise ConfigError(f"DuckDB function '{name}' of {origin}: {first_line(exc)}") from None
         if _is_builtin_function(conn, name):
             raise ConfigError(
                 f"DuckDB function '{name}' of {origin} has the name of a built-in DuckDB function"
@@ -204,7 +205,7 @@ def create_function(
         log.warning("DuckDB function '%s' already exists in this database (opened twice in one process)", name)
         return False
     except duckdb.Error as exc:
-        raise ConfigError(f"DuckDB function '{name}' of {origin}: {_first_line(exc)}") from None
+        raise ConfigError(f"DuckDB function '{name}' of {origin}: {first_line(exc)}") from None
 
 
 def _is_builtin_function(conn: Any, name: str) -> bool:
@@ -279,11 +280,6 @@ def _is_within(path: Path, folder: Path) -> bool:
         return True
     except (ValueError, OSError):
         return False
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.split("\n", 1)[0] if text else type(exc).__name__
 
 
 # -- per-project state -------------------------------------------------------------------------------

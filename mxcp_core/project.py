@@ -144,6 +144,22 @@ def _language_problem(definition: EndpointDefinition, language: str | None, exec
     )
 
 
+def load_plugins(
+    *,
+    disabled: Iterable[str] = (),
+    strict: bool | None = None,
+    warn: bool = True,
+    entry_points: Iterable[Any] | None = None,
+) -> PluginHost:
+    """A plugin host with the essential `core` plugin and the `mxcp` entry points (all, or those given)."""
+    from .execution import CorePlugin
+
+    host = PluginHost(disabled=disabled, strict=strict, warn=warn)
+    host.register(CorePlugin(), "core")
+    host.load_entry_points(entry_points)
+    return host
+
+
 def open_project(
     start: Path | None = None,
     *,
@@ -159,11 +175,7 @@ def open_project(
     root = site_file.parent
     site, active_profile = load_site_config(site_file, profile)
     if host is None:
-        host = PluginHost(disabled=[*disabled_plugins, *site.disable_plugins], strict=strict_plugins)
-        from . import execution
-
-        host.register(execution.CorePlugin(), "core")
-        host.load_entry_points()
+        host = load_plugins(disabled=[*disabled_plugins, *site.disable_plugins], strict=strict_plugins)
     for name, plugin in extra_plugins:
         host.register(plugin, name)
     host.check_pending()

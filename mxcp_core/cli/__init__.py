@@ -42,14 +42,11 @@ def build_app(load_plugin_commands: bool = True) -> typer.Typer:
 
 def _add_plugin_commands(app: typer.Typer) -> None:
     """Plugins add commands through `register_commands`; options before the command may disable some."""
-    from ..execution import CorePlugin
     from ..hooks import Hooks
-    from ..plugin_manager import PluginHost
+    from ..project import load_plugins
 
     disabled = [*_pre_parse_disabled(sys.argv[1:]), *_site_disabled()]
-    host = PluginHost(disabled=disabled, strict=False, warn=False)
-    host.register(CorePlugin(), "core")
-    host.load_entry_points()
+    host = load_plugins(disabled=disabled, strict=False, warn=False)
     Hooks(host.pm).register_commands(cli=app)
 
 

@@ -105,7 +105,7 @@ def plugins(
 
     from ..config import find_site_file
     from ..errors import ConfigError
-    from ..plugin_manager import PluginHost
+    from ..project import load_plugins
 
     with reporting_errors(json_output, debug):
         try:
@@ -115,11 +115,7 @@ def plugins(
             if "no mxcp-site.yml" not in str(exc):
                 raise
             # Outside a project: show what is installed.
-            from ..execution import CorePlugin
-
-            host = PluginHost(disabled=GlobalState.disabled_plugins, strict=GlobalState.strict_plugins)
-            host.register(CorePlugin(), "core")
-            host.load_entry_points()
+            host = load_plugins(disabled=GlobalState.disabled_plugins, strict=GlobalState.strict_plugins)
         result = {
             "plugins": [attrs.asdict(p) for p in host.plugins()],
             "disabled": sorted(set(host.skipped)),

@@ -157,8 +157,8 @@ def _host_without_shadowed(root: Path, extra: list[tuple[str, Any]], options: Ma
     from importlib import metadata
 
     from ..config import find_site_file, load_site_config
-    from ..execution import CorePlugin
-    from ..plugin_manager import ENTRY_POINT_GROUP, PluginHost
+    from ..plugin_manager import ENTRY_POINT_GROUP
+    from ..project import load_plugins
 
     names = {name for name, _ in extra}
     modules = {getattr(plugin, "__name__", None) for _, plugin in extra if inspect.ismodule(plugin)}
@@ -167,13 +167,11 @@ def _host_without_shadowed(root: Path, extra: list[tuple[str, Any]], options: Ma
     if len(kept) == len(entry_points):
         return None
     site, _ = load_site_config(find_site_file(root), options.get("profile"))
-    host = PluginHost(
+    return load_plugins(
         disabled=[*options.get("disabled_plugins", ()), *site.disable_plugins],
         strict=options.get("strict_plugins"),
+        entry_points=kept,
     )
-    host.register(CorePlugin(), "core")
-    host.load_entry_points(kept)
-    return host
 
 
 RuntimeSource = Union[ProjectHandle, "Project", "Runtime", str, os.PathLike]

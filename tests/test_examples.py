@@ -1,11 +1,11 @@
 """Every project in examples/ passes its own YAML tests with the real `mxcp test`, run in a temporary copy.
 
 The copy keeps DuckDB files, saved models and caches out of the repository. Examples needing an optional
-extra are skipped with the reason when it is missing; CI installs every extra and redis-server.
+extra are skipped when it is missing, the reason naming the extra to install; CI installs every extra and
+redis-server.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -19,6 +19,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from extras import skip_without_extra
 from mxcp_core.testing import ProjectHandle, build_project
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -29,15 +30,15 @@ class Example:
     folder: str
     tests: int  # how many YAML tests it has: tests cannot silently disappear
     env: dict[str, str] = attrs.Factory(dict)
-    modules: tuple[str, ...] = ()  # Python modules (optional extras) it needs
+    extra: str | None = None  # the optional extra of pyproject.toml it needs (see extras.EXTRAS)
     redis: bool = False
 
 
 CATALOGUE = [
     Example("seed-patterns", tests=20, env={"SEED_API_KEY": "demo-key-12345"}),
-    Example("pandas-analysis", tests=6, modules=("pandas",)),
-    Example("ml-classifier", tests=7, modules=("sklearn", "pandas")),
-    Example("redis-cache", tests=4, modules=("redis",), redis=True),
+    Example("pandas-analysis", tests=6, extra="pandas"),
+    Example("ml-classifier", tests=7, extra="ml"),
+    Example("redis-cache", tests=4, extra="redis", redis=True),
     Example("original-style", tests=5, env={"WEATHER_API_KEY": "demo-weather-key"}),
 ]
 
@@ -89,9 +90,9 @@ def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 
 def require_modules(example: Example) -> None:
-    missing = [name for name in example.modules if importlib.util.find_spec(name) is None]
-    if missing:
-        pytest.skip(f"example {example.folder} needs {', '.join(missing)} (install the optional extra)")
+    __tracebackhide__ = True  # the skip is reported at the test's line
+    if example.extra is not None:
+        skip_without_extra(example.extra, who=f"example {example.folder}")
 
 
 def copy_example(example: Example, tmp_path: Path) -> Path:

@@ -4,6 +4,10 @@ The snippets are copied as the seed writes them; only network calls are replaced
 replacement is marked). The seed's lifecycle example imports httpx, which this environment does not
 install: the project ships a tiny local `python/httpx.py` with the `Client` it uses, so the snippet itself
 stays unchanged.
+
+The pandas, scikit-learn and redis snippets import their library at the top of the module; each of those
+modules (with its tools) is in the project only when its optional extra is installed, since a module that
+fails to import stops the runtime. Their tests skip, naming the extra; every other test runs either way.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import duckdb
 import pytest
 
 from executor_helpers import python_tool, require_plugin, started
+from extras import missing_from, needs_extra
 from mxcp_core.context import OutsideRuntimeError
 from mxcp_core.errors import ExecutionError, MxcpError
 
@@ -530,11 +535,25 @@ FILES = {
 }
 
 
+# The files that import an optional extra's module at their top, by extra: left out when it is missing.
+EXTRA_FILES = {
+    "pandas": ("python/data_analysis.py", "tools/analyze_dataframe.yml", "tools/pandas_query.yml"),
+    "ml": ("python/ml_wrapper.py", "tools/train_classifier.yml", "tools/predict.yml"),
+    "redis": ("python/stateful_library_wrapper.py", "tools/cache_get.yml"),
+}
+
+
+def installable_files() -> dict[str, str]:
+    """FILES without the modules (and their tools) whose optional extra is not installed."""
+    left_out = {path for extra, paths in EXTRA_FILES.items() if missing_from(extra) for path in paths}
+    return {path: text for path, text in FILES.items() if path not in left_out}
+
+
 @pytest.fixture
 def project(make_project, user_config, monkeypatch, tmp_path):
     monkeypatch.setenv("SEED_TEST_API_KEY", "key-from-env")
     user_config(USER_CONFIG)
-    root = make_project(tmp_path / "seed", FILES)
+    root = make_project(tmp_path / "seed", installable_files())
     database = root / "data" / "db-default.duckdb"
     database.parent.mkdir(parents=True)
     with duckdb.connect(str(database)) as conn:
@@ -634,6 +653,7 @@ def test_the_cache_pattern(project):
         assert runtime.call("tool", "api_calls") == ["ducks", "ducks"]  # stale: asked the API again
 
 
+@needs_extra("pandas")
 @pytest.mark.filterwarnings("ignore:For backward compatibility, 'str' dtypes")  # the seed's pandas-2 code
 def test_pandas(project):
     with started(project) as runtime:
@@ -649,8 +669,8 @@ def test_pandas(project):
         assert counts == {"operation": "value_counts", "result": {"Ada": 1, "Bob": 1, "Cy": 1}}
 
 
+@needs_extra("ml")
 def test_scikit_learn_wrapper(project, monkeypatch, tmp_path):
-    pytest.importorskip("sklearn")
     monkeypatch.chdir(tmp_path)  # the seed saves and loads models/ relative to the working directory
     with duckdb.connect(str(project / "data" / "db-default.duckdb")) as conn:
         conn.execute("CREATE TABLE points AS SELECT i::DOUBLE AS x, (i % 7)::DOUBLE AS y, "
@@ -677,6 +697,7 @@ def test_df_without_pandas_names_the_extra(project, monkeypatch):
     assert "Traceback" not in str(caught.value)
 
 
+@needs_extra("redis")
 def test_stateful_wrapper_without_its_secret(project):
     with started(project) as runtime:
         assert runtime.call("tool", "cache_get", {"key": "k"}) == {"error": "Redis not configured"}

@@ -1,4 +1,8 @@
-"""`resolve_secret` providers (env://, file://, keyring://) through a real project and user config."""
+"""`resolve_secret` providers (env://, file://, keyring://) through a real project and user config.
+
+The keyring package comes with the [test] extra (and [keyring]); the tests using it go through the
+`memory_keyring` fixture, which skips them, naming the extra, when it is missing. The others run either way.
+"""
 from __future__ import annotations
 
 import logging
@@ -6,13 +10,10 @@ import sys
 
 import pytest
 
+from extras import skip_without_extra
 from mxcp_core.errors import ConfigError
 from mxcp_core.execution import Runtime
 from mxcp_core.project import open_project
-
-keyring = pytest.importorskip("keyring")
-from keyring.backend import KeyringBackend  # noqa: E402
-
 
 SECRET_TOOL = """\
 mxcp: 1
@@ -42,27 +43,30 @@ def project(make_project, tmp_path):
     return make_project(tmp_path / "p", {"tools/secret_value.yml": SECRET_TOOL, "python/secret_value.py": SECRET_CODE})
 
 
-class MemoryKeyring(KeyringBackend):
-    """A keyring backend holding passwords in a dict, so tests never touch the system keyring."""
-
-    priority = 1
-
-    def __init__(self, passwords: dict[tuple[str, str], str]) -> None:
-        super().__init__()
-        self.passwords = dict(passwords)
-
-    def get_password(self, service, username):
-        return self.passwords.get((service, username))
-
-    def set_password(self, service, username, password):
-        self.passwords[(service, username)] = password
-
-    def delete_password(self, service, username):
-        self.passwords.pop((service, username), None)
-
-
 @pytest.fixture
 def memory_keyring():
+    skip_without_extra("keyring")
+    import keyring
+    from keyring.backend import KeyringBackend
+
+    class MemoryKeyring(KeyringBackend):
+        """A keyring backend holding passwords in a dict, so tests never touch the system keyring."""
+
+        priority = 1
+
+        def __init__(self, passwords: dict[tuple[str, str], str]) -> None:
+            super().__init__()
+            self.passwords = dict(passwords)
+
+        def get_password(self, service, username):
+            return self.passwords.get((service, username))
+
+        def set_password(self, service, username, password):
+            self.passwords[(service, username)] = password
+
+        def delete_password(self, service, username):
+            self.passwords.pop((service, username), None)
+
     previous = keyring.get_keyring()
     backend = MemoryKeyring({("mxcp/demo", "api"): "kr-s3cr3t-value"})
     keyring.set_keyring(backend)

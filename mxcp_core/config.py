@@ -1,41 +1,29 @@
 """mxcp-site.yml and the user config as attrs classes, structured by cattrs with errors naming file, line, key path."""
 from __future__ import annotations
 
+import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Union
 
 import attrs
 import cattrs
+from cattrs.cols import list_structure_factory, mapping_structure_factory
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from .errors import ConfigError, suggest
+from .records import ConfigSection
 from .yamlfile import LineDict, LineList, line_of, load_yaml_file
 
 SITE_FILE = "mxcp-site.yml"
+log = logging.getLogger(__name__)
 
 
-# -- mxcp-site.yml ----------------------------------------------------------------------------
-@attrs.define
-class ExtensionSpec:
-    name: str
-    repo: str | None = None
-
-
-@attrs.define
-class PluginInstance:
-    name: str
-    module: str
-    config: str | None = None
-
-
-@attrs.define
-class SqlToolsConfig:
-    enabled: bool = False
-
-
+# -- mxcp-site.yml: the core's own keys (plugins declare theirs through `config_sections`) ---------------
 @attrs.define
 class PathsConfig:
     tools: str = "tools"
@@ -57,21 +45,8 @@ class DuckDBConfig:
 
 
 @attrs.define
-class AuditConfig:
-    enabled: bool = False
-    path: str | None = None
-
-
-@attrs.define
-class DriftConfig:
-    path: str | None = None
-
-
-@attrs.define
 class SiteProfile:
     duckdb: DuckDBConfig = attrs.Factory(DuckDBConfig)
-    audit: AuditConfig = attrs.Factory(AuditConfig)
-    drift: DriftConfig = attrs.Factory(DriftConfig)
 
 
 @attrs.define
@@ -81,12 +56,8 @@ class SiteConfig:
     mxcp: int = 1
     description: str | None = None
     secrets: list[str] = attrs.Factory(list)
-    extensions: list[Union[str, ExtensionSpec]] = attrs.Factory(list)
-    plugin: list[PluginInstance] = attrs.Factory(list)
-    sql_tools: SqlToolsConfig = attrs.Factory(SqlToolsConfig)
     paths: PathsConfig = attrs.Factory(PathsConfig)
     profiles: dict[str, SiteProfile] = attrs.Factory(dict)
-    dbt: dict[str, Any] | None = None
     # Our additions: plugins switched off for this project, and the default per-call timeout in seconds.
     disable_plugins: list[str] = attrs.Factory(list)
     timeout: float | None = None
@@ -95,7 +66,7 @@ class SiteConfig:
         return self.profiles.get(profile) or SiteProfile()
 
 
-# -- user config (~/.mxcp/config.yml) -------------------------------------------------------------
+# -- user config (~/.mxcp/config.yml): the core's own keys -----------------------------------------------
 @attrs.define
 class SecretConfig:
     name: str
@@ -104,15 +75,8 @@ class SecretConfig:
 
 
 @attrs.define
-class PluginUserConfig:
-    config: dict[str, dict[str, str]] = attrs.Factory(dict)
-
-
-@attrs.define
 class UserProfile:
     secrets: list[SecretConfig] = attrs.Factory(list)
-    plugin: PluginUserConfig = attrs.Factory(PluginUserConfig)
-    auth: dict[str, Any] = attrs.Factory(dict)
 
 
 @attrs.define
@@ -142,26 +106,51 @@ class UserConfig:
     mxcp: int = 1
     projects: dict[str, ProjectUserConfig] = attrs.Factory(dict)
     transport: TransportConfig = attrs.Factory(TransportConfig)
-    # Blocks of the original's config that plugins interpret; kept as given.
-    vault: dict[str, Any] | None = None
-    onepassword: dict[str, Any] | None = None
-    logging: dict[str, Any] | None = None
-    telemetry: dict[str, Any] | None = None
-    models: dict[str, Any] | None = None
 
 
 # -- structuring --------------------------------------------------------------------------------
 def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True)
 
-    def structure_extension(value: Any, _: Any) -> str | ExtensionSpec:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, Mapping):
-            return converter.structure(value, ExtensionSpec)
-        raise ValueError(f"expected an extension name or {{name, repo}}, got {_describe(value)}")
+    def is_str_or_record(kind: Any) -> bool:
+        """`str | SomeAttrsClass`: a name, or the full mapping form (DuckDB extensions `httpfs` or `{name, repo}`)."""
+        members = typing.get_args(kind) if typing.get_origin(kind) in (Union, types.UnionType) else ()
+        records = [m for m in members if attrs.has(m)]
+        return len(members) == 2 and str in members and len(records) == 1
 
-    converter.register_structure_hook(Union[str, ExtensionSpec], structure_extension)
+    def str_or_record(kind: Any) -> Callable[[Any, Any], Any]:
+        record = next(m for m in typing.get_args(kind) if attrs.has(m))
+
+        def structure(value: Any, _: Any) -> Any:
+            if isinstance(value, str):
+                return value
+            if isinstance(value, Mapping):
+                return converter.structure(value, record)
+            raise ValueError(f"expected a name or a mapping, got {_describe(value)}")
+
+        return structure
+
+    converter.register_structure_hook_factory(is_str_or_record, str_or_record)
+
+    # A string where a list is expected must not become a list of letters, nor a list a mapping.
+    def guarded(factory: Callable[..., Any], accepted: type, what: str) -> Callable[[Any], Any]:
+        def build(kind: Any) -> Callable[[Any, Any], Any]:
+            inner = factory(kind, converter)
+
+            def structure(value: Any, target: Any) -> Any:
+                if not isinstance(value, accepted):
+                    raise ValueError(f"expected {what}, got {_describe(value)}")
+                return inner(value, target)
+
+            return structure
+
+        return build
+
+    converter.register_structure_hook_factory(
+        lambda kind: typing.get_origin(kind) is list, guarded(list_structure_factory, list, "a list"))
+    converter.register_structure_hook_factory(
+        lambda kind: typing.get_origin(kind) is dict and kind != dict[str, Any],
+        guarded(mapping_structure_factory, Mapping, "a mapping"))
 
     def strict_scalar(kind: type) -> Callable[[Any, Any], Any]:
         def structure(value: Any, _: Any) -> Any:
@@ -216,17 +205,27 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"[:80]
 
 
-def structure(raw: Any, cls: type, *, file: Path, root_path: str = "") -> Any:
-    """Structure `raw` into `cls`; the first problem becomes a ConfigError with file, line and key path."""
-    if raw is None:
-        raw = LineDict()
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"expected a mapping at the top level, got {_describe(raw)}", file=file)
+def structure(raw: Any, cls: Any, *, file: Path, root_path: str = "", line: int | None = None) -> Any:
+    """Structure `raw` into `cls`; the first problem becomes a ConfigError with file, line and key path.
+
+    `line` is where `raw` itself sits, for a problem with the value as a whole (a string given for a list).
+    """
+    if attrs.has(cls):
+        if raw is None:
+            raw = LineDict()
+        if not isinstance(raw, Mapping):
+            where = f"expected a mapping, got {_describe(raw)}"
+            if not root_path:
+                where = f"expected a mapping at the top level, got {_describe(raw)}"
+            raise ConfigError(where, file=file, line=line, key_path=root_path or None)
     try:
         return _converter.structure(raw, cls)
     except Exception as exc:  # noqa: BLE001 - cattrs raises exception groups; we translate them
         path, leaf = _first_problem(exc, [])
-        raise _config_error(leaf, path, raw, cls, file, root_path) from None
+        error = _config_error(leaf, path, raw, cls, file, root_path)
+        if error.line is None and line is not None:
+            error = ConfigError(error.message, file=error.file, line=line, key_path=error.key_path)
+        raise error from None
 
 
 def _first_problem(exc: BaseException, path: list[Any]) -> tuple[list[Any], BaseException]:
@@ -388,9 +387,13 @@ def resolve_references(
                 # A provider knows what went wrong, not where: add the file, line and key path.
                 raise ConfigError(f"{subject}: {exc.message}", file=file, line=line, key_path=path) from None
             if resolved is None:
+                from .features import SCHEME_PLUGINS
+
+                plugin = SCHEME_PLUGINS.get(match.group(1).lower())
+                hint = f"plugin '{plugin}' resolves them; is it disabled?" if plugin else (
+                    "is the plugin for it installed and enabled?")
                 raise ConfigError(
-                    f"{subject}: no plugin resolves references of scheme '{match.group(1)}://' "
-                    "(is the plugin for it installed and enabled?)",
+                    f"{subject}: no plugin resolves references of scheme '{match.group(1)}://' ({hint})",
                     file=file,
                     line=line,
                     key_path=path,
@@ -433,13 +436,12 @@ def user_config_path() -> Path:
     return Path.home() / ".mxcp" / "config.yml"
 
 
-def load_site_config(site_file: Path, profile: str | None = None) -> tuple[SiteConfig, str]:
-    """Parse the site file, interpolating `${VAR}` everywhere except the profiles not in use."""
+def read_site_file(site_file: Path, profile: str | None = None) -> tuple[LineDict, str]:
+    """The site file with `${VAR}` interpolated everywhere except in the profiles not in use, and the active profile."""
     raw = load_yaml_file(site_file)
     if raw is None or not isinstance(raw, Mapping):
         raise ConfigError("expected a mapping with at least 'mxcp', 'project' and 'profile'", file=site_file)
-    interpolated = LineDict()
-    interpolated.line, interpolated.key_lines = raw.line, raw.key_lines
+    interpolated = _like(raw)
     for key, value in raw.items():
         if key != "profiles":
             interpolated[key] = interpolate(value, file=site_file, key_path=str(key))
@@ -447,8 +449,7 @@ def load_site_config(site_file: Path, profile: str | None = None) -> tuple[SiteC
     active = profile or os.environ.get("MXCP_PROFILE") or interpolated.get("profile")
     profiles_raw = raw.get("profiles")
     if isinstance(profiles_raw, Mapping):
-        profiles = LineDict()
-        profiles.line, profiles.key_lines = getattr(profiles_raw, "line", None), getattr(profiles_raw, "key_lines", {})
+        profiles = _like(profiles_raw)
         for name, body in profiles_raw.items():
             profiles[name] = (
                 interpolate(body, file=site_file, key_path=f"profiles.{name}") if name == active else body
@@ -456,12 +457,76 @@ def load_site_config(site_file: Path, profile: str | None = None) -> tuple[SiteC
         interpolated["profiles"] = profiles
     elif "profiles" in raw:
         interpolated["profiles"] = profiles_raw
-    site = structure(interpolated, SiteConfig, file=site_file)
+    return interpolated, str(active or interpolated.get("profile") or "")
+
+
+def load_site_config(site_file: Path, profile: str | None = None) -> tuple[SiteConfig, str, LineDict]:
+    """The core's part of the site file (plugins' sections are settled later), the active profile, the raw file."""
+    raw, active = read_site_file(site_file, profile)
+    core = _keep(raw, SiteConfig)
+    if isinstance(raw.get("profiles"), Mapping):
+        profiles = _like(raw["profiles"])
+        for name, body in raw["profiles"].items():
+            profiles[name] = _keep(body, SiteProfile) if isinstance(body, Mapping) else body
+        core["profiles"] = profiles
+    site = structure(core, SiteConfig, file=site_file)
     if site.mxcp != 1:
         raise ConfigError(
             f"unsupported version {site.mxcp}; expected 1", file=site_file, line=raw.line_of("mxcp"), key_path="mxcp"
         )
-    return site, str(active or site.profile)
+    return site, active or site.profile, raw
+
+
+def read_user_file(path: Path | None = None) -> tuple[LineDict, Path]:
+    """The user config with `${VAR}` interpolated in its top-level sections; `projects:` is left as written."""
+    path = path or user_config_path()
+    if not path.exists():
+        if os.environ.get("MXCP_CONFIG"):
+            raise ConfigError("file named by MXCP_CONFIG does not exist", file=path)
+        return LineDict(), path
+    raw = load_yaml_file(path)
+    if raw is None:
+        return LineDict(), path
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"expected a mapping at the top level, got {_describe(raw)}", file=path)
+    prepared = _like(raw)
+    for key, value in raw.items():
+        prepared[key] = value if key == "projects" else interpolate(value, file=path, key_path=str(key))
+    return prepared, path
+
+
+def prepare_user_projects(
+    raw: LineDict, project: str, profile: str, file: Path, resolver: Callable[[str], Any] | None = None
+) -> LineDict:
+    """`raw` with the active project's active profile interpolated and its references resolved (no other)."""
+    prepared = _like(raw)
+    prepared.update(raw)
+    if isinstance(raw.get("projects"), Mapping):
+        prepared["projects"] = _prepare_projects(raw["projects"], project, profile, file, resolver)
+    return prepared
+
+
+def structure_user_config(raw: Mapping[str, Any], file: Path) -> UserConfig:
+    """The core's part of a (prepared) user config; the plugins' sections are settled separately."""
+    core = _keep(raw, UserConfig)
+    projects = raw.get("projects")
+    if isinstance(projects, Mapping):
+        projects_core = _like(projects)
+        for name, body in projects.items():
+            if isinstance(body, Mapping) and isinstance(body.get("profiles"), Mapping):
+                body_core = _like(body)
+                body_core.update(body)
+                profiles_core = _like(body["profiles"])
+                for profile_name, profile_body in body["profiles"].items():
+                    profiles_core[profile_name] = (
+                        _keep(profile_body, UserProfile) if isinstance(profile_body, Mapping) else profile_body
+                    )
+                body_core["profiles"] = profiles_core
+                projects_core[name] = body_core
+            else:
+                projects_core[name] = body
+        core["projects"] = projects_core
+    return structure(core, UserConfig, file=file)
 
 
 def load_user_config(
@@ -470,25 +535,152 @@ def load_user_config(
     resolver: Callable[[str], Any] | None = None,
     path: Path | None = None,
 ) -> UserConfig:
-    """Load the user config; only the active project and profile are interpolated and resolved."""
-    path = path or user_config_path()
-    if not path.exists():
-        if os.environ.get("MXCP_CONFIG"):
-            raise ConfigError("file named by MXCP_CONFIG does not exist", file=path)
-        return UserConfig()
-    raw = load_yaml_file(path)
-    if raw is None:
-        return UserConfig()
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"expected a mapping at the top level, got {_describe(raw)}", file=path)
-    prepared = LineDict()
-    prepared.line, prepared.key_lines = raw.line, raw.key_lines
-    for key, value in raw.items():
-        if key == "projects" and isinstance(value, Mapping):
-            prepared[key] = _prepare_projects(value, project, profile, path, resolver)
-        else:
-            prepared[key] = interpolate(value, file=path, key_path=str(key))
-    return structure(prepared, UserConfig, file=path)
+    """The core's part of the user config, only the active project and profile interpolated and resolved."""
+    raw, path = read_user_file(path)
+    return structure_user_config(prepare_user_projects(raw, project, profile, path, resolver), path)
+
+
+# -- plugins' sections ----------------------------------------------------------------------------------------
+CORE_KEYS: Mapping[str, frozenset[str]] = {
+    "site": frozenset(f.name for f in attrs.fields(SiteConfig)),
+    "site_profile": frozenset(f.name for f in attrs.fields(SiteProfile)),
+    "user": frozenset(f.name for f in attrs.fields(UserConfig)),
+    "user_profile": frozenset(f.name for f in attrs.fields(UserProfile)),
+    # Endpoint YAML keys whose meaning the core itself gives.
+    "endpoint": frozenset({
+        "name", "description", "tags", "parameters", "return", "source", "language", "enabled", "tests", "timeout",
+        "annotations", "title", "uri", "mime_type", "messages",
+    }),
+}
+
+
+@attrs.define
+class SectionRegistry:
+    """The sections plugins declared (`config_sections`), and how to settle each key of a config file.
+
+    A key is the core's, a loaded plugin's section (structured into its class), a section of the original format
+    that nothing loaded reads (an error naming the plugin that would, a warning for features this version does not
+    implement, an error for those that guard anything), or unknown (an error with a suggestion).
+    """
+
+    claimed: Mapping[tuple[str, str], tuple[str, ConfigSection]]
+    disabled: frozenset[str] = frozenset()
+    warned: set[tuple[str, str]] = attrs.Factory(set)
+
+    def names(self, scope: str) -> set[str]:
+        from .features import ORIGINAL_SECTIONS
+
+        known = {name for (where, name) in self.claimed if where == scope}
+        known |= {section.name for section in ORIGINAL_SECTIONS if section.scope == scope}
+        return known | set(CORE_KEYS[scope])
+
+    def settle(
+        self, scope: str, node: Any, *, file: Path, key_path: str, active: bool = True
+    ) -> dict[tuple[str, str], Any]:
+        """Structure the plugins' sections found in `node` (one level of a config file); check the other keys."""
+        from .features import original_section, plugin_state
+
+        settled: dict[tuple[str, str], Any] = {}
+        if not isinstance(node, Mapping):
+            return settled
+        for key, value in node.items():
+            name = str(key)
+            if name in CORE_KEYS[scope]:
+                continue
+            where = f"{key_path}.{name}" if key_path else name
+            line = line_of(node, key)
+            owner = self.claimed.get((scope, name))
+            if owner is not None:
+                if active:
+                    settled[(scope, name)] = structure(value, owner[1].schema, file=file, root_path=where, line=line)
+                continue
+            original = original_section(scope, name)
+            if original is None:
+                valid = sorted(self.names(scope))
+                raise ConfigError(
+                    f"unknown key '{name}'{suggest(name, valid)}; valid keys: {', '.join(valid)}",
+                    file=file, line=line, key_path=where,
+                )
+            if not active or original.inert(value):
+                continue
+            if original.plugin is not None:
+                raise ConfigError(
+                    f"section '{name}' ({original.purpose}) is read by {plugin_state(original.plugin, self.disabled)}; "
+                    "enable the plugin or remove the section",
+                    file=file, line=line, key_path=where,
+                )
+            if original.security:
+                raise ConfigError(
+                    f"section '{name}' ({original.purpose}) is not implemented by any loaded plugin; it guards access, "
+                    "so it is refused rather than ignored (install a plugin that provides it, or remove the section)",
+                    file=file, line=line, key_path=where,
+                )
+            if (scope, name) not in self.warned:
+                self.warned.add((scope, name))
+                log.warning("%s:%s: %s: section '%s' (%s) is not implemented in this version and is ignored",
+                            file, line, where, name, original.purpose)
+        return settled
+
+    def settle_site(self, raw: Mapping[str, Any], active: str, file: Path) -> dict[tuple[str, str], Any]:
+        settled = self.settle("site", raw, file=file, key_path="")
+        profiles = raw.get("profiles")
+        if isinstance(profiles, Mapping):
+            for name, body in profiles.items():
+                found = self.settle("site_profile", body, file=file, key_path=f"profiles.{name}",
+                                    active=name == active)
+                settled.update(found)
+        return settled
+
+    def settle_user_profiles(
+        self, raw: Mapping[str, Any], project: str, active: str, file: Path
+    ) -> dict[tuple[str, str], Any]:
+        settled: dict[tuple[str, str], Any] = {}
+        projects = raw.get("projects")
+        if not isinstance(projects, Mapping):
+            return settled
+        for project_name, body in projects.items():
+            profiles = body.get("profiles") if isinstance(body, Mapping) else None
+            if not isinstance(profiles, Mapping):
+                continue
+            for name, profile_body in profiles.items():
+                found = self.settle("user_profile", profile_body, file=file,
+                                    key_path=f"projects.{project_name}.profiles.{name}",
+                                    active=project_name == project and name == active)
+                settled.update(found)
+        return settled
+
+
+def _keep(node: Any, cls: type) -> Any:
+    """`node` with only the keys that are fields of `cls` (the plugins' keys are settled separately)."""
+    if not isinstance(node, Mapping):
+        return node
+    fields = {f.name for f in attrs.fields(cls)}
+    kept = _like(node)
+    for key, value in node.items():
+        if key in fields:
+            kept[key] = value
+    return kept
+
+
+def _like(node: Any) -> LineDict:
+    """An empty LineDict carrying `node`'s line information."""
+    out = LineDict()
+    out.line, out.key_lines = getattr(node, "line", None), dict(getattr(node, "key_lines", {}) or {})
+    return out
+
+
+def as_plain_dict(core: Any, settings: Mapping[tuple[str, str], Any], *, scope: str, profile_path: list[str]) -> dict[str, Any]:
+    """A config as plain data: the core's part unstructured, with the plugins' sections put back where they were."""
+    data = _converter.unstructure(core)
+    node = data
+    for part in profile_path:
+        node = node.setdefault(part, {})
+    for (where, name), value in settings.items():
+        if where == scope:
+            data[name] = _converter.unstructure(value)
+        elif where == f"{scope}_profile":
+            node[name] = _converter.unstructure(value)
+    return data
 
 
 def _prepare_projects(

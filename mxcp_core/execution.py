@@ -1,19 +1,21 @@
 """The runtime: compiled endpoints, the call path through the `call_endpoint` hook, lifecycle and reload."""
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from . import context, redaction
 from .errors import ExecutionError, MxcpError, NotFoundError, ValidationError, suggest
-from .markers import hookimpl
+from .features import missing_function_hint
 from .records import EndpointCall, EndpointDefinition, Executor, ResourceDefinition, UserContext
 from .typesystem import CompiledParameters, CompiledReturn
 
@@ -80,22 +82,46 @@ class CompiledEndpoint:
     def kind(self) -> str:
         return self.definition.kind
 
+    @property
+    def key(self) -> str:
+        return self.definition.key
+
+
+def compile_endpoint(definition: EndpointDefinition) -> CompiledEndpoint:
+    """Build an endpoint's argument and result validators (and its JSON schemas) once."""
+    return CompiledEndpoint(
+        definition=definition,
+        parameters=CompiledParameters(definition.parameters),
+        returns=CompiledReturn(definition.return_type),
+    )
+
+
+class Phase(str, enum.Enum):
+    """How far a runtime starts. Each phase includes the ones before it."""
+
+    DATABASE = "database"  # the database open: extensions, DuckDB secrets, functions (`mxcp query`)
+    CHECKING = "checking"  # endpoints compiled, executors started, the database read-only; no on_init (`validate`)
+    SERVING = "serving"  # on_init run: calls may come (`serve`, `run`, `test`)
+
 
 class Runtime:
-    """A started project: the database open, executors ready, lifecycle hooks run."""
+    """A started project: the database open, executors ready, lifecycle hooks run (as far as its `phase`)."""
 
-    def __init__(self, project: Project, *, skip_invalid: bool = False) -> None:
+    def __init__(self, project: Project, *, skip_invalid: bool = False, phase: Phase | str = Phase.SERVING) -> None:
         from .database import Database
 
         self.project = project
         self.hooks = project.hooks
-        self.context = project.context
-        self.database = Database(project.context, project.hooks)
+        self.phase = Phase(phase)
+        self.context = _checking_context(project.context) if self.phase is Phase.CHECKING else project.context
+        self.database = Database(self.context, project.hooks)
         self.gate = ReloadGate()
         self.skip_invalid = skip_invalid
         self.compiled: dict[tuple[str, str], CompiledEndpoint] = {}
-        self._templates: list[tuple[ResourceDefinition, Any]] = []
+        self._templates: list[tuple[ResourceDefinition, UriTemplateMatcher]] = []
         self._started = False
+        # Executors that failed to start while checking (the checking phase reports rather than stops).
+        self.start_problems: list[str] = []
         self._reload_lock = threading.Lock()
         self._reloads: list[threading.Thread] = []
         self.reload_count = 0
@@ -105,29 +131,29 @@ class Runtime:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
+        """Enter the runtime's phase: the database alone, then executors (checking), then on_init (serving)."""
         if self._started:
             return
-        registry = self.project.endpoints()
-        if registry.invalid and not self.skip_invalid:
-            problems = "\n".join(f"  {bad.origin}: {bad.message}" for bad in registry.invalid)
-            raise MxcpError(f"{len(registry.invalid)} invalid endpoint(s):\n{problems}")
-        for definition in registry.all():
-            self.compiled[(definition.kind, definition.key)] = CompiledEndpoint(
-                definition=definition,
-                parameters=CompiledParameters(definition.parameters),
-                returns=CompiledReturn(definition.return_type),
-            )
-            if isinstance(definition, ResourceDefinition) and definition.is_template:
-                self._templates.append((definition, _UriMatcher(definition.uri)))
         # Whatever is logged from now on (tracebacks of user code included) masks this profile's secret values.
-        for secret in self.context.secrets():
-            redaction.masker.add(redaction.secret_values(secret.parameters))
+        redaction.register_secrets(self.context.secrets())
+        if self.phase is not Phase.DATABASE:
+            self._compile()
         self.database.open()
+        if self.phase is Phase.DATABASE:
+            self._started = True
+            return
         try:
             for executor in self.project.executors().values():
-                executor.start(self)
+                try:
+                    executor.start(self)
+                except MxcpError as exc:
+                    if self.phase is not Phase.CHECKING:
+                        raise
+                    # Checking reports every problem it can: the other executors' endpoints are still checked.
+                    self.start_problems.append(str(exc))
             self._started = True
-            self._run_hook(self.hooks.on_init)
+            if self.phase is Phase.SERVING:
+                self._run_hook(self.hooks.on_init)
         except BaseException:
             # A half-done start releases what it took (import path, user modules, the database file).
             self._started = False
@@ -135,13 +161,25 @@ class Runtime:
             self.database.close(final=True)
             raise
 
+    def _compile(self) -> None:
+        registry = self.project.endpoints()
+        if registry.invalid and not self.skip_invalid:
+            problems = "\n".join(f"  {bad.origin}: {bad.message}" for bad in registry.invalid)
+            raise MxcpError(f"{len(registry.invalid)} invalid endpoint(s):\n{problems}")
+        for definition in registry.all():
+            self.compiled[(definition.kind, definition.key)] = compile_endpoint(definition)
+            if isinstance(definition, ResourceDefinition) and definition.is_template:
+                self._templates.append((definition, UriTemplateMatcher(definition.uri)))
+
     def stop(self) -> None:
-        """Wait for scheduled reloads, run on_shutdown, stop executors, close the database."""
+        """Wait for scheduled reloads, run on_shutdown (when serving), stop executors, close the database."""
         if not self._started:
             return
         self.wait_for_reloads()
-        self._run_hook(self.hooks.on_shutdown)
-        self._stop_executors()
+        if self.phase is Phase.SERVING:
+            self._run_hook(self.hooks.on_shutdown)
+        if self.phase is not Phase.DATABASE:
+            self._stop_executors()
         self._stop_user_loop()
         self.database.close(final=True)
         self._started = False
@@ -167,6 +205,27 @@ class Runtime:
     @property
     def started(self) -> bool:
         return self._started
+
+    # -- what plugins use (the RuntimeView protocol) -----------------------------------------------
+    def endpoints(self) -> list[CompiledEndpoint]:
+        """The compiled endpoints this runtime serves."""
+        return list(self.compiled.values())
+
+    def compiled_endpoint(self, kind: str, key: str) -> CompiledEndpoint | None:
+        return self.compiled.get((kind, key))
+
+    @contextmanager
+    def cursor(self) -> Iterator[Any]:
+        """A fresh DuckDB cursor for work outside a call (inside one, use `mxcp.runtime.db`)."""
+        with self.database.cursor() as cursor:
+            yield cursor
+
+    def register_plugin(self, plugin: Any, name: str) -> bool:
+        """Add a plugin object for the rest of this runtime's life (e.g. lifecycle hooks of user modules)."""
+        return self.project.host.register(plugin, name)
+
+    def unregister_plugin(self, name: str) -> None:
+        self.project.host.unregister(name)
 
     def drop(self, kind: str, key: str) -> None:
         """Stop serving one endpoint (serve --ignore-errors skips the ones that fail their checks)."""
@@ -208,6 +267,7 @@ class Runtime:
             user = UserContext.from_mapping(user)
         call = EndpointCall(
             endpoint=compiled.definition,
+            compiled=compiled,
             arguments=validated,
             runtime=self,
             caller=caller,
@@ -228,7 +288,9 @@ class Runtime:
             except MxcpError as exc:
                 # Messages may quote what user code or DuckDB saw: never a secret or a sensitive argument.
                 text = str(exc)
-                masked = redaction.masker.mask(text, redaction.sensitive_arguments())
+                host = self.project.host
+                masked = redaction.mask(text, call) + missing_function_hint(
+                    text, host.pm.has_plugin, frozenset(host.disabled))
                 if masked == text:
                     raise
                 raise type(exc)(masked) from None
@@ -398,8 +460,8 @@ def shape_result(raw: Any, kind: str, definition: EndpointDefinition) -> Any:
     return raw
 
 
-class _UriMatcher:
-    """Matches `scheme://path/{var}` templates; the server may swap in the SDK's RFC 6570 matcher."""
+class UriTemplateMatcher:
+    """Matches resource URI templates: `{var}` is one path segment, `{+var}` may span several (RFC 6570 level 2)."""
 
     def __init__(self, template: str) -> None:
         import re
@@ -420,6 +482,15 @@ class _UriMatcher:
         return found.groupdict() if found else None
 
 
+def _checking_context(project_context: Any) -> Any:
+    """Checking never writes: an existing database file opens read-only, a missing one is not created."""
+    if project_context.duckdb_path == ":memory:":
+        return project_context
+    if Path(project_context.duckdb_path).exists():
+        return attrs.evolve(project_context, readonly=True)
+    return attrs.evolve(project_context, duckdb_path=":memory:")
+
+
 @contextmanager
 def _nullcontext() -> Iterator[None]:
     yield
@@ -435,21 +506,15 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
-class CorePlugin:
-    """The host's own, essential implementation of `call_endpoint`: the innermost step of every call."""
-
-    @hookimpl(trylast=True)
-    def call_endpoint(self, call: EndpointCall) -> Any:
-        return call.runtime.execute_body(call)
-
-
 __all__ = [
     "CallTimeout",
     "CompiledEndpoint",
-    "CorePlugin",
     "NotFoundError",
+    "Phase",
     "ReloadGate",
     "Runtime",
+    "UriTemplateMatcher",
     "ValidationError",
+    "compile_endpoint",
     "shape_result",
 ]

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pluggy
 
 from .errors import ConfigError
 from .records import (
+    ConfigSection,
     EndpointCall,
     EndpointDefinition,
     Executor,
@@ -24,10 +25,39 @@ log = logging.getLogger(__name__)
 
 
 class Hooks:
-    """Typed calls of every hook. Aggregating hooks attribute results to plugins to report duplicates."""
+    """Typed calls of every hook. Aggregating hooks attribute results to plugins to report duplicates.
 
-    def __init__(self, pm: pluggy.PluginManager) -> None:
+    Every call goes through pluggy (per plugin, through `subset_hook_caller`, where results must be attributed),
+    so pluggy's tracing and `add_hookcall_monitoring` see all of them.
+    """
+
+    def __init__(
+        self, pm: pluggy.PluginManager, on_failure: Callable[[str, str], None] | None = None
+    ) -> None:
         self.pm = pm
+        # How a plugin that fails in an isolatable hook (register_commands) is reported; by default, raised.
+        self.on_failure = on_failure
+
+    # -- configuration -------------------------------------------------------------------------
+    def config_sections(self) -> dict[tuple[str, str], tuple[str, ConfigSection]]:
+        """Every declared section by (scope, name), with the plugin that owns it; two owners are an error."""
+        from .config import CORE_KEYS
+
+        found: dict[tuple[str, str], tuple[str, ConfigSection]] = {}
+        for plugin_name, results in self._each("config_sections"):
+            for section in results or ():
+                if not isinstance(section, ConfigSection):
+                    raise ConfigError(f"plugin '{plugin_name}': config_sections returned {type(section).__name__}; "
+                                      "expected ConfigSection")
+                key = (section.scope, section.name)
+                if section.name in CORE_KEYS[section.scope]:
+                    raise ConfigError(f"plugin '{plugin_name}' declares the {section.scope} section "
+                                      f"'{section.name}', which belongs to the core")
+                if key in found:
+                    raise ConfigError(f"the {section.scope} section '{section.name}' is declared by plugin "
+                                      f"'{found[key][0]}' and by plugin '{plugin_name}'")
+                found[key] = (plugin_name, section)
+        return found
 
     # -- lifecycle -----------------------------------------------------------------------------
     def on_init(self, runtime: Any) -> None:
@@ -35,11 +65,11 @@ class Hooks:
 
     def on_shutdown(self, runtime: Any) -> None:
         """Every implementation runs even when one fails: shutdown must release all it can."""
-        for impl in reversed(self.pm.hook.on_shutdown.get_hookimpls()):
+        for plugin_name, call in self._single_callers("on_shutdown"):
             try:
-                _call_impl(impl, runtime=runtime)
+                call(runtime=runtime)
             except Exception:  # noqa: BLE001
-                log.exception("on_shutdown of plugin '%s' failed", impl.plugin_name)
+                log.exception("on_shutdown of plugin '%s' failed", plugin_name)
 
     # -- database ------------------------------------------------------------------------------
     def configure_database(self, conn: Any, project: ProjectContext) -> None:
@@ -118,22 +148,39 @@ class Hooks:
         return self.pm.hook.call_endpoint(call=call)
 
     def register_commands(self, cli: Any) -> None:
-        self.pm.hook.register_commands(cli=cli)
+        """Each plugin adds its commands on its own: one that raises is reported by name, the others still add theirs."""
+        for plugin_name, call in self._single_callers("register_commands"):
+            try:
+                call(cli=cli)
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not break every command
+                if self.on_failure is None:
+                    raise
+                self.on_failure(plugin_name, f"register_commands failed: {type(exc).__name__}: {exc}")
+
+    def _single_callers(self, hook_name: str) -> Iterable[tuple[str, Any]]:
+        """One pluggy caller per implementation (first to run first), so each can be attributed and isolated."""
+        caller = getattr(self.pm.hook, hook_name)
+        impls = caller.get_hookimpls()
+        if not impls:
+            # Nothing implements it: still one (empty) call, so tracing shows the hook was reached.
+            yield "", caller
+            return
+        for impl in reversed(impls):
+            others = [other.plugin for other in impls if other is not impl]
+            yield impl.plugin_name, self.pm.subset_hook_caller(hook_name, remove_plugins=others)
 
     def _each(self, hook_name: str, **kwargs: Any) -> Iterable[tuple[str, Any]]:
         """Call each implementation on its own, so results can be attributed to their plugin."""
         caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):
+        for impl in caller.get_hookimpls():
             if impl.wrapper or impl.hookwrapper:
                 # Results are gathered per plugin here, so there is no call for a wrapper to surround.
                 raise ConfigError(
                     f"plugin '{impl.plugin_name}': {hook_name} cannot be a wrapper; return records instead"
                 )
-            yield impl.plugin_name, _call_impl(impl, **kwargs)
-
-
-def _call_impl(impl: Any, **kwargs: Any) -> Any:
-    return impl.function(*[kwargs[name] for name in impl.argnames])
+        for plugin_name, call in self._single_callers(hook_name):
+            results = call(**kwargs)
+            yield plugin_name, (results[0] if results else None)
 
 
 def _with_origin(definition: EndpointDefinition, origin: str) -> EndpointDefinition:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import typer
 
     from .records import (
+        ConfigSection,
         EndpointCall,
         Executor,
         ProjectContext,
@@ -23,6 +24,11 @@ if TYPE_CHECKING:
         SecretValue,
         ToolDefinition,
     )
+
+
+@hookspec
+def config_sections() -> Iterable[ConfigSection] | None:
+    """Sections of mxcp-site.yml and the user config this plugin owns, each structured into an attrs class."""
 
 
 @hookspec

@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from . import hookspecs
+from .environment import env_flag, env_list
 from .errors import PluginLoadError, suggest
-from .markers import PROJECT_NAME
+from .markers import PROJECT_NAME, hookimpl
 from .records import PluginFailure, PluginInfo
+
+if TYPE_CHECKING:
+    from .hooks import Hooks
+    from .records import EndpointCall
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +28,25 @@ BUILTIN_PREFIX = "mxcp_plugins"
 
 def disabled_from_env() -> set[str]:
     """Plugin names listed in MXCP_DISABLE_PLUGINS (comma separated)."""
-    raw = os.environ.get("MXCP_DISABLE_PLUGINS", "")
-    return {name.strip() for name in raw.split(",") if name.strip()}
+    return set(env_list("MXCP_DISABLE_PLUGINS"))
 
 
 def strict_from_env() -> bool:
-    return os.environ.get("MXCP_STRICT_PLUGINS", "").strip().lower() in {"1", "true", "yes", "on"}
+    return bool(env_flag("MXCP_STRICT_PLUGINS"))
+
+
+class CorePlugin:
+    """The host's own, essential plugin: the innermost step of every call, and the core's commands."""
+
+    @hookimpl(trylast=True)
+    def call_endpoint(self, call: EndpointCall) -> Any:
+        return call.runtime.execute_body(call)
+
+    @hookimpl(tryfirst=True)
+    def register_commands(self, cli: Any) -> None:
+        from .cli.core_commands import add_core_commands
+
+        add_core_commands(cli)
 
 
 class PluginHost:
@@ -45,6 +62,38 @@ class PluginHost:
         self.failures: list[PluginFailure] = []
         self.skipped: list[str] = []
         self._sources: dict[str, metadata.EntryPoint | None] = {}
+        for name in self.disabled - ESSENTIAL_PLUGINS:
+            # pluggy itself refuses these names from now on, whoever registers them.
+            self.pm.set_blocked(name)
+        self._hooks: Hooks | None = None
+
+    @property
+    def hooks(self) -> Hooks:
+        """The typed facade over this host's hooks; plugins failing in isolatable hooks are reported by name."""
+        if self._hooks is None:
+            from .hooks import Hooks
+
+            self._hooks = Hooks(self.pm, on_failure=self.report_failure)
+        return self._hooks
+
+    def disable(self, name: str) -> None:
+        """Disable a plugin by name from now on (unregistering it when it is already loaded)."""
+        if name in ESSENTIAL_PLUGINS or name in self.disabled:
+            return
+        self.disabled.add(name)
+        if self.pm.has_plugin(name):
+            self._sources.pop(name, None)
+        self.pm.set_blocked(name)
+        self.skipped.append(name)
+
+    def report_failure(self, name: str, reason: str) -> None:
+        """A loaded plugin failed in a hook whose failure can be isolated: skip it (fatal in strict mode)."""
+        dist = _dist_name(self._sources.get(name))
+        self._fail(name, dist, reason)
+        plugin = self.pm.get_plugin(name)
+        if plugin is not None and name not in ESSENTIAL_PLUGINS:
+            self.pm.unregister(plugin)
+            self._sources.pop(name, None)
 
     # -- loading -------------------------------------------------------------------------------
     def load_entry_points(self, entry_points: Iterable[metadata.EntryPoint] | None = None) -> None:
@@ -73,7 +122,7 @@ class PluginHost:
 
     def register(self, plugin: Any, name: str, *, source: metadata.EntryPoint | None = None) -> bool:
         """Register one plugin object or module; a failure is reported by name (fatal in strict mode)."""
-        if name in self.disabled and name not in ESSENTIAL_PLUGINS:
+        if self.pm.is_blocked(name):
             self.skipped.append(name)
             return False
         dist = _dist_name(source) if source else None
@@ -116,6 +165,8 @@ class PluginHost:
     def plugins(self) -> list[PluginInfo]:
         infos = []
         for name, plugin in sorted(self.pm.list_name_plugin(), key=lambda item: item[0]):
+            if plugin is None:  # a blocked (disabled) name
+                continue
             source = self._sources.get(name)
             dist = source.dist if source is not None else None
             hooks = tuple(sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or []))
@@ -145,3 +196,17 @@ def _with_suggestions(unknown: list[str]) -> str:
     """`provide_tols (did you mean 'provide_tool'?), ...` for misspelled hook names."""
     known = [name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), f"{PROJECT_NAME}_spec")]
     return ", ".join(name + suggest(name, known) for name in sorted(unknown))
+
+
+def load_plugins(
+    *,
+    disabled: Iterable[str] = (),
+    strict: bool | None = None,
+    warn: bool = True,
+    entry_points: Iterable[Any] | None = None,
+) -> PluginHost:
+    """A plugin host with the essential `core` plugin and the `mxcp` entry points (all, or those given)."""
+    host = PluginHost(disabled=disabled, strict=strict, warn=warn)
+    host.register(CorePlugin(), "core")
+    host.load_entry_points(entry_points)
+    return host

@@ -8,10 +8,20 @@ from typing import Any
 
 import attrs
 
-from .config import UserConfig, find_site_file, load_site_config, load_user_config
-from .errors import NotFoundError, suggest
+from .config import (
+    SectionRegistry,
+    UserConfig,
+    find_site_file,
+    load_site_config,
+    prepare_user_projects,
+    read_user_file,
+    structure_user_config,
+)
+from .environment import env_flag
+from .errors import ConfigError, NotFoundError, suggest
+from .features import ENDPOINT_KEY_PLUGINS, ENV_PLUGINS, FOLDER_PLUGINS, LANGUAGE_PLUGINS, plugin_state
 from .hooks import Hooks
-from .plugin_manager import PluginHost
+from .plugin_manager import PluginHost, load_plugins
 from .records import (
     EndpointDefinition,
     Executor,
@@ -21,16 +31,6 @@ from .records import (
     ResourceDefinition,
     ToolDefinition,
 )
-
-_TRUE = {"1", "true", "yes", "on"}
-
-
-def _env_flag(name: str) -> bool | None:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return None
-    return raw.strip().lower() in _TRUE
-
 
 @attrs.define
 class EndpointRegistry:
@@ -86,13 +86,19 @@ class Project:
         tools, bad_tools = self.hooks.tools(self.context)
         resources, bad_resources = self.hooks.resources(self.context)
         prompts, bad_prompts = self.hooks.prompts(self.context)
-        invalid = [*bad_tools, *bad_resources, *bad_prompts]
+        invalid = [*bad_tools, *bad_resources, *bad_prompts, *self._unread_folders()]
         executors = self.executors()
+        disabled = frozenset(self.host.disabled)
 
         def settle(definitions: list[Any]) -> dict[str, Any]:
             settled = {}
             for definition in definitions:
                 if not definition.enabled:
+                    continue
+                missing = self._missing_endpoint_plugin(definition)
+                if missing:
+                    invalid.append(InvalidEndpoint(kind=definition.kind, origin=definition.origin,
+                                                   name=definition.key, message=missing))
                     continue
                 if definition.kind != "prompt" and definition.function is None:
                     language = definition.language or _infer_language(definition, executors)
@@ -102,7 +108,7 @@ class Project:
                                 kind=definition.kind,
                                 origin=definition.origin,
                                 name=definition.key,
-                                message=_language_problem(definition, language, executors),
+                                message=_language_problem(definition, language, executors, disabled),
                             )
                         )
                         continue
@@ -115,6 +121,29 @@ class Project:
             tools=settle(tools), resources=settle(resources), prompts=settle(prompts), invalid=invalid
         )
 
+    def _missing_endpoint_plugin(self, definition: EndpointDefinition) -> str | None:
+        """An endpoint key whose meaning a plugin provides (`policies:`) must not be served without such a plugin."""
+        for key, plugin in ENDPOINT_KEY_PLUGINS.items():
+            if getattr(definition, key, None) and ("endpoint", key) not in self.context.sections:
+                return (f"declares {key}: but no loaded plugin provides them ({plugin_state(plugin, frozenset(self.host.disabled))}); "
+                        f"it is refused rather than served without its {key}")
+        return None
+
+    def _unread_folders(self) -> list[InvalidEndpoint]:
+        """Endpoint files or UDF modules in a folder whose plugin is not loaded: named, never silently ignored."""
+        found = []
+        for folder_name, plugin in FOLDER_PLUGINS.items():
+            if self.host.pm.has_plugin(plugin):
+                continue
+            folder = self.context.path(folder_name)
+            suffixes = (".py",) if folder_name == "plugins" else (".yml", ".yaml")
+            if folder.is_dir() and any(p.suffix in suffixes for p in folder.rglob("*") if p.is_file()):
+                found.append(InvalidEndpoint(
+                    kind="tool" if folder_name != "plugins" else "plugin", origin=f"{folder_name}/",
+                    message=f"the files in {folder_name}/ are read by {plugin_state(plugin, frozenset(self.host.disabled))}",
+                ))
+        return found
+
 
 def _infer_language(definition: EndpointDefinition, executors: dict[str, Executor]) -> str | None:
     """No `language:` given: the source file's extension decides; inline code is SQL."""
@@ -122,7 +151,7 @@ def _infer_language(definition: EndpointDefinition, executors: dict[str, Executo
     if source is None:
         return None
     if source.file is None:
-        return "sql" if "sql" in executors else None
+        return "sql"  # inline code is SQL, as in the original
     suffix = source.file.suffix.lower()
     for language, executor in executors.items():
         if suffix in executor.file_suffixes:
@@ -130,34 +159,27 @@ def _infer_language(definition: EndpointDefinition, executors: dict[str, Executo
     return None
 
 
-def _language_problem(definition: EndpointDefinition, language: str | None, executors: dict[str, Any]) -> str:
+def _language_problem(
+    definition: EndpointDefinition, language: str | None, executors: dict[str, Any], disabled: frozenset[str]
+) -> str:
     if definition.source is None:
         return "no source given (expected source.code or source.file)"
     if language is None:
+        if definition.source.file is not None:
+            suffix = definition.source.file.suffix.lower().lstrip(".")
+            plugin = LANGUAGE_PLUGINS.get({"py": "python"}.get(suffix, suffix))
+            if plugin is not None:
+                return f"{definition.source.file.name} needs {plugin_state(plugin, disabled)}"
         return (
             f"cannot tell the language of {definition.source.file.name if definition.source.file else 'the source'}; "
             f"set language: to one of {', '.join(sorted(executors)) or '(no executor loaded)'}"
         )
+    if language in LANGUAGE_PLUGINS:
+        return f"language '{language}' is run by {plugin_state(LANGUAGE_PLUGINS[language], disabled)}"
     return (
         f"no executor for language '{language}'{suggest(language, executors)} "
         f"(available: {', '.join(sorted(executors)) or 'none'})"
     )
-
-
-def load_plugins(
-    *,
-    disabled: Iterable[str] = (),
-    strict: bool | None = None,
-    warn: bool = True,
-    entry_points: Iterable[Any] | None = None,
-) -> PluginHost:
-    """A plugin host with the essential `core` plugin and the `mxcp` entry points (all, or those given)."""
-    from .execution import CorePlugin
-
-    host = PluginHost(disabled=disabled, strict=strict, warn=warn)
-    host.register(CorePlugin(), "core")
-    host.load_entry_points(entry_points)
-    return host
 
 
 def open_project(
@@ -170,19 +192,32 @@ def open_project(
     extra_plugins: Iterable[tuple[str, Any]] = (),
     host: PluginHost | None = None,
 ) -> Project:
-    """Find mxcp-site.yml from `start`, load plugins and configuration for the active profile."""
+    """Find mxcp-site.yml from `start`, load plugins and configuration for the active profile.
+
+    The core's keys are read first (they say which plugins are disabled), then the plugins are loaded (or `host`,
+    already loaded by the CLI, is used), then each plugin's sections are structured into its own classes.
+    """
     site_file = find_site_file(start)
     root = site_file.parent
-    site, active_profile = load_site_config(site_file, profile)
+    site, active_profile, raw_site = load_site_config(site_file, profile)
     if host is None:
         host = load_plugins(disabled=[*disabled_plugins, *site.disable_plugins], strict=strict_plugins)
+    else:
+        for name in [*disabled_plugins, *site.disable_plugins]:
+            host.disable(name)
     for name, plugin in extra_plugins:
         host.register(plugin, name)
     host.check_pending()
-    hooks = Hooks(host.pm)
+    hooks = host.hooks
+    sections = SectionRegistry(claimed=hooks.config_sections(), disabled=frozenset(host.disabled))
+    for variable, plugin in ENV_PLUGINS.items():
+        if env_flag(variable) and not host.pm.has_plugin(plugin):
+            raise ConfigError(f"{variable} is set, but its feature is provided by "
+                              f"{plugin_state(plugin, frozenset(host.disabled))}")
+    settings = sections.settle_site(raw_site, active_profile, site_file)
 
     site_profile = site.profile_config(active_profile)
-    env_readonly = _env_flag("MXCP_READONLY")
+    env_readonly = env_flag("MXCP_READONLY")
     is_readonly = bool(
         readonly if readonly is not None else env_readonly if env_readonly is not None else site_profile.duckdb.readonly
     )
@@ -192,6 +227,7 @@ def open_project(
     if duckdb_path != ":memory:" and not Path(duckdb_path).is_absolute():
         duckdb_path = str((root / duckdb_path).resolve())
 
+    declared = {key: section for key, (_, section) in sections.claimed.items()}
     context = ProjectContext(
         root=root,
         site=site,
@@ -200,13 +236,20 @@ def open_project(
         readonly=is_readonly,
         duckdb_path=duckdb_path,
         site_file=site_file,
+        settings=settings,
+        sections=declared,
     )
 
     def resolver(reference: str) -> Any:
         found = hooks.resolve_secret(reference=reference, project=context)
         return None if found is None else found.value
 
-    user = load_user_config(site.project, active_profile, resolver=resolver)
-    context = attrs.evolve(context, user=user)
+    # The user config's top-level sections first: a secret provider may read its own (`vault:`) while resolving.
+    raw_user, user_file = read_user_file()
+    settings = {**settings, **sections.settle("user", raw_user, file=user_file, key_path="")}
+    context = attrs.evolve(context, settings=settings)
+    prepared = prepare_user_projects(raw_user, site.project, active_profile, user_file, resolver)
+    user = structure_user_config(prepared, user_file)
+    settings = {**settings, **sections.settle_user_profiles(prepared, site.project, active_profile, user_file)}
+    context = attrs.evolve(context, user=user, settings=settings)
     return Project(context=context, host=host, hooks=hooks)
-

@@ -12,6 +12,41 @@ if TYPE_CHECKING:
     from .typesystem import ParameterSpec, TypeSpec
 
 
+CONFIG_SCOPES = ("site", "site_profile", "user", "user_profile", "endpoint")
+
+
+@attrs.frozen
+class ConfigSection:
+    """A section of the configuration a plugin owns, returned by `config_sections`.
+
+    `scope` says where it lives: `site` (top level of mxcp-site.yml), `site_profile` (under the active
+    `profiles.<name>` there), `user` (top level of the user config), `user_profile` (under
+    `projects.<project>.profiles.<name>`) or `endpoint` (a key of every endpoint's YAML, e.g. `policies`: its
+    value reaches plugins as `definition.extras[name]`). `schema` is an attrs class (or a type such as
+    `list[str]`) that the core's converter structures the section into, with errors naming the file, line and
+    key path.
+    """
+
+    name: str
+    schema: Any
+    scope: str = attrs.field(default="site", validator=attrs.validators.in_(CONFIG_SCOPES))
+    description: str = ""
+
+    def default(self) -> Any:
+        """The value of an absent section: the schema built without arguments ([] / {} for collections)."""
+        import typing
+
+        origin = typing.get_origin(self.schema)
+        if origin in (list, tuple, set, frozenset):
+            return origin()
+        if origin is dict:
+            return {}
+        try:
+            return self.schema()
+        except TypeError:
+            return None
+
+
 @attrs.frozen
 class SecretValue:
     """The value a `resolve_secret` provider found for a reference (a string, or a mapping)."""
@@ -54,6 +89,8 @@ class EndpointDefinition:
     policies: Mapping[str, Any] | None = None
     enabled: bool = True
     timeout: float | None = None
+    # Values of endpoint keys that plugins declared (`ConfigSection(scope="endpoint")`), structured by their schema.
+    extras: Mapping[str, Any] = attrs.field(factory=dict)
     origin: str = "<unknown>"
 
     @property
@@ -109,7 +146,7 @@ ENDPOINT_KINDS: dict[str, type[EndpointDefinition]] = {
 
 @attrs.frozen
 class ProjectContext:
-    """One project with its active profile: configuration resolved, paths absolute."""
+    """One project with its active profile: configuration resolved, paths absolute. Read-only for plugins."""
 
     root: Path
     site: SiteConfig
@@ -118,6 +155,9 @@ class ProjectContext:
     readonly: bool
     duckdb_path: str
     site_file: Path
+    # Plugins' sections of the active configuration, by (scope, name), and the declarations behind them.
+    settings: Mapping[tuple[str, str], Any] = attrs.field(factory=dict, repr=False)
+    sections: Mapping[tuple[str, str], ConfigSection] = attrs.field(factory=dict, repr=False)
     # Objects plugins expose to endpoint code by name (`mxcp.runtime.plugins.get`), e.g. UDF plugin instances.
     plugin_objects: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
     # Per-project state plugins keep under their own key (parsed files, loaded modules): it lives and dies
@@ -136,6 +176,18 @@ class ProjectContext:
         """Absolute path of a configured folder (`tools`, `python`, `plugins`, ...)."""
         return (self.root / getattr(self.site.paths, folder)).resolve()
 
+    def plugin_config(self, name: str, scope: str = "site") -> Any:
+        """A plugin's section of the active configuration, structured; its default when the file has none."""
+        key = (scope, name)
+        if key in self.settings:
+            return self.settings[key]
+        section = self.sections.get(key)
+        if section is None:
+            from .errors import NotFoundError
+
+            raise NotFoundError(f"no loaded plugin declares the {scope} section '{name}' (see config_sections)")
+        return section.default()
+
     def secret(self, name: str) -> Mapping[str, Any] | None:
         """Parameters of the active profile's secret `name`, or None."""
         profile = self._user_profile()
@@ -150,13 +202,7 @@ class ProjectContext:
         profile = self._user_profile()
         return tuple(profile.secrets) if profile else ()
 
-    def plugin_config(self, config_name: str | None) -> Mapping[str, str]:
-        profile = self._user_profile()
-        if profile is None or config_name is None:
-            return {}
-        return profile.plugin.config.get(config_name, {})
-
-    def _user_profile(self):
+    def _user_profile(self) -> Any:
         project = self.project_user_config
         return project.profiles.get(self.profile) if project else None
 
@@ -197,7 +243,9 @@ class EndpointCall:
 
     endpoint: EndpointDefinition
     arguments: dict[str, Any]
-    runtime: Any
+    runtime: RuntimeView
+    # The endpoint's validators and schemas (`CompiledEndpoint`: `.parameters.redact(...)`, `.returns`).
+    compiled: Any = None
     caller: str = "cli"  # stdio | http | cli | test
     user: UserContext | None = None
     session_id: str | None = None
@@ -224,16 +272,59 @@ class EndpointCall:
 
 
 @runtime_checkable
+class RuntimeView(Protocol):
+    """What plugins may use of a runtime: hooks get one as `runtime`, calls carry one as `call.runtime`.
+
+    `phase` is "database" (`mxcp query`), "checking" (`mxcp validate`: executors started, no on_init) or
+    "serving" (on_init run). Everything else about the runtime is the core's business.
+    """
+
+    context: ProjectContext
+    phase: str
+
+    @property
+    def started(self) -> bool:
+        """True between `start()` and `stop()`."""
+
+    def endpoints(self) -> list[Any]:
+        """The compiled endpoints served (`CompiledEndpoint`: `.definition`, `.parameters`, `.returns`)."""
+
+    def compiled_endpoint(self, kind: str, key: str) -> Any:
+        """One compiled endpoint, or None."""
+
+    def cursor(self) -> Any:
+        """A context manager giving a fresh DuckDB cursor, for work outside a call."""
+
+    def run_async(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run a coroutine function on the runtime's own event loop and wait for its result (from a worker thread)."""
+
+    def reload(self, payload: Callable[[], Any] | None = None, description: str = "") -> None:
+        """Schedule a reload: drain calls, on_shutdown, close the database, run `payload`, reopen, on_init."""
+
+    def wait_for_reloads(self, timeout: float | None = None) -> None:
+        """Wait until the scheduled reloads have finished (or `timeout` seconds have passed)."""
+
+    def register_plugin(self, plugin: Any, name: str) -> bool:
+        """Register a plugin object (hook implementations) for the rest of this runtime's life."""
+
+    def unregister_plugin(self, name: str) -> None:
+        """Remove a plugin registered with `register_plugin`."""
+
+    def call(self, kind: str, name: str, arguments: Mapping[str, Any] | None = None, **options: Any) -> Any:
+        """Validate and run one call through the whole call path (wrappers included), blocking."""
+
+
+@runtime_checkable
 class Executor(Protocol):
     """Runs endpoints of one language. Returned by `provide_executor`."""
 
     language: str
     file_suffixes: tuple[str, ...]
 
-    def start(self, runtime: Any) -> None:
+    def start(self, runtime: RuntimeView) -> None:
         """Get ready to run: import modules, prepare caches. Called once per runtime."""
 
-    def validate(self, endpoint: EndpointDefinition, runtime: Any) -> list[str | Problem]:
+    def validate(self, endpoint: EndpointDefinition, runtime: RuntimeView) -> list[str | Problem]:
         """Problems with the endpoint's body: messages (errors) or Problem records (empty when fine)."""
 
     def execute(self, call: EndpointCall) -> Any:

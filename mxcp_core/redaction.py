@@ -1,4 +1,10 @@
-"""Keeping secret values out of log output: a logging filter that masks every configured secret value."""
+"""The one place that decides what is secret or sensitive, and masks it in text.
+
+Two kinds of values are hidden: the active profile's secret values (registered when a runtime starts, for the
+life of the process) and the `sensitive` values of the current call (its arguments marked `sensitive: true`,
+and the parts of a result the return type marks so). Every channel that can carry them — the client's error
+text, the CLI's messages, log records, audit records, test failure messages — masks through `mask`.
+"""
 from __future__ import annotations
 
 import logging
@@ -9,6 +15,8 @@ from typing import Any
 MASK = "[REDACTED]"
 # Very short values ("1", "on") would mask ordinary words; real secrets are longer.
 MIN_SECRET_LENGTH = 4
+# A sensitive argument is masked from this length on: shorter ones ("5", "ab") would mask too much text.
+MIN_SENSITIVE_LENGTH = 3
 
 
 class SecretMasker:
@@ -28,6 +36,7 @@ class SecretMasker:
     def mask(self, text: str, extra: Iterable[str] = ()) -> str:
         """`text` with every secret value, and each of `extra`, replaced by the mask."""
         values = self._values
+        extra = [v for v in extra if len(v) >= MIN_SENSITIVE_LENGTH]
         if extra:
             values = tuple(sorted({*values, *extra}, key=len, reverse=True))
         for value in values:
@@ -43,6 +52,12 @@ class SecretMasker:
 masker = SecretMasker()
 
 
+def register_secrets(secrets: Iterable[Any]) -> None:
+    """Mask these secrets' values (`SecretConfig` records) from now on, in every channel."""
+    for secret in secrets:
+        masker.add(secret_values(secret.parameters))
+
+
 def secret_values(parameters: Any) -> Iterable[str]:
     """Every string inside a secret's parameters (nested mappings and lists included)."""
     if isinstance(parameters, str):
@@ -55,24 +70,41 @@ def secret_values(parameters: Any) -> Iterable[str]:
             yield from secret_values(value)
 
 
-def sensitive_arguments() -> tuple[str, ...]:
-    """Values of the current call's `sensitive` arguments (computed only when something is logged)."""
-    from .context import current_call
-
-    call = current_call.get()
-    if call is None:
-        return ()
-    compiled = call.runtime.compiled.get((call.endpoint.kind, call.endpoint.key))
-    if compiled is None:
-        return ()
-    redacted = compiled.parameters.redact(call.arguments)
+def hidden_values(value: Any, redacted: Any) -> list[str]:
+    """The parts of `value` that its redacted form replaced, as text would show them (strings and numbers)."""
+    if value == redacted:
+        return []
     found: list[str] = []
-    for name, value in call.arguments.items():
-        if redacted.get(name) != value:
-            found.extend(v for v in secret_values(value) if len(v) >= 3)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                found.append(str(value))
-    return tuple(found)
+    if isinstance(value, Mapping) and isinstance(redacted, Mapping):
+        for key, item in value.items():
+            found += hidden_values(item, redacted.get(key))
+    elif isinstance(value, (list, tuple)) and isinstance(redacted, (list, tuple)) and len(value) == len(redacted):
+        for item, masked in zip(value, redacted):
+            found += hidden_values(item, masked)
+    else:
+        from .typesystem import to_jsonable
+
+        found += [str(v) for v in secret_values(to_jsonable(value)) if str(v)]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            found.append(str(value))
+    return found
+
+
+def sensitive_arguments(call: Any = None) -> list[str]:
+    """The `sensitive` argument values of `call` (default: the current call), computed only when needed."""
+    if call is None:
+        from .context import current_call
+
+        call = current_call.get()
+    compiled = getattr(call, "compiled", None)
+    if compiled is None or not call.arguments:
+        return []
+    return hidden_values(call.arguments, compiled.parameters.redact(call.arguments))
+
+
+def mask(text: str, call: Any = None, *, extra: Iterable[str] = ()) -> str:
+    """`text` with secret values, the call's sensitive arguments (default: the current call's) and `extra` masked."""
+    return masker.mask(text, [*sensitive_arguments(call), *extra])
 
 
 class RedactingFilter(logging.Filter):

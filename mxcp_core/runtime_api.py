@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from . import context
+from .config import as_plain_dict
 from .sql import Rows, run_sql
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -56,11 +57,16 @@ class ConfigAccess:
 
     @property
     def site_config(self) -> dict[str, Any]:
-        return _unstructure(context.require_runtime("config.site_config").context.site)
+        """mxcp-site.yml as data: the core's keys and every plugin's section of the active profile."""
+        project = context.require_runtime("config.site_config").context
+        return as_plain_dict(project.site, project.settings, scope="site", profile_path=["profiles", project.profile])
 
     @property
     def user_config(self) -> dict[str, Any]:
-        return _unstructure(context.require_runtime("config.user_config").context.user)
+        """The user config as data (secrets resolved for the active profile only)."""
+        project = context.require_runtime("config.user_config").context
+        path = ["projects", project.name, "profiles", project.profile]
+        return as_plain_dict(project.user, project.settings, scope="user", profile_path=path)
 
 
 class PluginAccess:
@@ -73,12 +79,6 @@ class PluginAccess:
         return sorted(context.require_runtime("plugins.list").context.plugin_objects)
 
 
-def _unstructure(value: Any) -> dict[str, Any]:
-    import cattrs
-
-    return cattrs.unstructure(value)
-
-
 def on_init(func: F) -> F:
     """Run `func` when the runtime starts (and again after a reload), before the first call."""
     setattr(func, LIFECYCLE_MARK, "init")
@@ -89,6 +89,16 @@ def on_shutdown(func: F) -> F:
     """Run `func` when the runtime stops (and before a reload)."""
     setattr(func, LIFECYCLE_MARK, "shutdown")
     return func
+
+
+def lifecycle_role(func: Any) -> str | None:
+    """"init" for an @on_init function, "shutdown" for an @on_shutdown one, else None."""
+    return getattr(func, LIFECYCLE_MARK, None) if callable(func) else None
+
+
+def missing_secrets(call: Any) -> list[str]:
+    """Secrets the call asked `config.get_secret` for that the active profile does not have."""
+    return list(call.notes.get(MISSING_SECRETS, ()))
 
 
 def reload_duckdb(payload_func: Callable[[], Any] | None = None, description: str = "") -> None:

@@ -335,27 +335,9 @@ async def run_one(runtime: Runtime, planned: PlannedTest) -> TestOutcome:
     if not failures:
         return outcome("passed")
     # A failure message quotes the result: its sensitive values must not reach a CI log.
-    compiled = runtime.compiled.get((endpoint.kind, endpoint.key))
-    hidden = _sensitive_strings(result, compiled.returns.redact(result)) if compiled else []
-    return outcome("failed", redaction.masker.mask("; ".join(failures), hidden))
-
-
-def _sensitive_strings(result: Any, redacted: Any) -> list[str]:
-    """The values `redact` replaced, as they would be printed (JSON text of strings and numbers)."""
-    if result == redacted:
-        return []
-    found: list[str] = []
-    if isinstance(result, Mapping) and isinstance(redacted, Mapping):
-        for key, value in result.items():
-            found += _sensitive_strings(value, redacted.get(key))
-    elif isinstance(result, list) and isinstance(redacted, list) and len(result) == len(redacted):
-        for value, masked in zip(result, redacted):
-            found += _sensitive_strings(value, masked)
-    else:
-        found += [str(v) for v in redaction.secret_values(to_jsonable(result)) if str(v)]
-        if isinstance(result, (int, float)) and not isinstance(result, bool):
-            found.append(str(result))
-    return found
+    compiled = runtime.compiled_endpoint(endpoint.kind, endpoint.key)
+    hidden = redaction.hidden_values(result, compiled.returns.redact(result)) if compiled else []
+    return outcome("failed", redaction.mask("; ".join(failures), extra=hidden))
 
 
 def run_tests(

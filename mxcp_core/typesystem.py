@@ -29,6 +29,7 @@ from typing import Any
 import attrs
 
 from .errors import ConfigError, ValidationError, suggest
+from .redaction import MASK as REDACTED
 from .yamlfile import line_of
 
 __all__ = [
@@ -62,7 +63,6 @@ class _NoDefault(enum.Enum):
 NO_DEFAULT = _NoDefault.NO_DEFAULT
 """Sentinel: no default was declared (`None` is a real default: `default: null`)."""
 
-REDACTED = "[REDACTED]"
 
 TYPE_NAMES = ("string", "number", "integer", "boolean", "array", "object")
 FORMAT_NAMES = ("email", "uri", "date", "time", "date-time", "duration", "timestamp")

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
+import logging
 import types
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -111,8 +114,51 @@ def function_signature(method: Callable[..., Any], *, where: str | None = None) 
     return parameter_types, duckdb_type(hints["return"], where=f"{where}, return type")
 
 
+def create_function(
+    conn: Any, name: str, function: Callable[..., Any], parameter_types: list[str], return_type: str,
+    *, origin: str, side_effects: bool = False,
+) -> bool:
+    """Register a Python function in DuckDB; False when another open connection of this database already has it.
+
+    Errors name the function and `origin` (the plugin or file it comes from): defined twice, or named like a
+    built-in DuckDB function.
+    """
+    import duckdb
+
+    from .sql import first_line
+
+    try:
+        conn.create_function(name, function, parameter_types, return_type, side_effects=side_effects)
+        return True
+    except duckdb.NotImplementedException:
+        # DuckDB's wording for "this connection registered that name already".
+        raise ConfigError(f"DuckDB function '{name}' of {origin} is defined twice") from None
+    except duckdb.CatalogException as exc:
+        if "already exists" not in str(exc):
+            raise ConfigError(f"DuckDB function '{name}' of {origin}: {first_line(exc)}") from None
+        if _is_builtin_function(conn, name):
+            raise ConfigError(
+                f"DuckDB function '{name}' of {origin} has the name of a built-in DuckDB function"
+            ) from None
+        # The same database file is open twice in this process and DuckDB shares one instance between them:
+        # the function registered by the other connection serves both.
+        log.warning("DuckDB function '%s' already exists in this database (opened twice in one process)", name)
+        return False
+    except duckdb.Error as exc:
+        raise ConfigError(f"DuckDB function '{name}' of {origin}: {first_line(exc)}") from None
+
+
+def _is_builtin_function(conn: Any, name: str) -> bool:
+    rows = conn.execute(
+        "SELECT count(*) FROM duckdb_functions() WHERE function_name = $name AND internal", {"name": name}
+    ).fetchall()
+    return bool(rows[0][0])
+
+
 def _name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
-__all__ = ["MXCPBasePlugin", "udf", "is_udf", "udf_methods", "duckdb_type", "function_signature", "UDF_MARK"]
+__all__ = [
+    "MXCPBasePlugin", "udf", "is_udf", "udf_methods", "duckdb_type", "function_signature", "create_function", "UDF_MARK",
+]

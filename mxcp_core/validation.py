@@ -1,18 +1,15 @@
 """`mxcp validate`: structure and references of every endpoint, then each executor's own checks."""
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
-from pathlib import Path
 
 import attrs
 
 from .errors import MxcpError
-from .execution import Runtime
+from .execution import Phase, Runtime
+from .features import missing_function_hint
 from .project import Project
 from .records import EndpointDefinition, Problem
-
-log = logging.getLogger(__name__)
 
 
 def validate_project(project: Project, *, deep: bool = True, only: str | None = None) -> list[Problem]:
@@ -28,26 +25,17 @@ def validate_project(project: Project, *, deep: bool = True, only: str | None = 
     endpoints = [e for e in registry.all() if only is None or e.key == only]
     if not endpoints:
         return problems
-    runtime = _checking_runtime(project)
+    runtime = Runtime(project, skip_invalid=True, phase=Phase.CHECKING)
     try:
-        try:
-            runtime.database.open()
-        except MxcpError as exc:
-            problems.append(Problem(message=f"database not checked: {exc}", severity="warning"))
-            return problems
-        for executor in project.executors().values():
-            try:
-                executor.start(runtime)
-            except MxcpError as exc:
-                problems.append(Problem(message=str(exc), severity="error"))
+        runtime.start()
+    except MxcpError as exc:
+        problems.append(Problem(message=f"database not checked: {exc}", severity="warning"))
+        return problems
+    try:
+        problems.extend(Problem(message=text) for text in runtime.start_problems)
         problems.extend(check_bodies(runtime, endpoints))
     finally:
-        for executor in project.executors().values():
-            try:
-                executor.stop()
-            except Exception:  # noqa: BLE001
-                log.debug("executor stop failed", exc_info=True)
-        runtime.database.close()
+        runtime.stop()
     return problems
 
 
@@ -63,20 +51,11 @@ def check_bodies(runtime: Runtime, endpoints: Iterable[EndpointDefinition]) -> l
             found = executor.validate(endpoint, runtime)
         except Exception as exc:  # noqa: BLE001 - a checker bug must not hide other problems
             found = [f"could not be checked: {type(exc).__name__}: {exc}"]
+        host = runtime.project.host
         for item in found:
             problem = item if isinstance(item, Problem) else Problem(message=str(item))
-            problems.append(attrs.evolve(problem, file=endpoint.origin, endpoint=endpoint.key))
+            hint = missing_function_hint(problem.message, host.pm.has_plugin, frozenset(host.disabled))
+            # A function a disabled builtin would register is missing for sure (no on_init hook brings it).
+            problems.append(attrs.evolve(problem, message=problem.message + hint, file=endpoint.origin,
+                                         endpoint=endpoint.key, severity="error" if hint else problem.severity))
     return problems
-
-
-def _checking_runtime(project: Project) -> Runtime:
-    """A runtime that opens an existing database read-only, so validating never writes to it."""
-    context = project.context
-    if context.duckdb_path != ":memory:":
-        # An existing file opens read-only; a missing one is not created (an empty database checks the same).
-        exists = Path(context.duckdb_path).exists()
-        context = attrs.evolve(context, readonly=True) if exists else attrs.evolve(context, duckdb_path=":memory:")
-    checking = Project(context=context, host=project.host, hooks=project.hooks)
-    checking._executors = project.executors()
-    checking._registry = project.endpoints()
-    return Runtime(checking, skip_invalid=True)

@@ -5,7 +5,6 @@ Enabled by the site profile's `audit.enabled` or MXCP_AUDIT_ENABLED=1; the file 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid
@@ -13,19 +12,33 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mxcp_core import hookimpl, redaction
-from mxcp_core.typesystem import to_jsonable
+import attrs
+
+from mxcp_core import ConfigSection, env_flag, hookimpl, mask, to_jsonable
 
 SCHEMA_NAME = "mxcp.audit"
 SCHEMA_VERSION = 1
 _write_lock = threading.Lock()
 
 
+@attrs.define
+class AuditSettings:
+    """`profiles.<name>.audit` of mxcp-site.yml."""
+
+    enabled: bool = False
+    path: str | None = None
+
+
+@hookimpl
+def config_sections():
+    return [ConfigSection("audit", AuditSettings, scope="site_profile", description="the JSONL audit log")]
+
+
 def audit_path(project: Any) -> Path | None:
     """Where records go for this project, or None when auditing is off."""
-    settings = project.site.profile_config(project.profile).audit
-    env = os.environ.get("MXCP_AUDIT_ENABLED")
-    enabled = env.strip().lower() in {"1", "true", "yes", "on"} if env else settings.enabled
+    settings = project.plugin_config("audit", scope="site_profile")
+    env = env_flag("MXCP_AUDIT_ENABLED")
+    enabled = env if env is not None else settings.enabled
     if not enabled:
         return None
     if settings.path:
@@ -52,12 +65,12 @@ def call_endpoint(call: Any) -> Any:
 
 
 def _write(path: Path, call: Any, status: str, error: str | None, result: Any, duration_ms: float) -> None:
-    compiled = call.runtime.compiled.get((call.endpoint.kind, call.endpoint.key))
+    compiled = call.compiled
     inputs = compiled.parameters.redact(call.arguments) if compiled else {}
     outputs = compiled.returns.redact(result) if compiled and status == "success" else None
     if error:
-        # Secret values and the call's sensitive arguments, as everywhere else (this runs inside the call).
-        error = redaction.masker.mask(error, redaction.sensitive_arguments())
+        # Secret values and the call's sensitive arguments, as everywhere else.
+        error = mask(error, call)
     record = {
         "schema_name": SCHEMA_NAME,
         "schema_version": SCHEMA_VERSION,

@@ -15,10 +15,21 @@ from typing import Annotated, Any
 import attrs
 import typer
 
-from mxcp_core import hookimpl
-from mxcp_core.cli.options import DebugOpt, JsonOpt, ProfileOpt
+from mxcp_core import ConfigSection, commands, hookimpl
 
 SNAPSHOT_VERSION = 1
+
+
+@attrs.define
+class DriftSettings:
+    """`profiles.<name>.drift` of mxcp-site.yml."""
+
+    path: str | None = None
+
+
+@hookimpl
+def config_sections():
+    return [ConfigSection("drift", DriftSettings, scope="site_profile", description="where the drift snapshot lives")]
 
 
 @attrs.frozen
@@ -40,7 +51,7 @@ class DriftChange:
 def drift_path(project: Any) -> Path:
     """Where the snapshot lives for the active profile."""
     context = project.context
-    configured = context.site.profile_config(context.profile).drift.path
+    configured = context.plugin_config("drift", scope="site_profile").path
     if configured:
         path = Path(configured)
         return path if path.is_absolute() else context.root / path
@@ -67,13 +78,13 @@ def _source_hash(endpoint: Any) -> str | None:
 
 
 def describe_endpoint(endpoint: Any) -> dict[str, Any]:
-    from mxcp_core.typesystem import CompiledParameters, to_json_schema
+    from mxcp_core import compile_endpoint, to_json_schema
 
     return {
         "kind": endpoint.kind,
         "key": endpoint.key,
         "description": endpoint.description or "",
-        "parameters": CompiledParameters(endpoint.parameters).json_schema(),
+        "parameters": compile_endpoint(endpoint).parameters.json_schema(),
         "return": to_json_schema(endpoint.return_type) if endpoint.return_type is not None else None,
         "language": endpoint.language,
         "source_hash": _source_hash(endpoint),
@@ -81,14 +92,16 @@ def describe_endpoint(endpoint: Any) -> dict[str, Any]:
 
 
 def _tables(runtime: Any) -> dict[str, dict[str, Any]]:
-    rows = runtime.database.connection.execute(
-        "SELECT t.table_name, t.table_type, c.column_name, c.data_type "
-        "FROM information_schema.tables t "
-        "LEFT JOIN information_schema.columns c "
-        "  ON c.table_catalog = t.table_catalog AND c.table_schema = t.table_schema AND c.table_name = t.table_name "
-        "WHERE t.table_schema = 'main' AND t.table_catalog = current_database() "
-        "ORDER BY t.table_name, c.ordinal_position"
-    ).fetchall()
+    with runtime.cursor() as cursor:
+        rows = cursor.execute(
+            "SELECT t.table_name, t.table_type, c.column_name, c.data_type "
+            "FROM information_schema.tables t "
+            "LEFT JOIN information_schema.columns c "
+            "  ON c.table_catalog = t.table_catalog AND c.table_schema = t.table_schema "
+            "  AND c.table_name = t.table_name "
+            "WHERE t.table_schema = 'main' AND t.table_catalog = current_database() "
+            "ORDER BY t.table_name, c.ordinal_position"
+        ).fetchall()
     tables: dict[str, dict[str, Any]] = {}
     for table, table_type, column, data_type in rows:
         entry = tables.setdefault(table, {"type": table_type, "columns": {}})
@@ -99,9 +112,7 @@ def _tables(runtime: Any) -> dict[str, dict[str, Any]]:
 
 def collect_state(project: Any) -> dict[str, Any]:
     """The project's current state, as a snapshot holds it."""
-    from mxcp_core.execution import Runtime
-    from mxcp_core.testing_runner import run_tests
-    from mxcp_core.validation import validate_project
+    from mxcp_core import Runtime, run_tests, validate_project
 
     registry = project.endpoints()
     endpoints = {endpoint_id(e.kind, e.key): describe_endpoint(e) for e in registry.all()}
@@ -245,16 +256,15 @@ def _counts(counts: dict[str, int] | None) -> str:
 
 def snapshot_command(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the snapshot without writing it.")] = False,
-    profile: ProfileOpt = None,
-    json_output: JsonOpt = False,
-    debug: DebugOpt = False,
+    profile: commands.ProfileOpt = None,
+    json_output: commands.JsonOpt = False,
+    debug: commands.DebugOpt = False,
 ) -> None:
     """Record tables, endpoint definitions, validation and test status as the drift baseline."""
-    from mxcp_core.cli.options import load, plural
-    from mxcp_core.cli.output import console, ok, reporting_errors
+    from mxcp_core.commands import console, ok, open_project, plural, reporting_errors
 
     with reporting_errors(json_output, debug):
-        project = load(profile)
+        project = open_project(profile)
         state = collect_state(project)
         path = drift_path(project)
         if not dry_run:
@@ -278,17 +288,16 @@ def check_command(
     baseline: Annotated[
         Path | None, typer.Option("--baseline", help="Snapshot to compare with (default: the profile's drift path).")
     ] = None,
-    profile: ProfileOpt = None,
-    json_output: JsonOpt = False,
-    debug: DebugOpt = False,
+    profile: commands.ProfileOpt = None,
+    json_output: commands.JsonOpt = False,
+    debug: commands.DebugOpt = False,
 ) -> None:
     """Compare the project with its drift snapshot; exits 1 when anything changed."""
-    from mxcp_core.cli.options import load, plural
-    from mxcp_core.cli.output import console, emit_json, reporting_errors
-    from mxcp_core.errors import MxcpError
+    from mxcp_core import MxcpError
+    from mxcp_core.commands import console, emit_json, open_project, plural, reporting_errors
 
     with reporting_errors(json_output, debug):
-        project = load(profile)
+        project = open_project(profile)
         path = baseline if baseline is not None else drift_path(project)
         if not path.is_file():
             raise MxcpError(f"no drift snapshot at {path}; run `mxcp drift-snapshot` first")

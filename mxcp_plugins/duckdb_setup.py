@@ -10,15 +10,26 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Union
 
-from mxcp_core import hookimpl
-from mxcp_core.config import ExtensionSpec
-from mxcp_core.errors import ConfigError
-from mxcp_core.records import ProjectContext
-from mxcp_core.sql import first_line
+import attrs
+
+from mxcp_core import ConfigError, ConfigSection, ProjectContext, first_line, hookimpl
 
 log = logging.getLogger(__name__)
+
+
+@attrs.define
+class ExtensionSpec:
+    """An entry of `extensions:` in its long form: `{name: h3, repo: community}`."""
+
+    name: str
+    repo: str | None = None
+
+
+@hookimpl
+def config_sections():
+    return [ConfigSection("extensions", list[Union[str, ExtensionSpec]], description="DuckDB extensions to load")]
 
 # Secret types of DuckDB's own extensions; `duckdb_secret_types()` only lists those already loaded.
 KNOWN_SECRET_TYPES = frozenset(
@@ -32,7 +43,7 @@ _EXTENSION_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 def load_extensions(conn: Any, project: ProjectContext) -> None:
     import duckdb
 
-    for index, entry in enumerate(project.site.extensions):
+    for index, entry in enumerate(project.plugin_config("extensions")):
         name, repo = (entry.name, entry.repo) if isinstance(entry, ExtensionSpec) else (entry, None)
         key_path = f"extensions[{index}]"
         if not _EXTENSION_NAME.match(name or ""):

@@ -7,18 +7,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mxcp_core import hookimpl
-from mxcp_core.errors import ConfigError, suggest
-from mxcp_core.records import (
-    ENDPOINT_KINDS,
+from mxcp_core import (
+    ConfigError,
     EndpointDefinition,
     InvalidEndpoint,
     ProjectContext,
+    PromptDefinition,
+    ResourceDefinition,
     SourceSpec,
+    ToolDefinition,
+    hookimpl,
+    line_of,
+    load_yaml_file,
+    parse_parameters,
+    parse_type,
+    structure_config,
+    suggest,
+    test_structure_problems,
 )
-from mxcp_core.testing_runner import structure_problems
-from mxcp_core.typesystem import parse_parameters, parse_type
-from mxcp_core.yamlfile import line_of, load_yaml_file
 
 COMMON_KEYS = {
     "name", "description", "tags", "parameters", "return", "source", "language", "enabled",
@@ -33,6 +39,9 @@ ANNOTATION_KEYS = {"title", "readOnlyHint", "destructiveHint", "idempotentHint",
 MESSAGE_KEYS = {"role", "type", "prompt"}
 TOP_KEYS = {"mxcp", "tool", "resource", "prompt", "metadata"}
 FOLDERS = ("tools", "resources", "prompts")
+ENDPOINT_KINDS: dict[str, type[EndpointDefinition]] = {
+    "tool": ToolDefinition, "resource": ResourceDefinition, "prompt": PromptDefinition,
+}
 _URI_VAR = re.compile(r"\{\+?([A-Za-z_][A-Za-z0-9_]*)\}")
 
 STATE_KEY = "endpoint_discovery"
@@ -94,18 +103,28 @@ def _load_file(path: Path, project: ProjectContext, default_kind: str = "tool") 
         if str(version) not in {"1", "1.0"}:
             raise ConfigError(f"unsupported version {version!r}; expected 1", file=shown,
                               line=line_of(raw, "mxcp"), key_path="mxcp")
-        return parse_endpoint(kind, raw[kind], file=path, shown=shown, project_root=project.root)
+        return parse_endpoint(kind, raw[kind], file=path, shown=shown, project_root=project.root,
+                              claimed=_claimed_keys(project))
     except ConfigError as exc:
         # The origin already names this file; repeat only a file that is another one (a missing source file...).
         same_file = exc.file in (shown, str(path))
         return InvalidEndpoint(kind=kind, origin=shown, message=exc.detail() if same_file else exc.format())
 
 
-def parse_endpoint(kind: str, body: Any, *, file: Path, shown: str, project_root: Path) -> EndpointDefinition:
+def _claimed_keys(project: ProjectContext) -> dict[str, Any]:
+    """Endpoint keys other plugins declared (`ConfigSection(scope="endpoint")`), with their schemas."""
+    return {name: section.schema for (scope, name), section in project.sections.items()
+            if scope == "endpoint" and name not in COMMON_KEYS}
+
+
+def parse_endpoint(
+    kind: str, body: Any, *, file: Path, shown: str, project_root: Path, claimed: Mapping[str, Any] | None = None
+) -> EndpointDefinition:
     """Turn one `tool:` / `resource:` / `prompt:` mapping into its attrs definition."""
     if not isinstance(body, Mapping):
         raise ConfigError("expected a mapping", file=shown, key_path=kind)
-    allowed = KEYS_BY_KIND[kind]
+    claimed = dict(claimed or {})
+    allowed = KEYS_BY_KIND[kind] | claimed.keys()
     for key in body:
         if key not in allowed:
             raise ConfigError(
@@ -145,15 +164,19 @@ def parse_endpoint(kind: str, body: Any, *, file: Path, shown: str, project_root
     return_type = parse_type(body["return"], file=shown, key_path=f"{kind}.return") if body.get("return") else None
     tests = need("tests", list, "a list of tests", default=[])
     for index, test in enumerate(tests):
-        problems = structure_problems(test)
+        problems = test_structure_problems(test)
         if problems:
             raise ConfigError(problems[0], file=shown, line=line_of(tests, index), key_path=f"{kind}.tests[{index}]")
     policies = need("policies", Mapping, "a mapping with input: and output:")
+    extras = {
+        name: structure_config(body[name], schema, file=shown, root_path=f"{kind}.{name}", line=line_of(body, name))
+        for name, schema in claimed.items() if name in body and name != "policies"
+    }
 
     common: dict[str, Any] = dict(
         name=name, description=description, tags=tuple(str(t) for t in tags), enabled=enabled,
         parameters=parameters, return_type=return_type, tests=tuple(tests), policies=policies,
-        annotations=annotations, origin=shown, timeout=float(timeout) if timeout else None,
+        annotations=annotations, origin=shown, timeout=float(timeout) if timeout else None, extras=extras,
     )
     if kind == "prompt":
         messages = need("messages", list, "a list of messages", required=True)

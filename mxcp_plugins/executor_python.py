@@ -3,19 +3,26 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 import inspect
 import logging
-import os
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from mxcp_core import hookimpl
-from mxcp_core.errors import ExecutionError, MxcpError
-from mxcp_core.records import EndpointCall, EndpointDefinition
-from mxcp_core.runtime_api import LIFECYCLE_MARK, MISSING_SECRETS
+from mxcp_core import (
+    EndpointCall,
+    EndpointDefinition,
+    ExecutionError,
+    MxcpError,
+    add_to_import_path,
+    forget_modules_under,
+    hookimpl,
+    lifecycle_role,
+    load_private_module,
+    missing_secrets,
+    remove_from_import_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +35,10 @@ class LifecycleHooks:
         self.runner = runner
         marked = [
             value for value in vars(module).values()
-            if callable(value) and getattr(value, "__module__", None) == module.__name__
-            and getattr(value, LIFECYCLE_MARK, None)
+            if getattr(value, "__module__", None) == module.__name__ and lifecycle_role(value)
         ]
-        self.init_functions = [f for f in marked if getattr(f, LIFECYCLE_MARK) == "init"]
-        self.shutdown_functions = [f for f in marked if getattr(f, LIFECYCLE_MARK) == "shutdown"]
+        self.init_functions = [f for f in marked if lifecycle_role(f) == "init"]
+        self.shutdown_functions = [f for f in marked if lifecycle_role(f) == "shutdown"]
 
     @hookimpl
     def on_init(self, runtime: Any) -> None:
@@ -70,7 +76,7 @@ class PythonExecutor:
         self.python_dir = runtime.context.path("python")
         if not self.python_dir.is_dir():
             return
-        self._add_to_path(str(self.python_dir))
+        self._path_added = add_to_import_path(self.python_dir)
         for file in sorted(self.python_dir.rglob("*.py")):
             relative = file.relative_to(self.python_dir)
             if any(part.startswith(".") or part == "__pycache__" for part in relative.parts):
@@ -80,35 +86,21 @@ class PythonExecutor:
             hooks = LifecycleHooks(module, _run_lifecycle_function)
             if hooks.init_functions or hooks.shutdown_functions:
                 name = f"python:{module.__name__}"
-                runtime.project.host.register(hooks, name)
+                runtime.register_plugin(hooks, name)
                 self._lifecycle_names.append(name)
 
     def stop(self) -> None:
         """Unregister lifecycle hooks and forget the user's modules, so another project can load its own."""
         if self.runtime is not None:
             for name in self._lifecycle_names:
-                self.runtime.project.host.unregister(name)
+                self.runtime.unregister_plugin(name)
         for name in self._loaded_names:
             sys.modules.pop(name, None)
         if self.python_dir is not None:
-            for name in _modules_under(self.python_dir):
-                sys.modules.pop(name, None)
-        if self._path_added and self.python_dir is not None and str(self.python_dir) in sys.path:
-            sys.path.remove(str(self.python_dir))
-        importlib.invalidate_caches()
+            forget_modules_under(self.python_dir)
+            if self._path_added:
+                remove_from_import_path(self.python_dir)
         self.__init__()
-
-    def _add_to_path(self, folder: str) -> None:
-        """After the standard library, before site-packages: user modules never shadow `json` or `os`."""
-        if folder in sys.path:
-            return
-        position = next(
-            (i for i, entry in enumerate(sys.path) if "site-packages" in entry or "dist-packages" in entry),
-            len(sys.path),
-        )
-        sys.path.insert(position, folder)
-        self._path_added = True
-        importlib.invalidate_caches()
 
     def _import(self, file: Path) -> ModuleType:
         file = file.resolve()
@@ -144,13 +136,8 @@ class PythonExecutor:
 
     def _load_private(self, file: Path) -> ModuleType:
         name = "mxcp_user_" + "_".join(file.relative_to(self.python_dir).with_suffix("").parts).replace("-", "_")
-        spec = importlib.util.spec_from_file_location(name, file)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
         self._loaded_names.append(name)
-        spec.loader.exec_module(module)
-        return module
+        return load_private_module(name, file)
 
     # -- calls ---------------------------------------------------------------------------------
     def function_for(self, endpoint: EndpointDefinition) -> Any:
@@ -193,25 +180,12 @@ class PythonExecutor:
             # The client gets the message; the server log gets the whole story.
             log.error("%s '%s' raised", call.endpoint.kind, call.endpoint.key, exc_info=True)
             message = str(exc) or type(exc).__name__
-            missing = call.notes.get(MISSING_SECRETS)
+            missing = missing_secrets(call)
             if missing:
                 profile = call.runtime.context.profile
                 names = ", ".join(f"'{name}'" for name in missing)
                 message += f" (secret {names} {'is' if len(missing) == 1 else 'are'} not configured for profile '{profile}')"
             raise ExecutionError(message) from exc
-
-
-def _modules_under(folder: Path) -> list[str]:
-    """Names of imported modules and packages living in `folder`: parents such as `utils` of `utils.validators`
-    too, which user code imports implicitly and another project may have under the same name."""
-    prefix = str(folder) + os.sep
-    found = []
-    for name, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None) or ""
-        locations = [str(entry) for entry in (getattr(module, "__path__", None) or ())]
-        if file.startswith(prefix) or any(entry == str(folder) or entry.startswith(prefix) for entry in locations):
-            found.append(name)
-    return found
 
 
 def _signature_problems(function: Any, endpoint: EndpointDefinition) -> list[str]:

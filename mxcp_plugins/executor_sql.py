@@ -3,10 +3,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from mxcp_core import context, hookimpl
-from mxcp_core.errors import ExecutionError, MxcpError
-from mxcp_core.records import EndpointCall, EndpointDefinition, Problem
-from mxcp_core.sql import parameter_names, run_sql, split_statements
+from mxcp_core import (
+    EndpointCall,
+    EndpointDefinition,
+    ExecutionError,
+    MxcpError,
+    Problem,
+    call_cursor,
+    hookimpl,
+    run_sql,
+    split_statements,
+    sql_parameter_names,
+)
 
 
 class SqlExecutor:
@@ -37,7 +45,7 @@ class SqlExecutor:
         if not statements:
             return ["the SQL source is empty"]
         problems = []
-        used = parameter_names(sql)
+        used = sql_parameter_names(sql)
         declared = {p.name for p in endpoint.parameters}
         if used - declared:
             problems.append(
@@ -52,7 +60,7 @@ class SqlExecutor:
         return problems
 
     def execute(self, call: EndpointCall) -> Any:
-        rows = run_sql(context.cursor(), self._text(call.endpoint), call.arguments)
+        rows = run_sql(call_cursor(), self._text(call.endpoint), call.arguments)
         return list(rows)
 
     def stop(self) -> None:
@@ -63,13 +71,13 @@ def _prepare(runtime: Any, query: str) -> list[str]:
     """Let DuckDB bind the statement (tables, columns, functions) without running it."""
     import duckdb
 
-    with runtime.database.cursor() as cursor:
+    with runtime.cursor() as cursor:
         try:
             cursor.execute(f"PREPARE mxcp_validate AS {query.rstrip().rstrip(';')}")
             cursor.execute("DEALLOCATE mxcp_validate")
         except duckdb.CatalogException as exc:
             message = f"SQL does not prepare: {str(exc).strip().splitlines()[0]}"
-            if runtime.started:
+            if runtime.phase == "serving":
                 return [message]
             # Without on_init hooks (mxcp validate) a table they create is not there yet: worth a look, not a failure.
             return [Problem(message=f"{message} (unless an on_init hook creates it)", severity="warning")]

@@ -11,10 +11,7 @@ from typing import Annotated, Any
 import attrs
 import typer
 
-from mxcp_core import hookimpl
-from mxcp_core.cli.options import DebugOpt, JsonOpt, ProfileOpt
-from mxcp_core.errors import suggest
-from mxcp_core.testing_runner import ASSERTION_KEYS
+from mxcp_core import TEST_ASSERTION_KEYS, commands, hookimpl, suggest
 
 SEVERITIES = ("error", "warning", "info")
 _RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
@@ -70,7 +67,7 @@ def lint_endpoint(endpoint: Any) -> Iterable[LintFinding]:
     for index, test in enumerate(endpoint.tests):
         test_name = str(test.get("name") or f"#{index + 1}")
         where = f"tests.{test_name}"
-        if not any(key in test for key in ASSERTION_KEYS):
+        if not any(key in test for key in TEST_ASSERTION_KEYS):
             yield finding("warning", "test-without-assertions", where,
                           f"test '{test_name}' has no assertions; it only checks the call does not fail")
         for argument in test.get("arguments") or ():
@@ -108,19 +105,18 @@ def lint_command(
     severity: Annotated[
         str, typer.Option("--severity", help="Show findings at or above this level: error, warning or info.")
     ] = "info",
-    profile: ProfileOpt = None,
-    json_output: JsonOpt = False,
-    debug: DebugOpt = False,
+    profile: commands.ProfileOpt = None,
+    json_output: commands.JsonOpt = False,
+    debug: commands.DebugOpt = False,
 ) -> None:
     """Check endpoint metadata (descriptions, examples, return types, tests); exits 1 on any error."""
-    from mxcp_core.cli.options import load, plural
-    from mxcp_core.cli.output import console, emit_json, reporting_errors
-    from mxcp_core.errors import MxcpError
+    from mxcp_core import MxcpError
+    from mxcp_core.commands import console, emit_json, open_project, plural, reporting_errors
 
     with reporting_errors(json_output, debug):
         if severity not in _RANK:
             raise MxcpError(f"unknown severity '{severity}': expected error, warning or info")
-        project = load(profile)
+        project = open_project(profile)
         every = lint_project(project)
         shown = at_or_above(every, severity)
         counts = {name: sum(1 for f in shown if f.severity == name) for name in SEVERITIES}

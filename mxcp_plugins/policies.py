@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mxcp_core import hookimpl
-from mxcp_core.errors import ExecutionError
+from mxcp_core import ConfigSection, ExecutionError, hookimpl
 
 REASON = "policies are declared but this server has no policy evaluator; the call is denied"
 
@@ -17,6 +16,12 @@ REASON = "policies are declared but this server has no policy evaluator; the cal
 def declared_policies(endpoint: Any) -> bool:
     policies = endpoint.policies or {}
     return bool(policies.get("input") or policies.get("output"))
+
+
+@hookimpl
+def config_sections():
+    # The endpoint key this plugin gives meaning to: without a plugin declaring it, such endpoints are refused.
+    return [ConfigSection("policies", dict[str, Any], scope="endpoint", description="input and output policies")]
 
 
 @hookimpl(wrapper=True)

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import os
 
-from mxcp_core import hookimpl
-from mxcp_core.errors import ConfigError
-from mxcp_core.records import SecretValue
+from mxcp_core import ConfigError, SecretValue, hookimpl
 
 PREFIX = "env://"
 

@@ -5,9 +5,7 @@ contain slashes.
 """
 from __future__ import annotations
 
-from mxcp_core import hookimpl
-from mxcp_core.errors import ConfigError
-from mxcp_core.records import SecretValue
+from mxcp_core import ConfigError, SecretValue, hookimpl
 
 PREFIX = "keyring://"
 EXTRA = "mxcp-pluggy[keyring]"

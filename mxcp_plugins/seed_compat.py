@@ -15,7 +15,7 @@ import calendar
 import datetime as dt
 import re
 
-from mxcp_core import hookimpl
+from mxcp_core import create_function, hookimpl
 
 _MODIFIER = re.compile(
     r"^\s*([+-]?)\s*(\d+(?:\.\d*)?|\.\d+)\s+(second|minute|hour|day|month|year)s?\s*$", re.IGNORECASE
@@ -74,8 +74,6 @@ def _add_months(moment: dt.datetime, months: int) -> dt.datetime:
 
 @hookimpl(trylast=True)
 def register_functions(conn, project):
-    from mxcp_plugins.udf_plugins import create_function
-
     # A project's own `datetime` function (registered earlier: this runs last) wins.
     # fetchall: DuckDB refuses more work on a connection with a result left unread.
     existing = conn.execute("SELECT count(*) FROM duckdb_functions() WHERE function_name = 'datetime'").fetchall()

@@ -6,23 +6,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from mxcp_core import hookimpl
-from mxcp_core.errors import ExecutionError, NotFoundError, suggest
-from mxcp_core.records import ProjectContext, ToolDefinition
-from mxcp_core.typesystem import parse_parameters, parse_type
+import attrs
+
+from mxcp_core import (
+    ConfigSection,
+    ExecutionError,
+    NotFoundError,
+    ProjectContext,
+    ToolDefinition,
+    hookimpl,
+    parse_parameters,
+    parse_type,
+    suggest,
+)
 
 _SYSTEM_SCHEMAS = ("information_schema", "pg_catalog")
 
 
 def execute_sql_query(sql: str) -> list[dict[str, Any]]:
-    from mxcp_core.runtime_api import db
+    from mxcp.runtime import db
 
     return list(db.execute(sql))
 
 
 def list_tables() -> list[dict[str, Any]]:
     """Tables and views of the database, `schema.name` outside the main schema."""
-    from mxcp_core.runtime_api import db
+    from mxcp.runtime import db
 
     rows = db.execute(
         "SELECT table_catalog, table_schema, table_name, table_type FROM information_schema.tables "
@@ -38,7 +47,7 @@ def list_tables() -> list[dict[str, Any]]:
 
 def get_table_schema(table_name: str) -> list[dict[str, Any]]:
     """Columns of a table or view (`name`, `schema.name` or `catalog.schema.name`), in order."""
-    from mxcp_core.runtime_api import db
+    from mxcp.runtime import db
 
     parts = table_name.split(".")
     if not 1 <= len(parts) <= 3 or not all(parts):
@@ -137,8 +146,20 @@ def tools(project: ProjectContext) -> list[ToolDefinition]:
     ]
 
 
+@attrs.define
+class SqlToolsSettings:
+    """`sql_tools:` of mxcp-site.yml."""
+
+    enabled: bool = False
+
+
+@hookimpl
+def config_sections():
+    return [ConfigSection("sql_tools", SqlToolsSettings, description="the built-in SQL tools")]
+
+
 @hookimpl
 def provide_tool(project):
-    if not project.site.sql_tools.enabled:
+    if not project.plugin_config("sql_tools").enabled:
         return None
     return tools(project)

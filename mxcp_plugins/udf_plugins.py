@@ -13,28 +13,59 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.util
 import logging
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import attrs
 
-from mxcp_core import hookimpl
-from mxcp_core.errors import ConfigError, MxcpError
-from mxcp_core.records import ProjectContext
-from mxcp_core.sql import first_line
-from mxcp_core.udf import function_signature, udf_methods
+from mxcp_core import (
+    ConfigError,
+    ConfigSection,
+    MxcpError,
+    ProjectContext,
+    create_function,
+    first_line,
+    folder_on_path,
+    function_signature,
+    hookimpl,
+    load_private_module,
+    udf_methods,
+)
 
 log = logging.getLogger(__name__)
 
 PLUGIN_CLASS = "MXCPPlugin"
 SEED_ENTRY = "register_functions"
+PRIVATE_PREFIX = "mxcp_plugin_"
+
+
+@attrs.define
+class PluginInstance:
+    """An entry of `plugin:` in mxcp-site.yml: a UDF plugin class instance."""
+
+    name: str
+    module: str
+    config: str | None = None
+
+
+@attrs.define
+class PluginUserSettings:
+    """`plugin:` of a user-config profile: the named configs instances are built with."""
+
+    config: dict[str, dict[str, str]] = attrs.Factory(dict)
+
+
+@hookimpl
+def config_sections():
+    return [
+        ConfigSection("plugin", list[PluginInstance], description="DuckDB UDF plugin instances"),
+        ConfigSection("plugin", PluginUserSettings, scope="user_profile", description="UDF plugin configs"),
+    ]
 
 
 @attrs.define
@@ -80,7 +111,7 @@ class ProjectPlugins:
                 if callable(getattr(module, SEED_ENTRY, None)):
                     self.seed_modules.append((stem, module))
                     expose(stem, module, f"plugins/{entry.name}")
-        for index, instance in enumerate(project.site.plugin):
+        for index, instance in enumerate(project.plugin_config("plugin")):
             where = f"plugin[{index}] '{instance.name}'"
             module = self.module(instance.module, where=where)
             plugin_class = getattr(module, PLUGIN_CLASS, None)
@@ -122,7 +153,7 @@ class ProjectPlugins:
         top, _, rest = dotted.partition(".")
         local = _local_file(self.folder, top)
         try:
-            with _folder_on_path(self.folder):
+            with folder_on_path(self.folder, keep_prefix=PRIVATE_PREFIX):
                 if local is None:
                     module = importlib.import_module(dotted)
                 else:
@@ -140,21 +171,9 @@ class ProjectPlugins:
 
     def _load_private(self, stem: str, file: Path) -> ModuleType:
         name = f"{self.prefix}{stem}"
-        if name in sys.modules:
-            return sys.modules[name]
-        package = file.name == "__init__.py"
-        spec = importlib.util.spec_from_file_location(
-            name, file, submodule_search_locations=[str(file.parent)] if package else None
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        self.private_names.append(name)
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            sys.modules.pop(name, None)
-            raise
+        module = load_private_module(name, file)
+        if name not in self.private_names:
+            self.private_names.append(name)
         return module
 
     # -- registering -------------------------------------------------------------------------------
@@ -180,51 +199,16 @@ class ProjectPlugins:
             sys.modules.pop(name, None)
 
 
-def create_function(
-    conn: Any, name: str, function: Callable[..., Any], parameter_types: list[str], return_type: str,
-    *, origin: str, side_effects: bool = False,
-) -> bool:
-    """Register a Python function; False when another open connection of this database already has it."""
-    import duckdb
-
-    try:
-        conn.create_function(name, function, parameter_types, return_type, side_effects=side_effects)
-        return True
-    except duckdb.NotImplementedException:
-        # DuckDB's wording for "this connection registered that name already".
-        raise ConfigError(f"DuckDB function '{name}' of {origin} is defined twice") from None
-    except duckdb.CatalogException as exc:
-        if "already exists" not in str(exc):
-            raise ConfigError(f"DuckDB function '{name}' of {origin}: {first_line(exc)}") from None
-        if _is_builtin_function(conn, name):
-            raise ConfigError(
-                f"DuckDB function '{name}' of {origin} has the name of a built-in DuckDB function"
-            ) from None
-        # The same database file is open twice in this process and DuckDB shares one instance between them:
-        # the function registered by the other connection serves both.
-        log.warning("DuckDB function '%s' already exists in this database (opened twice in one process)", name)
-        return False
-    except duckdb.Error as exc:
-        raise ConfigError(f"DuckDB function '{name}' of {origin}: {first_line(exc)}") from None
-
-
-def _is_builtin_function(conn: Any, name: str) -> bool:
-    rows = conn.execute(
-        "SELECT count(*) FROM duckdb_functions() WHERE function_name = $name AND internal", {"name": name}
-    ).fetchall()
-    return bool(rows[0][0])
-
-
 def _instance_config(project: ProjectContext, config_name: str | None, instance: str) -> dict[str, Any]:
     if config_name is None:
         return {}
-    profile = project.project_user_config.profiles.get(project.profile) if project.project_user_config else None
-    if profile is None or config_name not in profile.plugin.config:
+    configs = project.plugin_config("plugin", scope="user_profile").config
+    if config_name not in configs:
         log.warning(
             "plugin '%s': config '%s' is not in the user config (projects.%s.profiles.%s.plugin.config); "
             "using an empty config", instance, config_name, project.name, project.profile,
         )
-    return dict(project.plugin_config(config_name))
+    return dict(configs.get(config_name, {}))
 
 
 def _module_stem(entry: Path) -> str | None:
@@ -245,43 +229,6 @@ def _local_file(folder: Path, stem: str) -> Path | None:
     return None
 
 
-@contextmanager
-def _folder_on_path(folder: Path) -> Iterator[None]:
-    """plugins/ on the import path while its modules import (for their sibling helpers), then off again.
-
-    It goes after the standard library, so a helper named `json.py` never shadows `json`; helpers imported
-    from it are dropped from sys.modules afterwards (the plugin modules keep their references), so another
-    project's helper of the same name is imported afresh.
-    """
-    entry = str(folder)
-    if not folder.is_dir() or entry in sys.path:
-        yield
-        return
-    position = next(
-        (i for i, path in enumerate(sys.path) if "site-packages" in path or "dist-packages" in path), len(sys.path)
-    )
-    sys.path.insert(position, entry)
-    importlib.invalidate_caches()
-    try:
-        yield
-    finally:
-        if entry in sys.path:
-            sys.path.remove(entry)
-        for name, module in list(sys.modules.items()):
-            file = getattr(module, "__file__", None)
-            if file and _is_within(Path(file), folder) and not name.startswith("mxcp_plugin_"):
-                sys.modules.pop(name, None)
-        importlib.invalidate_caches()
-
-
-def _is_within(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except (ValueError, OSError):
-        return False
-
-
 # -- per-project state -------------------------------------------------------------------------------
 STATE_KEY = "udf_plugins"
 _lock = threading.Lock()
@@ -295,7 +242,7 @@ def plugins_for(project: ProjectContext) -> ProjectPlugins:
             return found
         folder = project.path("plugins")
         digest = hashlib.sha1(f"{folder}:{id(project.state)}".encode()).hexdigest()[:10]
-        found = ProjectPlugins(folder=folder, prefix=f"mxcp_plugin_{digest}_")
+        found = ProjectPlugins(folder=folder, prefix=f"{PRIVATE_PREFIX}{digest}_")
         try:
             found.load(project)
         except BaseException:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mxcp_core.errors import MxcpError
+from mxcp_core.errors import ConfigError, MxcpError
 from mxcp_core.execution import Runtime
 from mxcp_core.project import open_project
 
@@ -83,7 +83,17 @@ def test_error_record_and_disabling_by_name(audited: Path, monkeypatch: pytest.M
     assert "nope" in record["error"] and "a-long-password" not in json.dumps(record)
 
     (audited / "audit" / "logs-default.jsonl").unlink()
+    # Disabling the plugin while the site asks for an audit log is refused, never silently unaudited.
     monkeypatch.setenv("MXCP_DISABLE_PLUGINS", "audit")
+    with pytest.raises(ConfigError, match="section 'audit' .* is read by plugin 'audit', which is disabled") as caught:
+        open_project(audited)
+    assert (caught.value.key_path, caught.value.line) == ("profiles.default.audit", 6)
+    monkeypatch.setenv("MXCP_AUDIT_ENABLED", "1")
+    (audited / "mxcp-site.yml").write_text(SITE.replace("enabled: true", "enabled: false"))
+    with pytest.raises(ConfigError, match="MXCP_AUDIT_ENABLED .* plugin 'audit', which is disabled"):
+        open_project(audited)
+    # Off in the file and the environment: the plugin's absence changes nothing, and nothing is written.
+    monkeypatch.delenv("MXCP_AUDIT_ENABLED")
     with Runtime(open_project(audited)) as runtime:
         runtime.call("tool", "login", {"user": "ann", "password": "correct-horse-battery"})
     assert not (audited / "audit" / "logs-default.jsonl").exists()

@@ -113,7 +113,7 @@ def test_profile_option_and_environment(run_mxcp, make_project, tmp_path):
 
 
 def test_help_lists_the_commands():
-    result = CliRunner().invoke(build_app(load_plugin_commands=False), ["--help"])
+    result = CliRunner().invoke(build_app([]), ["--help"])
     assert result.exit_code == 0
     for command in ("init", "list", "validate", "plugins", "--disable-plugin", "--strict-plugins"):
         assert command in result.output
@@ -121,5 +121,5 @@ def test_help_lists_the_commands():
 
 @pytest.mark.parametrize("command", ["list", "validate", "plugins", "init"])
 def test_every_core_command_has_json_output(command):
-    result = CliRunner().invoke(build_app(load_plugin_commands=False), [command, "--help"])
+    result = CliRunner().invoke(build_app([]), [command, "--help"])
     assert result.exit_code == 0 and "--json-output" in result.output

@@ -67,7 +67,7 @@ def test_documented_firstresult_matches_code(name):
 def builtin_sources() -> dict[str, Path]:
     """Builtin plugin name → its module file: every module of mxcp_plugins, and `core`."""
     sources = {path.stem: path for path in (ROOT / "mxcp_plugins").glob("*.py") if path.stem != "__init__"}
-    sources["core"] = ROOT / "mxcp_core" / "execution.py"
+    sources["core"] = ROOT / "mxcp_core" / "plugin_manager.py"
     return sources
 
 
@@ -79,7 +79,7 @@ def documented_builtins(name: str) -> list[str]:
 
 @pytest.mark.parametrize("name", sorted(spec_functions()))
 def test_documented_builtins_are_exactly_those_implementing_the_hook(name):
-    """The doc names every builtin implementing the hook, and only those (`core` is mxcp_core/execution.py)."""
+    """The doc names every builtin implementing the hook, and only those (`core` is mxcp_core/plugin_manager.py)."""
     implementing = sorted(plugin for plugin, source in builtin_sources().items() if name in hookimpl_names(source))
     assert sorted(documented_builtins(name)) == implementing, (
         f"hookspecs.md: the Builtin line of {name} must name exactly the builtins implementing it"

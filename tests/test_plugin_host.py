@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from mxcp_core import hookimpl
 from mxcp_core.cli import build_app
 from mxcp_core.errors import ConfigError, PluginLoadError
-from mxcp_core.execution import CorePlugin, Runtime
+from mxcp_core.execution import Runtime
+from mxcp_core.plugin_manager import CorePlugin
 from mxcp_core.plugin_manager import PluginHost
 from mxcp_core.project import open_project
 from mxcp_core.records import SecretValue
@@ -434,3 +435,80 @@ def test_register_commands_through_the_facade():
 
     Hooks(host.pm).register_commands(cli=app)
     assert CliRunner().invoke(app, []).output == "pong\n"
+
+
+BROKEN_COMMANDS = """\
+from mxcp_core import hookimpl
+
+@hookimpl
+def register_commands(cli):
+    raise RuntimeError("acme cannot add its command")
+"""
+
+
+def test_a_plugin_whose_register_commands_raises_is_named_and_the_rest_work(make_dist, make_project, run_mxcp,
+                                                                             tmp_path):
+    folder = make_dist("acme-broken-cli", {"acme_broken_cli": BROKEN_COMMANDS}, {"acme_broken_cli": "acme_broken_cli"})
+    root = make_project(tmp_path / "p")
+    helped = run_mxcp("--help", cwd=root, pythonpath=[folder])
+    assert helped.returncode == 0 and "validate" in helped.stdout and "Traceback" not in helped.stderr
+    assert "plugin 'acme_broken_cli' failed to load and was skipped: register_commands failed: RuntimeError: " \
+           "acme cannot add its command" in helped.stderr
+    listed = json.loads(run_mxcp("plugins", "--json-output", cwd=root, pythonpath=[folder]).stdout)["result"]
+    assert {"name": "acme_broken_cli", "distribution": "acme-broken-cli",
+            "reason": "register_commands failed: RuntimeError: acme cannot add its command"} in listed["failed"]
+    strict = run_mxcp("--strict-plugins", "list", "--json-output", cwd=root, pythonpath=[folder])
+    assert strict.returncode == 1 and "acme_broken_cli" in json.loads(strict.stdout)["error"]
+
+
+def test_one_host_per_invocation_and_the_core_commands_come_from_register_commands(make_project, tmp_path,
+                                                                                      monkeypatch):
+    from mxcp_core.cli.options import GlobalState, load
+
+    monkeypatch.chdir(make_project(tmp_path / "p"))
+    app = build_app(["list"])
+    host = GlobalState.host
+    assert load().host is host  # the command's project opens on the host that gave the commands
+    core_commands = {"init", "list", "validate", "plugins", "run", "query", "serve", "test"}
+    assert core_commands <= {info.name for info in app.registered_commands}
+    host.unregister("core")
+    bare = typer.Typer()
+    host.hooks.register_commands(cli=bare)
+    assert not core_commands & {info.name for info in bare.registered_commands}
+
+
+def test_disabled_names_are_blocked_in_pluggy_itself(make_project, tmp_path):
+    project = open_project(make_project(tmp_path / "p"), disabled_plugins=["audit"])
+    pm = project.host.pm
+    assert pm.is_blocked("audit") and not pm.has_plugin("audit")
+
+    class Late:
+        @hookimpl
+        def provide_executor(self, project):
+            return []
+
+    assert project.host.register(Late(), "audit") is False  # whoever registers it later
+    assert "audit" not in {info.name for info in project.host.plugins()}
+
+
+def test_every_hook_call_is_visible_to_pluggy_monitoring(make_project, tmp_path):
+    """The facade calls per plugin through pluggy (subset callers), so tracing sees aggregating hooks too."""
+    seen: list[tuple[str, list[str]]] = []
+    root = make_project(tmp_path / "p", {"tools/t.yml": TOOL})
+    host = loaded_host()
+    undo = host.pm.add_hookcall_monitoring(
+        lambda name, impls, kwargs: seen.append((name, [impl.plugin_name for impl in impls])),
+        lambda outcome, name, impls, kwargs: None,
+    )
+    try:
+        project = open_project(root, host=host)
+        with Runtime(project) as runtime:
+            runtime.call("tool", "t")
+        host.hooks.register_commands(cli=typer.Typer())
+    finally:
+        undo()
+    names = {name for name, _ in seen}
+    assert {"config_sections", "provide_tool", "provide_executor", "configure_database", "register_functions",
+            "on_init", "call_endpoint", "on_shutdown", "register_commands"} <= names
+    # Aggregating hooks run one plugin per call, so each result is attributed to its plugin.
+    assert ("provide_tool", ["endpoint_discovery"]) in seen

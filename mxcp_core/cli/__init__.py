@@ -1,4 +1,8 @@
-"""The `mxcp` command line. Heavy modules (mcp, duckdb, uvicorn) are imported only by commands that need them."""
+"""The `mxcp` command line. Heavy modules (mcp, duckdb, uvicorn) are imported only by commands that need them.
+
+One plugin host serves a whole invocation: it is loaded before the arguments are parsed (plugins add commands),
+and the command's project is opened on it. Every command, the core's included, comes from `register_commands`.
+"""
 from __future__ import annotations
 
 import sys
@@ -6,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import MxcpError
 from .options import GlobalState
 
 
@@ -19,39 +24,29 @@ def _root(
     ] = False,
 ) -> None:
     """MXCP: serve tools, resources and prompts described in YAML and written in SQL or Python over MCP."""
-    GlobalState.disabled_plugins = list(disable_plugin or [])
-    GlobalState.strict_plugins = True if strict_plugins else None
+    # Both were read from the arguments before parsing, when the plugin host was loaded.
 
 
-def build_app(load_plugin_commands: bool = True) -> typer.Typer:
-    from . import init_cmd, project_cmds, run_cmds, serve_cmd, test_cmd
+def build_app(argv: list[str] | None = None) -> typer.Typer:
+    """The command line with the commands of every loaded plugin; `argv` may disable some (`--disable-plugin`)."""
+    from ..plugin_manager import load_plugins
 
+    argv = sys.argv[1:] if argv is None else argv
     app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                       context_settings={"help_option_names": ["-h", "--help"]})
     app.callback()(_root)
-    app.command("init")(init_cmd.init)
-    app.command("list")(project_cmds.list_endpoints)
-    app.command("validate")(project_cmds.validate)
-    app.command("plugins")(project_cmds.plugins)
-    for module in (run_cmds, serve_cmd, test_cmd):
-        module.register(app)
-    if load_plugin_commands:
-        _add_plugin_commands(app)
+    strict = True if "--strict-plugins" in argv else None
+    host = load_plugins(disabled=[*_pre_parse_disabled(argv), *_site_disabled()], strict=strict)
+    GlobalState.host = host
+    host.hooks.register_commands(cli=app)
     return app
 
 
-def _add_plugin_commands(app: typer.Typer) -> None:
-    """Plugins add commands through `register_commands`; options before the command may disable some."""
-    from ..hooks import Hooks
-    from ..project import load_plugins
-
-    disabled = [*_pre_parse_disabled(sys.argv[1:]), *_site_disabled()]
-    host = load_plugins(disabled=disabled, strict=False, warn=False)
-    Hooks(host.pm).register_commands(cli=app)
-
-
 def _site_disabled() -> list[str]:
-    """`disable_plugins:` of the project here, read leniently: a broken site file must not break `--help`."""
+    """`disable_plugins:` of the project here, read leniently: a broken site file must not break `--help`.
+
+    The command then opens the project strictly on the same host, and reports a broken file there.
+    """
     from ..config import find_site_file
     from ..errors import MxcpError
     from ..yamlfile import load_yaml_file
@@ -73,6 +68,45 @@ def _pre_parse_disabled(argv: list[str]) -> list[str]:
     return names
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The command named in `argv` (the first word that is not a global option or its value)."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--disable-plugin":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
 def main() -> None:
-    app = build_app()
+    argv = sys.argv[1:]
+    try:
+        app = build_app(argv)
+    except MxcpError as exc:
+        # Strict mode and a broken plugin: the same one clear message a command gives, before any command runs.
+        from .output import fail
+
+        try:
+            fail(str(exc), "--json-output" in argv)
+        except typer.Exit as done:
+            raise SystemExit(done.exit_code) from None
+    command = _command_of(argv)
+    if command is not None:
+        _explain_missing_command(app, command)
     app(prog_name="mxcp")
+
+
+def _explain_missing_command(app: typer.Typer, command: str) -> None:
+    """A builtin plugin's command whose plugin is off: say which plugin, instead of 'No such command'."""
+    from ..features import COMMAND_PLUGINS, plugin_state
+
+    plugin = COMMAND_PLUGINS.get(command)
+    if plugin is None or any(info.name == command for info in app.registered_commands):
+        return
+    host = GlobalState.host
+    disabled = frozenset(host.disabled) if host is not None else frozenset()
+    print(f"Error: command '{command}' is provided by {plugin_state(plugin, disabled)}", file=sys.stderr)
+    raise SystemExit(2)

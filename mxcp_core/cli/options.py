@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..plugin_manager import PluginHost
 from ..project import Project, open_project
 
 ProfileOpt = Annotated[
@@ -19,20 +20,14 @@ ReadonlyOpt = Annotated[bool, typer.Option("--readonly", help="Open the DuckDB d
 
 
 class GlobalState:
-    """Options given before the command (`mxcp --disable-plugin audit list`)."""
+    """The invocation's plugin host, loaded before the arguments were parsed (with `--disable-plugin` applied)."""
 
-    disabled_plugins: list[str] = []
-    strict_plugins: bool | None = None
+    host: PluginHost | None = None
 
 
 def load(profile: str | None = None, readonly: bool | None = None, start: Path | None = None) -> Project:
-    return open_project(
-        start,
-        profile=profile,
-        readonly=readonly or None,
-        disabled_plugins=GlobalState.disabled_plugins,
-        strict_plugins=GlobalState.strict_plugins,
-    )
+    """Open the project the command acts on, on the invocation's plugin host."""
+    return open_project(start, profile=profile, readonly=readonly or None, host=GlobalState.host)
 
 
 def plural(count: int, word: str) -> str:

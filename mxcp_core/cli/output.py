@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,6 +10,7 @@ from typing import Any, NoReturn
 
 import typer
 
+from ..environment import debug_enabled
 from ..errors import MxcpError
 
 
@@ -39,9 +39,9 @@ def ok(result: Any, json_output: bool, render: Callable[[Any], None]) -> None:
 
 
 def fail(message: str, json_output: bool, *, result: Any = None, code: int = 1) -> NoReturn:
-    from ..redaction import masker
+    from ..redaction import mask
 
-    message = masker.mask(message)
+    message = mask(message)
     if json_output:
         payload: dict[str, Any] = {"status": "error", "error": message}
         if result is not None:
@@ -56,7 +56,7 @@ def fail(message: str, json_output: bool, *, result: Any = None, code: int = 1) 
 
 def setup_logging(debug: bool) -> None:
     """Logs go to stderr (stdout may carry protocol frames or JSON); MXCP_DEBUG=1 turns on debug."""
-    debug = debug or os.environ.get("MXCP_DEBUG", "").lower() in {"1", "true", "yes"}
+    debug = debug_enabled(debug)
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -81,7 +81,7 @@ def reporting_errors(json_output: bool, debug: bool = False) -> Iterator[None]:
     except KeyboardInterrupt:
         fail("interrupted", json_output, code=130)
     except Exception as exc:  # noqa: BLE001 - last line of defence: no traceback unless asked for
-        if debug or os.environ.get("MXCP_DEBUG"):
+        if debug_enabled(debug):
             raise
         logging.getLogger("mxcp").debug("unexpected error", exc_info=True)
         fail(f"{type(exc).__name__}: {exc} (run with --debug for details)", json_output)

@@ -105,17 +105,16 @@ def plugins(
 
     from ..config import find_site_file
     from ..errors import ConfigError
-    from ..project import load_plugins
+    from ..plugin_manager import load_plugins
 
     with reporting_errors(json_output, debug):
         try:
             find_site_file(Path.cwd())
-            host = load(profile).host
-        except ConfigError as exc:
-            if "no mxcp-site.yml" not in str(exc):
-                raise
+        except ConfigError:
             # Outside a project: show what is installed.
-            host = load_plugins(disabled=GlobalState.disabled_plugins, strict=GlobalState.strict_plugins)
+            host = GlobalState.host or load_plugins()
+        else:
+            host = load(profile).host
         result = {
             "plugins": [attrs.asdict(p) for p in host.plugins()],
             "disabled": sorted(set(host.skipped)),

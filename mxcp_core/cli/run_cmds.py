@@ -103,7 +103,7 @@ def query(
 ) -> None:
     """Run SQL against the project's DuckDB database (UDFs and extensions loaded)."""
     from .. import context
-    from ..execution import Runtime
+    from ..execution import Phase, Runtime
     from ..sql import run_sql
 
     with reporting_errors(json_output, debug):
@@ -112,13 +112,8 @@ def query(
         text = sql if sql is not None else file.read_text(encoding="utf-8")  # type: ignore[union-attr]
         arguments = dict(parse_param(p) for p in param or [])
         project = load(profile, readonly)
-        runtime = Runtime(project, skip_invalid=True)
-        runtime.database.open()
-        try:
-            with context.bound(runtime):
-                rows = list(run_sql(context.cursor(), text, arguments))
-        finally:
-            runtime.database.close()
+        with Runtime(project, phase=Phase.DATABASE) as runtime, context.bound(runtime):
+            rows = list(run_sql(context.cursor(), text, arguments))
 
         def render(result: list[dict[str, Any]]) -> None:
             from rich.table import Table
@@ -135,7 +130,3 @@ def query(
 
         ok(rows, json_output, render)
 
-
-def register(app: typer.Typer) -> None:
-    app.command("run")(run)
-    app.command("query")(query)

@@ -55,6 +55,3 @@ def serve(
         if wire is not None:
             wire.release()
 
-
-def register(app: typer.Typer) -> None:
-    app.command("serve")(serve)

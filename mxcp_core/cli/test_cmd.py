@@ -100,6 +100,3 @@ def _render(outcomes: list[Any], counts: dict[str, int]) -> None:
     out.print(f"[bold {colour}]{counts['passed']} passed[/], {counts['failed']} failed, {counts['error']} errors "
               f"({plural(counts['total'], 'test')})")
 
-
-def register(app: typer.Typer) -> None:
-    app.command("test")(test)

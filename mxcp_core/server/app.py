@@ -15,20 +15,19 @@ from typing import Any
 
 import attrs
 import mcp.types as types
-from mcp import MCPError, UriTemplate
+from mcp import MCPError
 from mcp.server import Server, ServerRequestContext
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import to_json
 
 from .. import redaction
-from ..errors import MxcpError, ValidationError
+from ..errors import MxcpError, NotFoundError, ValidationError
 from ..execution import CallTimeout, CompiledEndpoint, Runtime
 from ..notifications import current_request, server_loop
 from ..typesystem import to_jsonable
 
 log = logging.getLogger(__name__)
 
-REDACTED = "[REDACTED]"
 RESOURCE_NOT_FOUND = -32002  # the MCP specification's code for an unknown resource URI
 # Absolute paths (two segments or more) in messages from user code: clients never see the server's layout.
 _PATH = re.compile(r"(?<![\w:/.])/(?:[\w.@+-]+/)+[\w.@+-]*")
@@ -43,7 +42,6 @@ class _Entry:
     key: str
     structured: str  # "object": the result is the structured content; "wrap": {"result": ...}; "": none
     mime_type: str | None = None
-    template: Any = None  # UriTemplate of a resource template
     string_types: dict[str, Any] = attrs.Factory(dict)  # how to read string arguments (URI values, prompt args)
 
 
@@ -51,9 +49,10 @@ class Catalog:
     """The served endpoints and their MCP listings, built once from a started runtime."""
 
     def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         self.tools: dict[str, _Entry] = {}
         self.resources: dict[str, _Entry] = {}
-        self.templates: list[_Entry] = []
+        self.templates: dict[str, _Entry] = {}
         self.prompts: dict[str, _Entry] = {}
         self.input_schemas: dict[str, dict[str, Any]] = {}
         tools: list[types.Tool] = []
@@ -80,8 +79,7 @@ class Catalog:
                 mime_type = getattr(definition, "mime_type", None)
                 entry = _Entry(compiled, key, "", mime_type=mime_type, string_types=_string_types(compiled))
                 if "{" in key:
-                    entry.template = UriTemplate.parse(key)
-                    self.templates.append(entry)
+                    self.templates[key] = entry
                     templates.append(types.ResourceTemplate(
                         uri_template=key, name=definition.name or key,
                         description=definition.description or None, mime_type=mime_type,
@@ -113,11 +111,15 @@ class Catalog:
         found = self.resources.get(uri)
         if found is not None:
             return found, {}
-        for entry in self.templates:
-            values = entry.template.match(uri)
-            if values is not None:
-                return entry, values
-        raise MCPError(code=RESOURCE_NOT_FOUND, message=f"Unknown resource: {uri}")
+        # The runtime's own template matching, so `mxcp run resource` and the server agree on every URI.
+        try:
+            compiled, values = self.runtime.endpoint("resource", uri)
+        except NotFoundError:
+            compiled, values = None, {}
+        entry = self.templates.get(compiled.key) if compiled is not None else None
+        if entry is None:
+            raise MCPError(code=RESOURCE_NOT_FOUND, message=f"Unknown resource: {uri}")
+        return entry, values
 
 
 def create_server(runtime: Runtime, *, name: str | None = None) -> Server:
@@ -336,32 +338,10 @@ class _Scrubber:
 
     def clean(self, text: str, entry: _Entry, arguments: Mapping[str, Any]) -> str:
         text = text.strip().split("\n", 1)[0]
-        sensitive: set[str] = set()
-        redacted = entry.compiled.parameters.redact(arguments) if arguments else {}
-        for key, value in redacted.items():
-            if value != arguments.get(key):
-                _collect_strings(arguments.get(key), sensitive)
-        # The runtime registered this profile's secret values with the masker when it started.
-        text = redaction.masker.mask(text)
-        # Longest first, so a value containing another is replaced whole.
-        for value in sorted((s for s in sensitive if len(s) >= 3), key=len, reverse=True):
-            if value in text:
-                text = text.replace(value, REDACTED)
+        sensitive = redaction.hidden_values(arguments, entry.compiled.parameters.redact(arguments)) if arguments else []
+        text = redaction.mask(text, extra=sensitive)
         text = text.replace(self.root, "<project>")
         return _PATH.sub("<path>", text)
-
-
-def _collect_strings(value: Any, into: set[str]) -> None:
-    if isinstance(value, str):
-        into.add(value)
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            _collect_strings(item, into)
-    elif isinstance(value, (list, tuple, set)):
-        for item in value:
-            _collect_strings(item, into)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        into.add(str(value))
 
 
 def _version() -> str:

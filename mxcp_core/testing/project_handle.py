@@ -157,8 +157,7 @@ def _host_without_shadowed(root: Path, extra: list[tuple[str, Any]], options: Ma
     from importlib import metadata
 
     from ..config import find_site_file, load_site_config
-    from ..plugin_manager import ENTRY_POINT_GROUP
-    from ..project import load_plugins
+    from ..plugin_manager import ENTRY_POINT_GROUP, load_plugins
 
     names = {name for name, _ in extra}
     modules = {getattr(plugin, "__name__", None) for _, plugin in extra if inspect.ismodule(plugin)}
@@ -166,7 +165,7 @@ def _host_without_shadowed(root: Path, extra: list[tuple[str, Any]], options: Ma
     kept = [ep for ep in entry_points if ep.name not in names and ep.value not in modules]
     if len(kept) == len(entry_points):
         return None
-    site, _ = load_site_config(find_site_file(root), options.get("profile"))
+    site, _, _ = load_site_config(find_site_file(root), options.get("profile"))
     return load_plugins(
         disabled=[*options.get("disabled_plugins", ()), *site.disable_plugins],
         strict=options.get("strict_plugins"),

@@ -5,9 +5,7 @@ argument validation, JSON schema and result checking as any other.
 """
 from __future__ import annotations
 
-from mxcp_core import hookimpl
-from mxcp_core.records import ToolDefinition
-from mxcp_core.typesystem import parse_parameters, parse_type
+from mxcp_core import ToolDefinition, hookimpl, parse_parameters, parse_type
 
 from .functions import slugify
 

@@ -76,14 +76,14 @@ _LAZY = {
     "commands": "commands",
 }
 
-__all__ = sorted([
+__all__ = [
     "hookimpl", "hookspec",
     "ConfigError", "ExecutionError", "MxcpError", "NotFoundError", "ValidationError", "suggest",
     "ConfigSection", "EndpointCall", "EndpointDefinition", "Executor", "InvalidEndpoint", "Problem",
     "ProjectContext", "PromptDefinition", "ResourceDefinition", "RuntimeView", "SecretValue", "SourceSpec",
     "ToolDefinition", "UserContext",
-    *_LAZY,
-])
+]
+__all__ += list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

@@ -6,7 +6,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Union
 
@@ -669,7 +669,9 @@ def _like(node: Any) -> LineDict:
     return out
 
 
-def as_plain_dict(core: Any, settings: Mapping[tuple[str, str], Any], *, scope: str, profile_path: list[str]) -> dict[str, Any]:
+def as_plain_dict(
+    core: Any, settings: Mapping[tuple[str, str], Any], *, scope: str, profile_path: list[str]
+) -> dict[str, Any]:
     """A config as plain data: the core's part unstructured, with the plugins' sections put back where they were."""
     data = _converter.unstructure(core)
     node = data

@@ -148,7 +148,7 @@ class Hooks:
         return self.pm.hook.call_endpoint(call=call)
 
     def register_commands(self, cli: Any) -> None:
-        """Each plugin adds its commands on its own: one that raises is reported by name, the others still add theirs."""
+        """Each plugin adds its commands on its own: one that raises is reported by name, the others add theirs."""
         for plugin_name, call in self._single_callers("register_commands"):
             try:
                 call(cli=cli)

@@ -125,7 +125,8 @@ class Project:
         """An endpoint key whose meaning a plugin provides (`policies:`) must not be served without such a plugin."""
         for key, plugin in ENDPOINT_KEY_PLUGINS.items():
             if getattr(definition, key, None) and ("endpoint", key) not in self.context.sections:
-                return (f"declares {key}: but no loaded plugin provides them ({plugin_state(plugin, frozenset(self.host.disabled))}); "
+                state = plugin_state(plugin, frozenset(self.host.disabled))
+                return (f"declares {key}: but no loaded plugin provides them ({state}); "
                         f"it is refused rather than served without its {key}")
         return None
 
@@ -140,7 +141,8 @@ class Project:
             if folder.is_dir() and any(p.suffix in suffixes for p in folder.rglob("*") if p.is_file()):
                 found.append(InvalidEndpoint(
                     kind="tool" if folder_name != "plugins" else "plugin", origin=f"{folder_name}/",
-                    message=f"the files in {folder_name}/ are read by {plugin_state(plugin, frozenset(self.host.disabled))}",
+                    message=f"the files in {folder_name}/ are read by "
+                            f"{plugin_state(plugin, frozenset(self.host.disabled))}",
                 ))
         return found
 

@@ -160,5 +160,6 @@ def _name(hint: Any) -> str:
 
 
 __all__ = [
-    "MXCPBasePlugin", "udf", "is_udf", "udf_methods", "duckdb_type", "function_signature", "create_function", "UDF_MARK",
+    "MXCPBasePlugin", "udf", "is_udf", "udf_methods", "duckdb_type", "function_signature", "create_function",
+    "UDF_MARK",
 ]

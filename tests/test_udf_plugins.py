@@ -152,7 +152,7 @@ def test_two_projects_in_one_process_keep_their_own_modules(make_project, tmp_pa
     runtimes = []
     for name in ("alpha", "beta"):
         root = make_project(tmp_path / name, {
-            "plugins/which.py": f"""\
+            "plugins/which.py": """\
                 import helpers
 
                 def register_functions(conn):

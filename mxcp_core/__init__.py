@@ -46,7 +46,7 @@ _LAZY = {
     "validate_project": "validation:validate_project",
     "run_tests": "testing_runner:run_tests",
     "TEST_ASSERTION_KEYS": "testing_runner:ASSERTION_KEYS",
-    "test_structure_problems": "testing_runner:structure_problems",
+    "endpoint_test_problems": "testing_runner:structure_problems",
     # SQL on DuckDB
     "call_cursor": "context:cursor",
     "run_sql": "sql:run_sql",

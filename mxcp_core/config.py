@@ -1,12 +1,14 @@
 """mxcp-site.yml and the user config as attrs classes, structured by cattrs with errors naming file, line, key path."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Union
 
@@ -195,6 +197,11 @@ def _make_converter() -> cattrs.Converter:
 _converter = _make_converter()
 
 
+# Off while the user config is structured: its values may be secrets (resolved references, `${VAR}`), so an
+# error there says what kind of value it found, never the value.
+_quote_values: contextvars.ContextVar[bool] = contextvars.ContextVar("mxcp_config_quote_values", default=True)
+
+
 def _describe(value: Any) -> str:
     if value is None:
         return "nothing (null)"
@@ -202,7 +209,19 @@ def _describe(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
+    if not _quote_values.get():
+        return f"a {type(value).__name__}"
     return f"{type(value).__name__} {value!r}"[:80]
+
+
+@contextlib.contextmanager
+def values_unquoted() -> Iterator[None]:
+    """Errors raised inside describe values by their type only (for files holding secrets)."""
+    token = _quote_values.set(False)
+    try:
+        yield
+    finally:
+        _quote_values.reset(token)
 
 
 def structure(raw: Any, cls: Any, *, file: Path, root_path: str = "", line: int | None = None) -> Any:
@@ -284,7 +303,11 @@ def _config_error(
         )
     message = str(leaf)
     if isinstance(leaf, (TypeError, AttributeError)) and "mapping" not in message:
-        message = f"unexpected value ({message})"
+        if not isinstance(container, (Mapping, list)):
+            # cattrs' own words for a scalar where a section belongs ("'int' is not iterable").
+            message = f"expected a mapping, got {_describe(container)}"
+        else:
+            message = "unexpected value" if not _quote_values.get() else f"unexpected value ({message})"
     return ConfigError(message, file=file, line=line, key_path=key_path or None)
 
 
@@ -452,7 +475,7 @@ def read_site_file(site_file: Path, profile: str | None = None) -> tuple[LineDic
         profiles = _like(profiles_raw)
         for name, body in profiles_raw.items():
             profiles[name] = (
-                interpolate(body, file=site_file, key_path=f"profiles.{name}") if name == active else body
+                interpolate(body, file=site_file, key_path=f"profiles.{name}") if str(name) == active else body
             )
         interpolated["profiles"] = profiles
     elif "profiles" in raw:
@@ -467,7 +490,9 @@ def load_site_config(site_file: Path, profile: str | None = None) -> tuple[SiteC
     if isinstance(raw.get("profiles"), Mapping):
         profiles = _like(raw["profiles"])
         for name, body in raw["profiles"].items():
-            profiles[name] = _keep(body, SiteProfile) if isinstance(body, Mapping) else body
+            # `dev:` with nothing under it is an empty profile, as YAML writers mean it.
+            profiles[name] = _keep(body, SiteProfile) if isinstance(body, Mapping) else (
+                LineDict() if body is None else body)
         core["profiles"] = profiles
     site = structure(core, SiteConfig, file=site_file)
     if site.mxcp != 1:
@@ -519,7 +544,8 @@ def structure_user_config(raw: Mapping[str, Any], file: Path) -> UserConfig:
                 profiles_core = _like(body["profiles"])
                 for profile_name, profile_body in body["profiles"].items():
                     profiles_core[profile_name] = (
-                        _keep(profile_body, UserProfile) if isinstance(profile_body, Mapping) else profile_body
+                        _keep(profile_body, UserProfile) if isinstance(profile_body, Mapping)
+                        else LineDict() if profile_body is None else profile_body
                     )
                 body_core["profiles"] = profiles_core
                 projects_core[name] = body_core
@@ -627,7 +653,7 @@ class SectionRegistry:
         if isinstance(profiles, Mapping):
             for name, body in profiles.items():
                 found = self.settle("site_profile", body, file=file, key_path=f"profiles.{name}",
-                                    active=name == active)
+                                    active=str(name) == active)
                 settled.update(found)
         return settled
 
@@ -645,7 +671,7 @@ class SectionRegistry:
             for name, profile_body in profiles.items():
                 found = self.settle("user_profile", profile_body, file=file,
                                     key_path=f"projects.{project_name}.profiles.{name}",
-                                    active=project_name == project and name == active)
+                                    active=str(project_name) == project and str(name) == active)
                 settled.update(found)
         return settled
 
@@ -670,18 +696,18 @@ def _like(node: Any) -> LineDict:
 
 
 def as_plain_dict(
-    core: Any, settings: Mapping[tuple[str, str], Any], *, scope: str, profile_path: list[str]
+    core: Any, context: Any, *, scope: str, profile_path: list[str]
 ) -> dict[str, Any]:
-    """A config as plain data: the core's part unstructured, with the plugins' sections put back where they were."""
+    """A config as plain data: the core's part, and every declared section of `scope` where the file has it (its
+    default when absent), the `<scope>_profile` ones under the active profile."""
     data = _converter.unstructure(core)
     node = data
     for part in profile_path:
         node = node.setdefault(part, {})
-    for (where, name), value in settings.items():
-        if where == scope:
-            data[name] = _converter.unstructure(value)
-        elif where == f"{scope}_profile":
-            node[name] = _converter.unstructure(value)
+    for (where, name) in context.sections:
+        if where in (scope, f"{scope}_profile"):
+            value = _converter.unstructure(context.plugin_config(name, scope=where))
+            (data if where == scope else node)[name] = value
     return data
 
 
@@ -695,7 +721,8 @@ def _prepare_projects(
     out = LineDict()
     out.line, out.key_lines = getattr(projects, "line", None), getattr(projects, "key_lines", {})
     for name, body in projects.items():
-        if name != project or not isinstance(body, Mapping) or not isinstance(body.get("profiles"), Mapping):
+        # YAML keys may be numbers (`2024:`); names from the site file are strings.
+        if str(name) != project or not isinstance(body, Mapping) or not isinstance(body.get("profiles"), Mapping):
             out[name] = body
             continue
         body_out = LineDict(body)
@@ -703,13 +730,14 @@ def _prepare_projects(
         profiles = body["profiles"]
         profiles_out = LineDict(profiles)
         profiles_out.line, profiles_out.key_lines = getattr(profiles, "line", None), getattr(profiles, "key_lines", {})
-        if profile in profiles:
+        key = next((k for k in profiles if str(k) == profile), None)
+        if key is not None:
             key_path = f"projects.{name}.profiles.{profile}"
-            active = interpolate(profiles[profile], file=file, key_path=key_path)
+            active = interpolate(profiles[key], file=file, key_path=key_path)
             _check_unique_secret_names(active, file, key_path)
             if resolver is not None and isinstance(active, Mapping):
                 active = _resolve_profile_references(active, resolver, file, key_path)
-            profiles_out[profile] = active if active is not None else LineDict()
+            profiles_out[key] = active if active is not None else LineDict()
         body_out["profiles"] = profiles_out
         out[name] = body_out
     return out

@@ -246,6 +246,10 @@ class Runtime:
         known = [key for (k, key) in self.compiled if k == kind]
         if kind not in {"tool", "resource", "prompt"}:
             raise NotFoundError(f"unknown endpoint kind '{kind}' (expected tool, resource or prompt)")
+        for bad in self.project.endpoints().invalid:
+            if bad.name == name and bad.kind == kind:
+                # Skipped as invalid (`mxcp run`, `serve --ignore-errors`): say why rather than "not found".
+                raise NotFoundError(f"{kind} '{name}' is not served: {bad.message}")
         raise NotFoundError(f"{kind} '{name}' not found{suggest(name, known)}")
 
     # -- calls ---------------------------------------------------------------------------------

@@ -73,8 +73,9 @@ COMMAND_PLUGINS: Mapping[str, str] = {"lint": "lint", "drift-snapshot": "drift",
 FUNCTION_PLUGINS: Mapping[str, str] = {"datetime": "seed_compat"}
 # Endpoint keys whose meaning a plugin provides: an endpoint using one is refused when the plugin is missing.
 ENDPOINT_KEY_PLUGINS: Mapping[str, str] = {"policies": "policies"}
-# Environment variables of the original that switch on a plugin's feature.
-ENV_PLUGINS: Mapping[str, str] = {"MXCP_AUDIT_ENABLED": "audit"}
+# Environment variables of the original that switch on a feature: the section whose owner reads them, and the
+# builtin owning it (any plugin declaring the section will do).
+ENV_PLUGINS: Mapping[str, tuple[str, str, str]] = {"MXCP_AUDIT_ENABLED": ("site_profile", "audit", "audit")}
 # Project folders a plugin reads (by their `paths:` name).
 FOLDER_PLUGINS: Mapping[str, str] = {
     "tools": "endpoint_discovery", "resources": "endpoint_discovery", "prompts": "endpoint_discovery",

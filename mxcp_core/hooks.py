@@ -45,6 +45,8 @@ class Hooks:
 
         found: dict[tuple[str, str], tuple[str, ConfigSection]] = {}
         for plugin_name, results in self._each("config_sections"):
+            if isinstance(results, ConfigSection):
+                raise ConfigError(f"plugin '{plugin_name}': config_sections must return a list of ConfigSection")
             for section in results or ():
                 if not isinstance(section, ConfigSection):
                     raise ConfigError(f"plugin '{plugin_name}': config_sections returned {type(section).__name__}; "

@@ -66,6 +66,14 @@ class PluginHost:
             # pluggy itself refuses these names from now on, whoever registers them.
             self.pm.set_blocked(name)
         self._hooks: Hooks | None = None
+        # The `disable_plugins:` of the project this host serves, once one was opened on it.
+        self.site_disabled: frozenset[str] | None = None
+        # Every plugin name this host has seen offered (entry points, registrations), to spot misspelled disables.
+        self.known_names: set[str] = set(ESSENTIAL_PLUGINS)
+
+    def unknown_disabled(self) -> list[tuple[str, str]]:
+        """Disabled names that no plugin has: most likely misspelled; each with a did-you-mean (or '')."""
+        return [(name, suggest(name, self.known_names)) for name in sorted(self.disabled - self.known_names)]
 
     @property
     def hooks(self) -> Hooks:
@@ -100,6 +108,8 @@ class PluginHost:
         """Register every plugin of the `mxcp` entry point group, skipping disabled and broken ones."""
         if entry_points is None:
             entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
+        entry_points = list(entry_points)
+        self.known_names |= {ep.name for ep in entry_points}
         for entry_point in sorted(entry_points, key=lambda ep: ep.name):
             if entry_point.name in self.disabled:
                 self.skipped.append(entry_point.name)
@@ -122,6 +132,7 @@ class PluginHost:
 
     def register(self, plugin: Any, name: str, *, source: metadata.EntryPoint | None = None) -> bool:
         """Register one plugin object or module; a failure is reported by name (fatal in strict mode)."""
+        self.known_names.add(name)
         if self.pm.is_blocked(name):
             self.skipped.append(name)
             return False

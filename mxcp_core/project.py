@@ -1,13 +1,16 @@
 """Opening a project: site and user configuration, plugins, and the endpoint registry built once."""
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from . import redaction
 from .config import (
     SectionRegistry,
     UserConfig,
@@ -16,6 +19,7 @@ from .config import (
     prepare_user_projects,
     read_user_file,
     structure_user_config,
+    values_unquoted,
 )
 from .environment import env_flag
 from .errors import ConfigError, NotFoundError, suggest
@@ -31,6 +35,9 @@ from .records import (
     ResourceDefinition,
     ToolDefinition,
 )
+
+log = logging.getLogger(__name__)
+
 
 @attrs.define
 class EndpointRegistry:
@@ -86,7 +93,8 @@ class Project:
         tools, bad_tools = self.hooks.tools(self.context)
         resources, bad_resources = self.hooks.resources(self.context)
         prompts, bad_prompts = self.hooks.prompts(self.context)
-        invalid = [*bad_tools, *bad_resources, *bad_prompts, *self._unread_folders()]
+        invalid = [*bad_tools, *bad_resources, *bad_prompts]
+        invalid += self._unread_folders([d.origin for d in (*tools, *resources, *prompts, *invalid)])
         executors = self.executors()
         disabled = frozenset(self.host.disabled)
 
@@ -130,18 +138,27 @@ class Project:
                         f"it is refused rather than served without its {key}")
         return None
 
-    def _unread_folders(self) -> list[InvalidEndpoint]:
-        """Endpoint files or UDF modules in a folder whose plugin is not loaded: named, never silently ignored."""
+    def _unread_folders(self, origins: list[str]) -> list[InvalidEndpoint]:
+        """Endpoint files or UDF modules in a folder whose builtin is off and that no other plugin read: named."""
         found = []
         for folder_name, plugin in FOLDER_PLUGINS.items():
             if self.host.pm.has_plugin(plugin):
                 continue
             folder = self.context.path(folder_name)
-            suffixes = (".py",) if folder_name == "plugins" else (".yml", ".yaml")
+            shown = getattr(self.context.site.paths, folder_name).rstrip("/")
+            if folder_name == "plugins":
+                # A replacement for udf_plugins reads the original's `plugin:` section too.
+                read = ("site", "plugin") in self.context.sections
+                suffixes: tuple[str, ...] = (".py",)
+            else:
+                read = any(o.startswith(f"{shown}/") or o.startswith(f"{folder}/") for o in origins)
+                suffixes = (".yml", ".yaml")
+            if read:
+                continue
             if folder.is_dir() and any(p.suffix in suffixes for p in folder.rglob("*") if p.is_file()):
                 found.append(InvalidEndpoint(
-                    kind="tool" if folder_name != "plugins" else "plugin", origin=f"{folder_name}/",
-                    message=f"the files in {folder_name}/ are read by "
+                    kind="tool" if folder_name != "plugins" else "plugin", origin=f"{shown}/",
+                    message=f"the files in {shown}/ are read by "
                             f"{plugin_state(plugin, frozenset(self.host.disabled))}",
                 ))
         return found
@@ -204,16 +221,20 @@ def open_project(
     site, active_profile, raw_site = load_site_config(site_file, profile)
     if host is None:
         host = load_plugins(disabled=[*disabled_plugins, *site.disable_plugins], strict=strict_plugins)
+        host.site_disabled = frozenset(site.disable_plugins)
     else:
-        for name in [*disabled_plugins, *site.disable_plugins]:
+        _fit_host(host, site.disable_plugins, site_file)
+        for name in disabled_plugins:
             host.disable(name)
     for name, plugin in extra_plugins:
         host.register(plugin, name)
     host.check_pending()
+    for name, hint in host.unknown_disabled():
+        log.warning("plugin '%s' is disabled, but no plugin has that name%s", name, hint)
     hooks = host.hooks
     sections = SectionRegistry(claimed=hooks.config_sections(), disabled=frozenset(host.disabled))
-    for variable, plugin in ENV_PLUGINS.items():
-        if env_flag(variable) and not host.pm.has_plugin(plugin):
+    for variable, (scope, section, plugin) in ENV_PLUGINS.items():
+        if env_flag(variable) and (scope, section) not in sections.claimed:
             raise ConfigError(f"{variable} is set, but its feature is provided by "
                               f"{plugin_state(plugin, frozenset(host.disabled))}")
     settings = sections.settle_site(raw_site, active_profile, site_file)
@@ -244,14 +265,46 @@ def open_project(
 
     def resolver(reference: str) -> Any:
         found = hooks.resolve_secret(reference=reference, project=context)
-        return None if found is None else found.value
+        if found is None:
+            return None
+        # What a reference resolves to is a secret wherever it is used: masked from now on, errors included.
+        redaction.masker.add(redaction.secret_values(found.value))
+        return found.value
 
-    # The user config's top-level sections first: a secret provider may read its own (`vault:`) while resolving.
-    raw_user, user_file = read_user_file()
-    settings = {**settings, **sections.settle("user", raw_user, file=user_file, key_path="")}
-    context = attrs.evolve(context, settings=settings)
-    prepared = prepare_user_projects(raw_user, site.project, active_profile, user_file, resolver)
-    user = structure_user_config(prepared, user_file)
-    settings = {**settings, **sections.settle_user_profiles(prepared, site.project, active_profile, user_file)}
+    # Errors about the user config describe values by their kind only: they may be secrets.
+    with values_unquoted(), _masked_errors():
+        # The top-level sections first: a secret provider may read its own (`vault:`) while resolving.
+        raw_user, user_file = read_user_file()
+        settings = {**settings, **sections.settle("user", raw_user, file=user_file, key_path="")}
+        context = attrs.evolve(context, settings=settings)
+        prepared = prepare_user_projects(raw_user, site.project, active_profile, user_file, resolver)
+        user = structure_user_config(prepared, user_file)
+        settings = {**settings, **sections.settle_user_profiles(prepared, site.project, active_profile, user_file)}
     context = attrs.evolve(context, user=user, settings=settings)
     return Project(context=context, host=host, hooks=hooks)
+
+
+def _fit_host(host: PluginHost, site_disabled: Iterable[str], site_file: Path) -> None:
+    """A host loaded before the project (the CLI's) takes its `disable_plugins:`; it cannot serve two that differ."""
+    wanted = frozenset(site_disabled)
+    if host.site_disabled is not None and host.site_disabled != wanted:
+        raise ConfigError(
+            "the plugin host was loaded for a project that disables "
+            f"{', '.join(sorted(host.site_disabled)) or 'no plugin'}; this one disables "
+            f"{', '.join(sorted(wanted)) or 'none'} (open it with its own host)", file=site_file,
+        )
+    host.site_disabled = wanted
+    for name in wanted:
+        host.disable(name)
+
+
+@contextmanager
+def _masked_errors() -> Iterator[None]:
+    """A configuration error never carries a secret value that was resolved before it."""
+    try:
+        yield
+    except ConfigError as exc:
+        masked = redaction.mask(exc.message)
+        if masked == exc.message:
+            raise
+        raise ConfigError(masked, file=exc.file, line=exc.line, key_path=exc.key_path) from None

@@ -15,7 +15,7 @@ from typing import Any
 MASK = "[REDACTED]"
 # Very short values ("1", "on") would mask ordinary words; real secrets are longer.
 MIN_SECRET_LENGTH = 4
-# A sensitive argument is masked from this length on: shorter ones ("5", "ab") would mask too much text.
+# A sensitive string is masked from this length on ("ab" would mask too much text); sensitive numbers always are.
 MIN_SENSITIVE_LENGTH = 3
 
 
@@ -36,7 +36,7 @@ class SecretMasker:
     def mask(self, text: str, extra: Iterable[str] = ()) -> str:
         """`text` with every secret value, and each of `extra`, replaced by the mask."""
         values = self._values
-        extra = [v for v in extra if len(v) >= MIN_SENSITIVE_LENGTH]
+        extra = [v for v in extra if v]
         if extra:
             values = tuple(sorted({*values, *extra}, key=len, reverse=True))
         for value in values:
@@ -84,7 +84,7 @@ def hidden_values(value: Any, redacted: Any) -> list[str]:
     else:
         from .typesystem import to_jsonable
 
-        found += [str(v) for v in secret_values(to_jsonable(value)) if str(v)]
+        found += [v for v in secret_values(to_jsonable(value)) if len(v) >= MIN_SENSITIVE_LENGTH]
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             found.append(str(value))
     return found

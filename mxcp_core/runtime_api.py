@@ -59,14 +59,14 @@ class ConfigAccess:
     def site_config(self) -> dict[str, Any]:
         """mxcp-site.yml as data: the core's keys and every plugin's section of the active profile."""
         project = context.require_runtime("config.site_config").context
-        return as_plain_dict(project.site, project.settings, scope="site", profile_path=["profiles", project.profile])
+        return as_plain_dict(project.site, project, scope="site", profile_path=["profiles", project.profile])
 
     @property
     def user_config(self) -> dict[str, Any]:
         """The user config as data (secrets resolved for the active profile only)."""
         project = context.require_runtime("config.user_config").context
         path = ["projects", project.name, "profiles", project.profile]
-        return as_plain_dict(project.user, project.settings, scope="user", profile_path=path)
+        return as_plain_dict(project.user, project, scope="user", profile_path=path)
 
 
 class PluginAccess:

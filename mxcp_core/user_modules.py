@@ -55,9 +55,8 @@ def folder_on_path(folder: Path, *, keep_prefix: str | None = None) -> Iterator[
 
 
 def load_private_module(name: str, file: Path) -> ModuleType:
-    """Import `file` as module `name` (a package when it is an `__init__.py`); a failed import leaves no trace."""
-    if name in sys.modules:
-        return sys.modules[name]
+    """Import `file` afresh as module `name` (a package when it is an `__init__.py`), replacing any module of that
+    name in sys.modules (whoever imported the old one keeps it); a failed import leaves no trace."""
     package = file.name == "__init__.py"
     spec = importlib.util.spec_from_file_location(
         name, file, submodule_search_locations=[str(file.parent)] if package else None

@@ -23,7 +23,7 @@ from mxcp_core import (
     parse_type,
     structure_config,
     suggest,
-    test_structure_problems,
+    endpoint_test_problems,
 )
 
 COMMON_KEYS = {
@@ -164,7 +164,7 @@ def parse_endpoint(
     return_type = parse_type(body["return"], file=shown, key_path=f"{kind}.return") if body.get("return") else None
     tests = need("tests", list, "a list of tests", default=[])
     for index, test in enumerate(tests):
-        problems = test_structure_problems(test)
+        problems = endpoint_test_problems(test)
         if problems:
             raise ConfigError(problems[0], file=shown, line=line_of(tests, index), key_path=f"{kind}.tests[{index}]")
     policies = need("policies", Mapping, "a mapping with input: and output:")

@@ -170,7 +170,9 @@ class ProjectPlugins:
         return module
 
     def _load_private(self, stem: str, file: Path) -> ModuleType:
-        name = f"{self.prefix}{stem}"
+        name = f"{self.prefix}{stem}"  # the prefix is this project's own
+        if name in sys.modules:
+            return sys.modules[name]
         module = load_private_module(name, file)
         if name not in self.private_names:
             self.private_names.append(name)

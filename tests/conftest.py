@@ -40,6 +40,14 @@ def third_party_plugins() -> list[str]:
 
 
 @pytest.fixture(autouse=True)
+def fresh_secret_masker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The masker is process-wide (a secret once seen stays masked); each test starts with none from the last."""
+    from mxcp_core import redaction
+
+    monkeypatch.setattr(redaction, "masker", redaction.SecretMasker())
+
+
+@pytest.fixture(autouse=True)
 def isolated_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory, third_party_plugins: list[str]
 ) -> Path:

@@ -218,3 +218,59 @@ def test_readme_config_section_example_runs_as_written(make_project, tmp_path):
     root = make_project(tmp_path / "p", {"mxcp-site.yml": site, "tools/loud.yml": tool})
     with Runtime(open_project(root, extra_plugins=[("shout", module)])) as runtime:
         assert runtime.call("tool", "loud") == "HI!!"
+
+
+# -- found in review ---------------------------------------------------------------------------------------
+def test_a_type_error_never_quotes_a_resolved_secret(make_project, user_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("WEATHER_KEY", "sk-live-abcdef123456")
+    monkeypatch.setenv("PORT_TOKEN", "tok-0987654321")
+    root = make_project(tmp_path / "p")
+    user_config("mxcp: 1\nprojects:\n  demo:\n    profiles:\n      default:\n"
+                "        plugin: {config: {weather: 'env://WEATHER_KEY'}}\n")
+    with pytest.raises(ConfigError) as caught:
+        open_project(root)
+    assert "sk-live" not in str(caught.value) and "expected a mapping, got a str" in str(caught.value)
+    user_config("mxcp: 1\ncache_server: {ttl_seconds: '${PORT_TOKEN}'}\n")
+    with pytest.raises(ConfigError) as caught:
+        opened(root)
+    assert "tok-0987654321" not in str(caught.value) and caught.value.key_path == "cache_server.ttl_seconds"
+
+
+def test_numeric_profile_and_project_names_keep_their_sections(make_project, user_config, tmp_path):
+    site = ("mxcp: 1\nproject: 2024\nprofile: 7\nprofiles:\n  7:\n    duckdb: {path: ':memory:'}\n"
+            "    budget: {calls_per_minute: 3}\n")
+    user_config("mxcp: 1\nprojects:\n  2024:\n    profiles:\n      7:\n        owner: {team: numbers}\n")
+    context = opened(make_project(tmp_path / "p", {"mxcp-site.yml": site})).context
+    assert context.plugin_config("budget", scope="site_profile") == Budget(3)
+    assert context.plugin_config("owner", scope="user_profile") == Owner("numbers")
+    with pytest.raises(ConfigError, match="budgte"):
+        opened(make_project(tmp_path / "q", {"mxcp-site.yml": site.replace("budget", "budgte")}))
+
+
+def test_site_config_lists_every_declared_section_with_its_default(make_project, tmp_path):
+    files = {
+        "tools/keys.yml": "mxcp: 1\ntool:\n  name: keys\n  return: {type: array}\n  source: {file: ../python/keys.py}\n",
+        "python/keys.py": "from mxcp.runtime import config\n\n"
+                          "def keys() -> list:\n    site = config.site_config\n"
+                          "    return [site['sql_tools'], site['cache'], site['profiles']['default']['audit']]\n",
+    }
+    with Runtime(opened(make_project(tmp_path / "p", files))) as runtime:
+        assert runtime.call("tool", "keys") == [{"enabled": False}, {"ttl_seconds": 60, "folders": []},
+                                                {"enabled": False, "path": None}]
+
+
+def test_an_empty_profile_is_empty_and_a_scalar_one_says_what_was_expected(make_project, tmp_path):
+    root = make_project(tmp_path / "p", {"mxcp-site.yml": "mxcp: 1\nproject: demo\nprofile: dev\nprofiles:\n  dev:\n"})
+    assert open_project(root).context.profile == "dev"
+    (root / "mxcp-site.yml").write_text("mxcp: 1\nproject: demo\nprofile: dev\nprofiles:\n  dev: 5\n")
+    with pytest.raises(ConfigError) as caught:
+        open_project(root)
+    assert (caught.value.key_path, caught.value.line) == ("profiles.dev", 5)
+    assert caught.value.message == "expected a mapping, got int 5"
+
+
+def test_disabling_a_plugin_that_does_not_exist_is_said(make_project, tmp_path, caplog):
+    root = make_project(tmp_path / "p", {"mxcp-site.yml": "mxcp: 1\nproject: demo\nprofile: d\ndisable_plugins: [adit]\n"})
+    with caplog.at_level(logging.WARNING):
+        open_project(root)
+    assert "plugin 'adit' is disabled, but no plugin has that name (did you mean 'audit'?)" in caplog.text

@@ -512,3 +512,50 @@ def test_every_hook_call_is_visible_to_pluggy_monitoring(make_project, tmp_path)
             "on_init", "call_endpoint", "on_shutdown", "register_commands"} <= names
     # Aggregating hooks run one plugin per call, so each result is attributed to its plugin.
     assert ("provide_tool", ["endpoint_discovery"]) in seen
+
+
+def test_a_replacement_builtin_under_another_name_is_not_mistaken_for_a_missing_one(make_project, tmp_path,
+                                                                                        monkeypatch):
+    from mxcp_core import ConfigSection, ToolDefinition, parse_type
+
+    class MyDiscovery:
+        @hookimpl
+        def provide_tool(self, project):
+            return [ToolDefinition(name="t", origin="tools/t.yml", return_type=parse_type({"type": "integer"}),
+                                   function=lambda: 1)]
+
+    class MyAudit:
+        @hookimpl
+        def config_sections(self):
+            return [ConfigSection("audit", dict, scope="site_profile")]
+
+    root = make_project(tmp_path / "p", {"tools/t.yml": TOOL})
+    monkeypatch.setenv("MXCP_AUDIT_ENABLED", "1")
+    project = open_project(root, disabled_plugins=["endpoint_discovery", "audit"],
+                           extra_plugins=[("my_discovery", MyDiscovery()), ("my_audit", MyAudit())])
+    assert project.endpoints().invalid == []
+    with Runtime(project) as runtime:
+        assert runtime.call("tool", "t") == 1
+
+
+def test_one_host_cannot_serve_two_projects_that_disable_different_plugins(make_project, tmp_path):
+    first = make_project(tmp_path / "a", {"mxcp-site.yml": DEFAULT_SITE_WITH("disable_plugins: [sql_tools]\n")})
+    second = make_project(tmp_path / "b", {"mxcp-site.yml": DEFAULT_SITE_WITH("sql_tools: {enabled: true}\n")})
+    host = loaded_host()
+    open_project(first, host=host)
+    with pytest.raises(ConfigError, match="plugin host was loaded for a project that disables sql_tools; this one "
+                                          "disables none"):
+        open_project(second, host=host)
+
+
+def DEFAULT_SITE_WITH(tail: str) -> str:  # noqa: N802 - reads like the constant it extends
+    return "mxcp: 1\nproject: demo\nprofile: default\n" + tail
+
+
+def test_global_options_given_to_the_app_are_honoured(make_project, tmp_path, monkeypatch):
+    """Callers whose arguments are not sys.argv (CliRunner, embedding) still get --disable-plugin applied."""
+    site = DEFAULT_SITE_WITH("profiles:\n  default:\n    audit: {enabled: false}\n")
+    monkeypatch.chdir(make_project(tmp_path / "p", {"mxcp-site.yml": site, "tools/t.yml": TOOL}))
+    result = CliRunner().invoke(build_app([]), ["--disable-plugin", "executor_sql", "run", "tool", "t"])
+    assert result.exit_code == 1
+    assert "tool 't' is not served: language 'sql' is run by plugin 'executor_sql', which is disabled" in result.output

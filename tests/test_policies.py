@@ -53,7 +53,7 @@ def test_disabling_the_policies_plugin_refuses_the_endpoint_instead_of_serving_i
         Runtime(project).start()
     with Runtime(project, skip_invalid=True) as runtime:  # serve --ignore-errors: the rest is served
         assert runtime.call("tool", "open_tool") == 1
-        with pytest.raises(MxcpError, match="not found"):
+        with pytest.raises(MxcpError, match="tool 'salaries' is not served: declares policies: but no loaded plugin"):
             runtime.call("tool", "salaries")
 
 

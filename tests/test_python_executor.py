@@ -246,3 +246,25 @@ def test_tasks_of_an_async_endpoint_share_the_call_cursor(make_project, tmp_path
         assert runtime.call("tool", "gathered") == 10
     # One cursor per call, each given back: none leaked by the gathered tasks.
     assert len(acquired) == len(released) == 2
+
+
+def test_two_projects_open_at_once_each_run_their_own_module_named_like_the_stdlib(make_project, tmp_path):
+    """python/calendar.py loads under a private name; a second project must not get the first one's module."""
+    from mxcp_core.execution import Runtime
+    from mxcp_core.project import open_project
+
+    runtimes = []
+    try:
+        for label in ("A", "B"):
+            root = make_project(tmp_path / label, {
+                "tools/which.yml": "mxcp: 1\ntool:\n  name: which\n  return: {type: string}\n"
+                                   "  source: {file: ../python/calendar.py}\n",
+                "python/calendar.py": f"def which() -> str:\n    return '{label}'\n",
+            })
+            runtime = Runtime(open_project(root))
+            runtime.start()
+            runtimes.append(runtime)
+        assert [runtime.call("tool", "which") for runtime in runtimes] == ["A", "B"]
+    finally:
+        for runtime in runtimes:
+            runtime.stop()

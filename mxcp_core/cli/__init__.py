@@ -24,7 +24,14 @@ def _root(
     ] = False,
 ) -> None:
     """MXCP: serve tools, resources and prompts described in YAML and written in SQL or Python over MCP."""
-    # Both were read from the arguments before parsing, when the plugin host was loaded.
+    # Both were read from the arguments before parsing, when the plugin host was loaded (so a disabled plugin adds
+    # no command); applied again here for callers whose arguments differ from sys.argv.
+    host = GlobalState.host
+    if host is not None:
+        for name in disable_plugin or []:
+            host.disable(name)
+        if strict_plugins:
+            host.strict = True
 
 
 def build_app(argv: list[str] | None = None) -> typer.Typer:

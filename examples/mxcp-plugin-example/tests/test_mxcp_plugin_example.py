@@ -83,7 +83,7 @@ def test_vault_secret_from_project_file(mxcp_project_factory, mxcp_plugin):
 
 
 def test_unknown_vault_secret_names_it_without_values(mxcp_project_factory, mxcp_plugin):
-    from mxcp_core.errors import ConfigError
+    from mxcp_core import ConfigError
 
     mxcp_plugin(vault, name="example_vault")
     project = mxcp_project_factory(
@@ -112,7 +112,7 @@ def test_word_stats_tool(mxcp_project_factory, mxcp_plugin):
 
 
 def test_word_stats_validates_arguments(mxcp_project_factory, mxcp_plugin):
-    from mxcp_core.errors import ValidationError
+    from mxcp_core import ValidationError
 
     mxcp_plugin(tools, name="example_tools")
     project = mxcp_project_factory()

@@ -21,8 +21,10 @@ class ConfigSection:
 
     `scope` says where it lives: `site` (top level of mxcp-site.yml), `site_profile` (under the active
     `profiles.<name>` there), `user` (top level of the user config), `user_profile` (under
-    `projects.<project>.profiles.<name>`) or `endpoint` (a key of every endpoint's YAML, e.g. `policies`: its
-    value reaches plugins as `definition.extras[name]`). `schema` is an attrs class (or a type such as
+    `projects.<project>.profiles.<name>`) or `endpoint` (a key of endpoint YAML: its value reaches plugins as
+    `definition.extras[name]`; `policies`, a field of every definition, stays `definition.policies`). An endpoint
+    key of the original's that no loaded plugin declares (`policies`) makes its endpoints invalid rather than
+    served without it. `schema` is an attrs class (or a type such as
     `list[str]`) that the core's converter structures the section into, with errors naming the file, line and
     key path.
     """

@@ -555,17 +555,6 @@ def structure_user_config(raw: Mapping[str, Any], file: Path) -> UserConfig:
     return structure(core, UserConfig, file=file)
 
 
-def load_user_config(
-    project: str,
-    profile: str,
-    resolver: Callable[[str], Any] | None = None,
-    path: Path | None = None,
-) -> UserConfig:
-    """The core's part of the user config, only the active project and profile interpolated and resolved."""
-    raw, path = read_user_file(path)
-    return structure_user_config(prepare_user_projects(raw, project, profile, path, resolver), path)
-
-
 # -- plugins' sections ----------------------------------------------------------------------------------------
 CORE_KEYS: Mapping[str, frozenset[str]] = {
     "site": frozenset(f.name for f in attrs.fields(SiteConfig)),

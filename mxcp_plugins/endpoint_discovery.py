@@ -16,6 +16,7 @@ from mxcp_core import (
     ResourceDefinition,
     SourceSpec,
     ToolDefinition,
+    endpoint_test_problems,
     hookimpl,
     line_of,
     load_yaml_file,
@@ -23,7 +24,6 @@ from mxcp_core import (
     parse_type,
     structure_config,
     suggest,
-    endpoint_test_problems,
 )
 
 COMMON_KEYS = {
@@ -170,7 +170,7 @@ def parse_endpoint(
     policies = need("policies", Mapping, "a mapping with input: and output:")
     extras = {
         name: structure_config(body[name], schema, file=shown, root_path=f"{kind}.{name}", line=line_of(body, name))
-        for name, schema in claimed.items() if name in body and name != "policies"
+        for name, schema in claimed.items() if name in body
     }
 
     common: dict[str, Any] = dict(

@@ -6,7 +6,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from mxcp_core.config import SiteConfig, load_user_config
+from mxcp_core.config import SiteConfig, read_user_file, structure_user_config
 from mxcp_core.database import Database
 from mxcp_core.errors import ConfigError
 from mxcp_core.project import open_project
@@ -292,7 +292,7 @@ def test_mxcp_config_naming_a_missing_file_is_an_error(make_project, tmp_path, m
 def test_empty_user_config_file_is_empty(tmp_path):
     path = tmp_path / "c.yml"
     path.write_text("")
-    assert load_user_config("demo", "default", path=path).projects == {}
+    assert structure_user_config(*read_user_file(path)).projects == {}
 
 
 # -- duckdb settings --------------------------------------------------------------------------------

@@ -539,8 +539,8 @@ def test_a_replacement_builtin_under_another_name_is_not_mistaken_for_a_missing_
 
 
 def test_one_host_cannot_serve_two_projects_that_disable_different_plugins(make_project, tmp_path):
-    first = make_project(tmp_path / "a", {"mxcp-site.yml": DEFAULT_SITE_WITH("disable_plugins: [sql_tools]\n")})
-    second = make_project(tmp_path / "b", {"mxcp-site.yml": DEFAULT_SITE_WITH("sql_tools: {enabled: true}\n")})
+    first = make_project(tmp_path / "a", {"mxcp-site.yml": site_with("disable_plugins: [sql_tools]\n")})
+    second = make_project(tmp_path / "b", {"mxcp-site.yml": site_with("sql_tools: {enabled: true}\n")})
     host = loaded_host()
     open_project(first, host=host)
     with pytest.raises(ConfigError, match="plugin host was loaded for a project that disables sql_tools; this one "
@@ -548,13 +548,13 @@ def test_one_host_cannot_serve_two_projects_that_disable_different_plugins(make_
         open_project(second, host=host)
 
 
-def DEFAULT_SITE_WITH(tail: str) -> str:  # noqa: N802 - reads like the constant it extends
+def site_with(tail: str) -> str:
     return "mxcp: 1\nproject: demo\nprofile: default\n" + tail
 
 
 def test_global_options_given_to_the_app_are_honoured(make_project, tmp_path, monkeypatch):
     """Callers whose arguments are not sys.argv (CliRunner, embedding) still get --disable-plugin applied."""
-    site = DEFAULT_SITE_WITH("profiles:\n  default:\n    audit: {enabled: false}\n")
+    site = site_with("profiles:\n  default:\n    audit: {enabled: false}\n")
     monkeypatch.chdir(make_project(tmp_path / "p", {"mxcp-site.yml": site, "tools/t.yml": TOOL}))
     result = CliRunner().invoke(build_app([]), ["--disable-plugin", "executor_sql", "run", "tool", "t"])
     assert result.exit_code == 1

@@ -37,6 +37,8 @@ def test_tools_are_declared_with_parameters_and_types(project_root):
     assert [p.name for p in tools["get_table_schema"].parameters] == ["table_name"]
     assert tools["list_tables"].parameters == ()
     assert tools["list_tables"].annotations["readOnlyHint"] is True
+    # Read-only on a read-write server too: the hint tells the truth (the sandbox attaches READ_ONLY).
+    assert tools["execute_sql_query"].annotations["readOnlyHint"] is True
     assert tools["execute_sql_query"].origin == "plugin 'sql_tools'"
 
 
@@ -44,8 +46,11 @@ def test_execute_sql_query(project_root):
     with Runtime(open_project(project_root)) as runtime:
         rows = runtime.call("tool", "execute_sql_query", {"sql": "SELECT id, name FROM people ORDER BY id"})
         assert rows == [{"id": 1, "name": "Ada"}, {"id": 2, "name": "Alan"}]
-        # Writes are allowed in a read-write database, and later calls see them.
-        runtime.call("tool", "execute_sql_query", {"sql": "INSERT INTO people VALUES (3, 'Grace', NULL)"})
+        # The tool never writes, even when the server may; what the project itself writes, later calls see.
+        with pytest.raises(MxcpError, match="read-only"):
+            runtime.call("tool", "execute_sql_query", {"sql": "INSERT INTO people VALUES (3, 'Grace', NULL)"})
+        with runtime.cursor() as cursor:
+            cursor.execute("INSERT INTO people VALUES (3, 'Grace', NULL)")
         assert runtime.call("tool", "execute_sql_query", {"sql": "SELECT count(*) AS n FROM people"}) == [{"n": 3}]
 
 

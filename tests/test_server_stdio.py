@@ -13,7 +13,7 @@ import mcp
 import pytest
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from server_helpers import PROJECT, USER_CONFIG, mxcp_command, serve_env, stop_process
+from server_helpers import PROJECT, SECRET_VALUE, USER_CONFIG, mxcp_command, serve_env, stop_process
 
 
 @pytest.fixture
@@ -162,7 +162,8 @@ def test_client_cancellation_interrupts_the_long_query(project):
         return await client.call_tool("hello_world", {"name": "Next"})
 
     assert run_stdio(project, body).structured_content == {"result": "Hello, Next!"}
-    slow = [r for r in audit_records(project["root"]) if r["operation_name"] == "slow"]
+    slow = [r for r in audit_records(project["root"])
+            if r["operation_name"] == "slow" and r["operation_status"] != "started"]
     assert [(r["operation_status"], r["error"]) for r in slow] == [("error", "query interrupted")]
 
 
@@ -200,3 +201,36 @@ def test_calls_sent_before_stdin_closes_are_answered(project):
     assert done.returncode == 0 and sorted(answers) == [0, 1, 2]
     assert answers[2]["result"]["structuredContent"] == {"result": "BYE!"}
     assert project["marks"].read_text().split() == ["init", "shutdown"]
+
+
+def test_malformed_frames_get_a_json_rpc_error_and_the_server_keeps_serving(project):
+    deep = "[" * 250 + "]" * 250
+    # A lone surrogate escape: legal for Python's json, refused by the SDK's parser.
+    surrogate = '{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"arguments": {"text": "\\ud800"}}}'
+    frames = [
+        (surrogate, -32700, None),
+        ('{"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {"x": ' + deep + "}}", -32700, None),
+        (f"garbage {SECRET_VALUE}", -32700, None),
+        ('{"jsonrpc": "2.0", "id": 7, "params": {}}', -32600, 7),  # valid JSON, not a request: its id comes back
+    ]
+    process = start_raw(project)
+    try:
+        for line, code, expected_id in frames:
+            process.stdin.write(line.encode() + b"\n\n")  # the blank line is ignored, not answered
+            process.stdin.flush()
+            answer = receive(process)
+            assert answer == {"jsonrpc": "2.0", "id": expected_id,
+                              "error": {"code": code, "message": answer["error"]["message"]}}
+            assert answer["error"]["message"] == ("Parse error" if code == -32700 else "Invalid Request")
+            send(process, {"jsonrpc": "2.0", "id": 100, "method": "tools/list"})
+            listed = receive(process)
+            assert listed["id"] == 100 and any(t["name"] == "hello_world" for t in listed["result"]["tools"])
+        process.stdin.close()
+        assert process.wait(timeout=15) == 0
+        stderr = process.stderr.read().decode()
+    finally:
+        stop_process(process)
+    warnings = [line for line in stderr.splitlines() if "malformed message" in line]
+    assert len(warnings) == 4
+    assert "-32700 Parse error: Invalid JSON: recursion limit exceeded" in stderr
+    assert SECRET_VALUE not in stderr  # sizes and reasons are logged, never the line itself

@@ -22,6 +22,27 @@ def serve(
     json_response: Annotated[
         bool | None, typer.Option("--json-response/--sse-response", help="Answer HTTP calls with plain JSON.")
     ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option("--allowed-host", metavar="HOST", help="Host header accepted besides loopback names and the bound address "
+                     "(repeatable; replaces transport.http.allowed_hosts; '*' turns Host/Origin checks off)."),
+    ] = None,
+    allowed_origin: Annotated[
+        list[str] | None,
+        typer.Option("--allowed-origin", metavar="ORIGIN", help="Origin header accepted, e.g. https://app.example.com (repeatable; "
+                     "default: http(s):// of the allowed hosts)."),
+    ] = None,
+    body_timeout: Annotated[
+        float | None,
+        typer.Option("--body-timeout", help="Seconds a client may take to send a request body (default: 60)."),
+    ] = None,
+    session_idle_timeout: Annotated[
+        float | None,
+        typer.Option("--session-idle-timeout", help="Seconds before an idle HTTP session is closed (default: 1800)."),
+    ] = None,
+    max_sessions: Annotated[
+        int | None, typer.Option("--max-sessions", help="Open HTTP/SSE sessions allowed at once (default: 1000).")
+    ] = None,
     ignore_errors: Annotated[
         bool, typer.Option("--ignore-errors", help="Serve the valid endpoints and skip (and name) invalid ones.")
     ] = False,
@@ -42,13 +63,19 @@ def serve(
             if chosen != "stdio" and wire is not None:
                 wire.release()
                 wire = None
+            http = settings.http
             options = ServeOptions(
                 transport=chosen,
-                host=host or settings.http.host,
-                port=port if port is not None else settings.http.port,
-                stateless=settings.http.stateless if stateless is None else stateless,
-                json_response=settings.http.json_response if json_response is None else json_response,
+                host=host or http.host,
+                port=port if port is not None else http.port,
+                stateless=http.stateless if stateless is None else stateless,
+                json_response=http.json_response if json_response is None else json_response,
                 ignore_errors=ignore_errors,
+                allowed_hosts=list(allowed_host if allowed_host else http.allowed_hosts),
+                allowed_origins=list(allowed_origin if allowed_origin else http.allowed_origins),
+                body_timeout=http.body_timeout if body_timeout is None else body_timeout,
+                session_idle_timeout=http.session_idle_timeout if session_idle_timeout is None else session_idle_timeout,
+                max_sessions=http.max_sessions if max_sessions is None else max_sessions,
             )
             run_server(project, options, wire=wire)
     finally:

@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -39,6 +40,27 @@ class ServeOptions:
     stateless: bool = False
     json_response: bool = False
     ignore_errors: bool = False
+    # HTTP hardening; the defaults match the user config's (transport.http.*).
+    allowed_hosts: list[str] = attrs.Factory(list)
+    allowed_origins: list[str] = attrs.Factory(list)
+    body_timeout: float = 60.0
+    session_idle_timeout: float = 1800.0
+    max_sessions: int = 1000
+
+    def check(self) -> None:
+        """Refuse values the config file would refuse (CLI flags bypass its validation)."""
+        for name in ("body_timeout", "session_idle_timeout", "max_sessions"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (0 < value < float("inf")):
+                raise MxcpError(f"{name.replace('_', '-')} must be a positive number")
+        if "*" in self.allowed_hosts and len(self.allowed_hosts) > 1:
+            raise MxcpError("allowed host '*' (no Host/Origin checks) must be the only one")
+        for host in self.allowed_hosts:
+            if not host or any(c.isspace() or c in "/@" for c in host):
+                raise MxcpError("an allowed host must be a host name or address, optionally with :port or :*")
+        for origin in self.allowed_origins:
+            if not re.fullmatch(r"https?://[^/\s@]+", origin):
+                raise MxcpError("an allowed origin must look like https://host or http://host:port (no path)")
 
 
 # -- stdout belongs to the protocol ----------------------------------------------------------------------
@@ -92,23 +114,87 @@ class StdioWire:
 
 
 class _LineReader:
-    """Lines from a pipe through the event loop: cancellable, no thread per line."""
+    """Lines from a pipe through the event loop: cancellable, no thread per line.
 
-    def __init__(self, read_line: Callable[[], Any], drained: Callable[[], Any] | None) -> None:
+    With `reject`, a line the SDK could not parse is answered here (the SDK drops such lines without a reply,
+    leaving the client waiting forever) and never reaches it.
+    """
+
+    def __init__(self, read_line: Callable[[], Any], drained: Callable[[], Any] | None,
+                 reject: Callable[[str], Any] | None = None) -> None:
         self.read_line = read_line
         self.drained = drained
+        self.reject = reject
 
     def __aiter__(self) -> _LineReader:
         return self
 
     async def __anext__(self) -> str:
-        line = await self.read_line()
-        if not line:
-            # The client closed stdin: answer what it already asked before the session ends.
-            if self.drained is not None:
-                await self.drained()
-            raise StopAsyncIteration
-        return line.decode("utf-8", errors="replace") if isinstance(line, bytes) else line
+        while True:
+            line = await self.read_line()
+            if not line:
+                # The client closed stdin: answer what it already asked before the session ends.
+                if self.drained is not None:
+                    await self.drained()
+                raise StopAsyncIteration
+            text = line.decode("utf-8", errors="replace") if isinstance(line, bytes) else line
+            if self.reject is None:
+                return text
+            if not text.strip():
+                continue  # a blank line carries no message: nothing to answer
+            if await self.reject(text):
+                continue
+            return text
+
+
+def _malformed_frame_answer(text: str) -> tuple[dict[str, Any], str] | None:
+    """The JSON-RPC error for a line the SDK's own parser refuses, and a log reason; None for a good line.
+
+    The same parser the SDK runs next, so exactly the lines it would drop get an answer (a few µs per line).
+    """
+    import mcp_types
+    from pydantic import ValidationError
+
+    try:
+        mcp_types.jsonrpc_message_adapter.validate_json(text, by_name=False)
+        return None
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    first = errors[0] if errors else {"msg": "unreadable", "type": ""}
+    request_id: Any = None
+    if any(e["type"] == "json_invalid" for e in errors):
+        code, message, reason = -32700, "Parse error", first["msg"]
+    else:
+        code, message = -32600, "Invalid Request"
+        reason = "not a JSON-RPC 2.0 message"
+        with contextlib.suppress(ValueError, RecursionError):
+            import json
+
+            parsed = json.loads(text)
+            candidate = parsed.get("id") if isinstance(parsed, dict) else None
+            # Echo a usable id so the client's pending call ends; anything else stays null.
+            if isinstance(candidate, (str, int)) and not isinstance(candidate, bool):
+                request_id = candidate
+    frame = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+    return frame, f"{code} {message}: {reason}"
+
+
+def _frame_rejecter(stdout: Any) -> Callable[[str], Any]:
+    import json
+
+    async def reject(text: str) -> bool:
+        answer = _malformed_frame_answer(text)
+        if answer is None:
+            return False
+        frame, reason = answer
+        # Sizes, never content: the line may hold secrets.
+        size = len(text.rstrip("\r\n").encode("utf-8", "replace"))
+        log.warning("stdin: malformed message (%d bytes) answered with %s", size, reason)
+        await stdout.write(json.dumps(frame, separators=(",", ":")) + "\n")
+        await stdout.flush()
+        return True
+
+    return reject
 
 
 class _LineWriter:
@@ -116,10 +202,33 @@ class _LineWriter:
         self.writer = writer
 
     async def write(self, text: str) -> None:
+        # One synchronous write per frame: frames from different tasks never interleave.
         self.writer.write(text.encode("utf-8"))
 
     async def flush(self) -> None:
         await self.writer.drain()
+
+
+class _FileLineWriter:
+    """Frames to a regular file from a worker thread, each written whole under a lock (two writers share it)."""
+
+    def __init__(self, raw: Any) -> None:
+        import threading
+
+        self.raw = raw
+        self.lock = threading.Lock()
+
+    async def write(self, text: str) -> None:
+        await anyio.to_thread.run_sync(self._write, text.encode("utf-8"))
+
+    def _write(self, data: bytes) -> None:
+        with self.lock:
+            view = memoryview(data)
+            while view:
+                view = view[self.raw.write(view):]
+
+    async def flush(self) -> None:
+        return None
 
 
 async def _wire_streams(wire: StdioWire, drained: Callable[[], Any] | None = None) -> tuple[Any, Any]:
@@ -129,20 +238,21 @@ async def _wire_streams(wire: StdioWire, drained: Callable[[], Any] | None = Non
     writing = os.fdopen(wire.write_fd, "wb", buffering=0, closefd=False)
     stdin: Any = None
     stdout: Any = None
-    if _pollable(wire.read_fd):
-        with contextlib.suppress(ValueError, OSError):
-            reader = asyncio.StreamReader(limit=_LINE_LIMIT, loop=loop)
-            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), reading)
-            stdin = _LineReader(reader.readline, drained)
-    if stdin is None:
-        text = anyio.wrap_file(io.TextIOWrapper(io.BufferedReader(reading), encoding="utf-8", errors="replace"))
-        stdin = _LineReader(text.readline, drained)
     if _pollable(wire.write_fd):
         with contextlib.suppress(ValueError, OSError):
             transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, writing)
             stdout = _LineWriter(asyncio.StreamWriter(transport, protocol, None, loop))
     if stdout is None:
-        stdout = anyio.wrap_file(io.TextIOWrapper(io.BufferedWriter(writing), encoding="utf-8"))
+        stdout = _FileLineWriter(writing)
+    reject = _frame_rejecter(stdout)
+    if _pollable(wire.read_fd):
+        with contextlib.suppress(ValueError, OSError):
+            reader = asyncio.StreamReader(limit=_LINE_LIMIT, loop=loop)
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), reading)
+            stdin = _LineReader(reader.readline, drained, reject)
+    if stdin is None:
+        text = anyio.wrap_file(io.TextIOWrapper(io.BufferedReader(reading), encoding="utf-8", errors="replace"))
+        stdin = _LineReader(text.readline, drained, reject)
     return stdin, stdout
 
 
@@ -158,21 +268,26 @@ def _pollable(fd: int) -> bool:
 
 
 def start_runtime(project: Project, *, ignore_errors: bool = False) -> Runtime:
-    """Start the runtime and check every endpoint: refuse to serve any invalid one, or skip them when asked."""
+    """Start the runtime and check every endpoint: refuse to serve any invalid one, or skip them when asked.
+
+    The checks are `mxcp validate`'s (`check_bodies`), so both agree on what is invalid; only a table an
+    on_init hook creates differs (validate warns, serve sees it).
+    """
+    from ..validation import check_bodies
+
     registry = project.endpoints()
     problems = [(bad.name or bad.origin, bad.origin, bad.message) for bad in registry.invalid]
     runtime = Runtime(project, skip_invalid=True)
     runtime.start()
-    broken: list[tuple[str, str]] = []
+    broken: list[tuple[str, str, str]] = []
     try:
-        from ..validation import check_bodies
-
         # After on_init, so tables its hooks create count as present.
         for (kind, key), compiled in list(runtime.compiled.items()):
             errors = [p for p in check_bodies(runtime, [compiled.definition]) if p.severity == "error"]
             if errors:
-                problems.append((key, compiled.definition.origin, "; ".join(p.message for p in errors)))
-                broken.append((kind, key))
+                message = "; ".join(p.message for p in errors)
+                problems.append((key, compiled.definition.origin, message))
+                broken.append((kind, key, message))
     except BaseException:
         runtime.stop()
         raise
@@ -184,8 +299,8 @@ def start_runtime(project: Project, *, ignore_errors: bool = False) -> Runtime:
         )
     for name, origin, message in problems:
         print(f"mxcp: skipping invalid endpoint {name} ({origin}): {message}", file=sys.stderr)
-    for kind, key in broken:
-        runtime.drop(kind, key)
+    for kind, key, message in broken:
+        runtime.drop(kind, key, reason=message)  # a call is answered "not served: <why>", not "not found"
     return runtime
 
 
@@ -197,6 +312,7 @@ def serve(project: Project, options: ServeOptions, *, wire: StdioWire | None = N
     """Start the runtime, serve until the client leaves or SIGINT/SIGTERM, then stop the runtime."""
     if options.transport not in TRANSPORTS:
         raise MxcpError(f"unknown transport '{options.transport}' (expected {', '.join(TRANSPORTS)})")
+    options.check()
     if options.transport == "stdio" and wire is None:
         wire = StdioWire.claim()
     try:
@@ -256,12 +372,23 @@ async def _serve_http(server: Any, runtime: Runtime, options: ServeOptions,
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(_watch_signals, runtime, stop)
         path = "/sse" if options.transport == "sse" else MCP_PATH
+        warning = host_policy(options).warning
+        if warning:
+            print(warning, file=sys.stderr)
         print(f"mxcp: serving {runtime.context.name} on http://{options.host}:{options.port}{path}",
               file=sys.stderr)
         if ready is not None:
             ready(path)
-        await web.serve()
+        try:
+            await web.serve()
+        except SystemExit:
+            # Uvicorn exits when it cannot listen (it has logged why): one clear error instead of a traceback.
+            listening = False
+        else:
+            listening = True
         tasks.cancel_scope.cancel()
+    if not listening:
+        raise MxcpError(f"cannot listen on {options.host}:{options.port} (address in use or not available here)")
 
 
 def build_http_app(server: Any, runtime: Runtime, options: ServeOptions) -> Any:
@@ -271,30 +398,212 @@ def build_http_app(server: Any, runtime: Runtime, options: ServeOptions) -> Any:
     from starlette.routing import Mount, Route
 
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "project": runtime.context.name, "reloads": runtime.reload_count})
+        healthy, reason = runtime.health
+        body = {"status": "ok" if healthy else "error", "project": runtime.context.name,
+                "reloads": runtime.reload_count}
+        if reason:
+            body["reason"] = reason
+        # 503 takes a replica whose reload failed out of a load balancer's rotation until a reload succeeds.
+        return JSONResponse(body, status_code=200 if healthy else 503)
 
     health_route = Route("/health", health, methods=["GET"])
+    security = host_policy(options).settings()
     if options.transport == "sse":
         from mcp.server.sse import SseServerTransport
         from starlette.applications import Starlette
 
-        sse = SseServerTransport("/messages/")
+        sse = SseServerTransport("/messages/", security_settings=security)
+        open_streams = 0
 
         async def handle_sse(request: Request) -> Response:
-            async with sse.connect_sse(request.scope, request.receive, request._send) as (read, write):
-                await server.run(read, write, server.create_initialization_options())
+            nonlocal open_streams
+            # An SSE stream is its session: the same cap as streamable HTTP sessions.
+            if open_streams >= options.max_sessions:
+                log.warning("refusing an SSE session: %d are already open", open_streams)
+                return JSONResponse(_rpc_error("Too many open sessions"), status_code=503)
+            open_streams += 1
+            try:
+                async with sse.connect_sse(request.scope, request.receive, request._send) as (read, write):
+                    await server.run(read, write, server.create_initialization_options())
+            finally:
+                open_streams -= 1
             return Response()
 
-        return Starlette(routes=[
+        app = Starlette(routes=[
             Route("/sse", handle_sse, methods=["GET"]), Mount("/messages/", app=sse.handle_post_message), health_route,
         ])
-    return server.streamable_http_app(
-        streamable_http_path=MCP_PATH,
-        json_response=options.json_response,
-        stateless_http=options.stateless,
-        host=options.host,
-        custom_starlette_routes=[health_route],
-    )
+    else:
+        app = server.streamable_http_app(
+            streamable_http_path=MCP_PATH,
+            json_response=options.json_response,
+            stateless_http=options.stateless,
+            transport_security=security,
+            session_idle_timeout=options.session_idle_timeout,
+            max_sessions=options.max_sessions,
+            custom_starlette_routes=[health_route],
+        )
+    return HttpGuard(app, options, security)
+
+
+# -- HTTP hardening -----------------------------------------------------------------------------------------
+
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _as_host_header(host: str) -> str:
+    """How a bind address or configured name appears in a Host header (IPv6 in brackets)."""
+    return f"[{host}]" if host.count(":") > 1 and not host.startswith("[") else host
+
+
+def _has_port(name: str) -> bool:
+    head, sep, port = name.rpartition(":")
+    return bool(sep) and not head.endswith(":") and (port == "*" or port.isdigit())
+
+
+@attrs.frozen
+class HostPolicy:
+    """Which Host and Origin headers the MCP paths accept (DNS-rebinding protection), and what to warn about.
+
+    Loopback names are always accepted (a rebinding attack cannot make a browser send them), plus the bound
+    address when it is a specific one, plus the configured names; a name without a port matches any port.
+    Origins default to http(s):// of those names. `["*"]` as allowed hosts turns the checks off.
+    """
+
+    enabled: bool
+    hosts: tuple[str, ...]
+    origins: tuple[str, ...]
+    warning: str | None
+
+    def settings(self) -> Any:
+        from mcp.server.transport_security import TransportSecuritySettings
+
+        return TransportSecuritySettings(enable_dns_rebinding_protection=self.enabled,
+                                         allowed_hosts=list(self.hosts), allowed_origins=list(self.origins))
+
+
+def host_policy(options: ServeOptions) -> HostPolicy:
+    bind = options.host
+    exposed = not _is_loopback(bind)
+    if options.allowed_hosts == ["*"]:
+        return HostPolicy(False, (), (), "mxcp: warning: Host/Origin checks are off (allowed hosts '*'): any web "
+                                         "page a user of this server opens can reach it through DNS rebinding")
+    names = list(_LOOPBACK_NAMES)
+    if exposed and bind not in ("", "0.0.0.0", "::", "[::]"):
+        names.append(_as_host_header(bind))
+    for name in map(_as_host_header, options.allowed_hosts):
+        if name not in names:
+            names.append(name)
+    hosts: list[str] = []
+    for name in names:
+        hosts += [name] if _has_port(name) else [name, f"{name}:*"]
+    if options.allowed_origins:
+        origins = [f"http://{name}{port}" for name in _LOOPBACK_NAMES for port in ("", ":*")]
+        origins += options.allowed_origins
+    else:
+        origins = [f"{scheme}://{h}" for h in hosts for scheme in ("http", "https")]
+    warning = None
+    if exposed:
+        accepted = ", ".join(names)
+        warning = (f"mxcp: warning: listening on {bind or 'all interfaces'}, reachable from other machines; "
+                   f"DNS-rebinding protection accepts only these Host names: {accepted} (others get 421)")
+        if not options.allowed_hosts:
+            warning += ". Add the names clients use with transport.http.allowed_hosts or --allowed-host"
+    return HostPolicy(True, tuple(hosts), tuple(dict.fromkeys(origins)), warning)
+
+
+def _rpc_error(message: str, code: int = -32000) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}
+
+
+class HttpGuard:
+    """ASGI wrapper in front of every HTTP transport.
+
+    - The request body must arrive whole within `body_timeout` seconds (else 408 and the connection closes):
+      a client trickling bytes would otherwise hold the request forever. Read up front, so every answer below
+      leaves the connection in a clean state.
+    - Host/Origin checks on the MCP paths, first (the SDK repeats them on streamable HTTP, after some checks of
+      its own; on SSE's paths it has none).
+    - GET /mcp in stateless mode answers 405: the SDK would open an event stream nothing ever writes to.
+    """
+
+    def __init__(self, app: Any, options: ServeOptions, security: Any) -> None:
+        from mcp.server.transport_security import (
+            DEFAULT_MAX_REQUEST_BODY_SIZE,
+            TransportSecurityMiddleware,
+        )
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse
+
+        self.request_class, self.response_class = Request, JSONResponse
+        self.app = app
+        self.body_timeout = options.body_timeout
+        self.max_body = DEFAULT_MAX_REQUEST_BODY_SIZE
+        self.security = TransportSecurityMiddleware(security)
+        self.sse = options.transport == "sse"
+        self.stateless = options.stateless and not self.sse
+
+    def _is_mcp_path(self, path: str) -> bool:
+        if self.sse:
+            return path == "/sse" or path.startswith("/messages/")
+        return path.rstrip("/") == MCP_PATH
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        respond = self.response_class
+
+        cached: list[dict[str, Any]] = []
+        body = bytearray()
+        complete = False
+        # asyncio's own timeout (uvicorn serves on asyncio): a fraction of the cost of a cancel scope per request.
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return  # the client left mid-body: nobody to answer
+                    body += message.get("body", b"")
+                    if len(body) > self.max_body:
+                        await respond(_rpc_error("Request body too large"), status_code=413,
+                                      headers={"Connection": "close"})(scope, receive, send)
+                        return
+                    if not message.get("more_body", False):
+                        complete = True
+                        break
+        except TimeoutError:
+            pass
+        if not complete:
+            log.info("closing a request whose body took longer than %gs", self.body_timeout)
+            await respond(_rpc_error(f"Request Timeout: the body took longer than {self.body_timeout:g}s"),
+                          status_code=408, headers={"Connection": "close"})(scope, receive, send)
+            return
+        cached.append({"type": "http.request", "body": bytes(body), "more_body": False})
+
+        async def replay() -> Any:
+            return cached.pop() if cached else await receive()
+
+        if self._is_mcp_path(scope["path"]):
+            refused = await self.security.validate_request(self.request_class(scope), is_post=False)
+            if refused is not None:
+                await refused(scope, replay, send)
+                return
+            if self.stateless and scope["method"] == "GET":
+                await respond(_rpc_error("Method Not Allowed: this server is stateless, send requests with POST"),
+                              status_code=405, headers={"Allow": "POST"})(scope, replay, send)
+                return
+        await self.app(scope, replay, send)
 
 
 def _quiet_signals_server_class() -> type:

@@ -1,11 +1,16 @@
 """Secret values never reach a log line, a traceback in the log, or an error message."""
 from __future__ import annotations
 
+import json
 import logging
 
+import anyio
+import mcp
 import pytest
+from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from mxcp_core import redaction
+from server_helpers import mxcp_command, serve_env
 
 SECRET = "s3cr3t-token-value"
 
@@ -102,3 +107,144 @@ def test_sensitive_arguments_are_masked_in_the_log_and_the_error(make_project, r
     assert result.returncode == 1
     assert "pin [REDACTED] rejected" in result.stderr and "checking [REDACTED]" in result.stderr
     assert "918273" not in result.stderr + result.stdout
+
+
+# -- every encoding of a value: repr, JSON, one line of a multi-line value ----------------------------------
+
+BODY = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7"
+# Quotes of both kinds, a backslash and a non-ASCII letter: repr, ascii() and JSON each write this line differently.
+QUIRKY = "q'uo\"te\\slash-\u00e9-line"
+PEM = f"-----BEGIN PRIVATE KEY-----\n{BODY}\n{QUIRKY}\nAB==\n-----END PRIVATE KEY-----\n"
+
+
+def leaks(text: str) -> list[str]:
+    """Recognisable pieces of PEM left in `text`, whatever escaping they went through."""
+    return [piece for piece in ("BEGIN PRIVATE", BODY[:20], "slash-", "END PRIVATE") if piece in text]
+
+
+def test_every_encoding_of_a_multi_line_secret_is_masked(masker: redaction.SecretMasker) -> None:
+    masker.add([PEM])
+    samples = [
+        PEM,
+        repr(PEM),
+        repr([PEM, {"k": PEM}]),
+        f"{PEM!a}",
+        json.dumps(PEM),
+        json.dumps(PEM, ensure_ascii=False),
+        repr(RuntimeError(f"bad key {PEM!r}")),  # a repr quoting a repr: escapes doubled
+        json.dumps({"error": f"bad key {PEM!r}"}),  # a JSON log line quoting a repr
+        f"line 2 of the key: {BODY}",
+        f"the odd line: {QUIRKY!r} / {json.dumps(QUIRKY)}",
+    ]
+    for sample in samples:
+        masked = masker.mask(sample)
+        assert leaks(masked) == [] and redaction.MASK in masked, (sample, masked)
+    # A line under MIN_LINE_LENGTH is not masked alone: "AB==" would hide ordinary text for nothing gained.
+    assert masker.mask("AB== in a sentence") == "AB== in a sentence"
+    assert len("AB==") < redaction.MIN_LINE_LENGTH <= len("-----END PRIVATE KEY-----")
+
+
+def test_mask_walks_json_shaped_data(masker: redaction.SecretMasker) -> None:
+    masker.add([SECRET])
+    data = {"token": SECRET, "nested": [f"Bearer {SECRET!r}", 5, None, {SECRET: True}], "plain": "ok"}
+    assert redaction.mask(data, extra=["918273"]) == {
+        "token": "[REDACTED]", "nested": ["Bearer '[REDACTED]'", 5, None, {"[REDACTED]": True}], "plain": "ok"}
+    assert redaction.mask(["pin 918273"], extra=["918273"]) == ["pin [REDACTED]"]
+
+
+PEM_TOOL = """\
+mxcp: 1
+tool:
+  name: pem
+  language: python
+  parameters: [{name: mode, type: string}]
+  return: {type: object}
+  source: {file: ../python/pem.py}
+"""
+
+# Logs the key in each encoding, then fails quoting it (or returns it) the way `mode` says.
+PEM_CODE = """\
+import json
+import logging
+from mxcp.runtime import get_secret
+
+log = logging.getLogger("user.code")
+
+def pem(mode: str) -> dict:
+    key = get_secret("tls")["value"]
+    log.warning("repr %r", key)
+    log.warning("json %s / %s", json.dumps(key), json.dumps(key, ensure_ascii=False))
+    log.warning("one line: %s", key.splitlines()[1])
+    if mode == "return":
+        return {"key": key, "line": key.splitlines()[2]}
+    if mode == "repr":
+        raise RuntimeError(f"bad key {key!r}")
+    if mode == "json":
+        raise ValueError(json.dumps({"key": key}))
+    raise ValueError(f"bad line {key.splitlines()[1]}")
+"""
+
+
+@pytest.fixture
+def pem_project(make_project, user_config, tmp_path):
+    root = make_project(tmp_path / "proj", {
+        "mxcp-site.yml": "mxcp: 1\nproject: demo\nprofile: default\nprofiles:\n  default:\n    audit: {enabled: true}\n",
+        "tools/pem.yml": PEM_TOOL,
+        "python/pem.py": PEM_CODE,
+    })
+    # A JSON string is a valid YAML double-quoted scalar: the key's newlines and quotes arrive intact.
+    user_config(f"""\
+        mxcp: 1
+        projects:
+          demo:
+            profiles:
+              default:
+                secrets:
+                  - {{name: tls, type: custom, parameters: {{value: {json.dumps(PEM)}}}}}
+        """)
+    return root
+
+
+def test_repr_json_and_line_forms_are_masked_in_the_cli_the_log_and_the_audit(pem_project, run_mxcp) -> None:
+    for mode in ("repr", "json", "line"):
+        result = run_mxcp("run", "tool", "pem", "-p", f"mode={mode}", "--debug", cwd=pem_project)
+        assert result.returncode == 1
+        assert leaks(result.stderr + result.stdout) == [], mode
+        assert "Error: bad" in result.stderr or 'Error: {"key": "[REDACTED]"}' in result.stderr
+        assert "repr '[REDACTED]'" in result.stderr and 'json "[REDACTED]" / "[REDACTED]"' in result.stderr
+        assert "one line: [REDACTED]" in result.stderr and "Traceback" in result.stderr
+    returned = run_mxcp("run", "tool", "pem", "-p", "mode=return", cwd=pem_project)
+    assert returned.returncode == 0
+    audit = (pem_project / "audit" / "logs-default.jsonl").read_text()
+    assert leaks(audit) == []
+    errors = [r["error"] for r in map(json.loads, audit.splitlines()) if r["error"]]
+    assert errors == ["bad key '[REDACTED]'", '{"key": "[REDACTED]"}', "bad line [REDACTED]"]
+    assert json.loads(audit.splitlines()[-1])["output_data"] == {
+        "key": "[REDACTED]", "line": "[REDACTED]"}
+
+
+def test_repr_json_and_line_forms_are_masked_for_a_served_client(pem_project, tmp_path) -> None:
+    command = mxcp_command()
+    params = StdioServerParameters(command=command[0], args=[*command[1:], "serve", "--transport", "stdio"],
+                                   cwd=pem_project, env=serve_env())
+    errlog = tmp_path / "stderr.txt"
+
+    async def main():
+        with open(errlog, "w") as log:
+            async with mcp.Client(stdio_client(params, errlog=log)) as client:
+                return [await client.call_tool("pem", {"mode": mode}) for mode in ("repr", "json", "line")]
+
+    answers = anyio.run(main)
+    assert [a.is_error for a in answers] == [True, True, True]
+    texts = [a.content[0].text for a in answers]
+    assert texts == ["bad key '[REDACTED]'", '{"key": "[REDACTED]"}', "bad line [REDACTED]"]
+    stderr = errlog.read_text()
+    assert leaks(stderr) == [] and "repr '[REDACTED]'" in stderr
+    assert leaks((pem_project / "audit" / "logs-default.jsonl").read_text()) == []
+
+
+def test_a_sensitive_number_echoed_as_a_number_is_masked_in_data():
+    from mxcp_core.redaction import MASK, masker
+
+    masked = masker.mask_data({"echo": 987654, "text": "pin 987654", "other": 12, "flag": True}, ["987654"])
+    assert masked == {"echo": MASK, "text": f"pin {MASK}", "other": 12, "flag": True}

@@ -59,6 +59,9 @@ _LAZY = {
     # reading project files
     "structure_config": "config:structure",
     "load_yaml_file": "yamlfile:load_yaml_file",
+    "read_text_file": "yamlfile:read_text_file",
+    "confined_path": "project:confined_path",
+    "reference_origin": "project:reference_origin",
     "line_of": "yamlfile:line_of",
     "add_to_import_path": "user_modules:add_to_import_path",
     "remove_from_import_path": "user_modules:remove_from_import_path",

@@ -1,6 +1,7 @@
 """Opening a project: site and user configuration, plugins, and the endpoint registry built once."""
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -272,7 +273,7 @@ def open_project(
         return found.value
 
     # Errors about the user config describe values by their kind only: they may be secrets.
-    with values_unquoted(), _masked_errors():
+    with values_unquoted(), _masked_errors(), _references_from("user"):
         # The top-level sections first: a secret provider may read its own (`vault:`) while resolving.
         raw_user, user_file = read_user_file()
         settings = {**settings, **sections.settle("user", raw_user, file=user_file, key_path="")}
@@ -308,3 +309,68 @@ def _masked_errors() -> Iterator[None]:
         if masked == exc.message:
             raise
         raise ConfigError(masked, file=exc.file, line=exc.line, key_path=exc.key_path) from None
+
+
+# -- files the project points at ---------------------------------------------------------------------------
+_REFERENCE_ORIGIN: contextvars.ContextVar[str] = contextvars.ContextVar("mxcp_reference_origin", default="project")
+
+
+def reference_origin() -> str:
+    """Where the value reference being resolved comes from, for `resolve_secret` providers that read files.
+
+    "user": the user's own config file (~/.mxcp/config.yml or MXCP_CONFIG), which the user wrote and trusts, so a
+    `file://` path there may point anywhere. "project": anything else (mxcp-site.yml, endpoint YAML, a plugin
+    resolving a value of its own section); whoever shipped the project chose those paths, so they are confined
+    to the project folder and `allowed_paths:` (see `confined_path`).
+    """
+    return _REFERENCE_ORIGIN.get()
+
+
+@contextmanager
+def _references_from(origin: str) -> Iterator[None]:
+    token = _REFERENCE_ORIGIN.set(origin)
+    try:
+        yield
+    finally:
+        _REFERENCE_ORIGIN.reset(token)
+
+
+def allowed_folders(project: ProjectContext) -> list[Path]:
+    """The project folder and the folders mxcp-site.yml's `allowed_paths:` names, resolved (symlinks followed)."""
+    root = project.root.resolve()
+    return [root, *((root / Path(entry).expanduser()).resolve() for entry in project.site.allowed_paths)]
+
+
+def confined_path(
+    project: ProjectContext,
+    path: str | Path,
+    *,
+    what: str,
+    base: Path | None = None,
+    file: str | Path | None = None,
+    line: int | None = None,
+    key_path: str | None = None,
+    reference: str | None = None,
+) -> Path:
+    """`path` (relative to `base`, default the project root) resolved, symlinks followed, if it lies inside the
+    project folder or a folder of `allowed_paths:`; else a ConfigError naming `file` (the file holding the
+    reference), the reference (`reference`, default `path` as given) and how to allow it. `what` says what the path is."""
+    reference = reference if reference is not None else str(path)
+    candidate = Path(path).expanduser()
+    if not candidate.is_absolute():
+        candidate = (base if base is not None else project.root) / candidate
+    try:
+        resolved = candidate.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise ConfigError(f"{what} '{reference}' cannot be resolved: {exc}", file=file, line=line,
+                          key_path=key_path) from None
+    folders = allowed_folders(project)
+    if any(resolved == folder or resolved.is_relative_to(folder) for folder in folders):
+        return resolved
+    via = f" (it resolves to {resolved})" if str(resolved) != reference else ""
+    raise ConfigError(
+        f"{what} '{reference}' is outside the project folder {folders[0]}{via}; "
+        f"to allow it, list its folder under allowed_paths: in {project.site_file.name} "
+        f"(e.g. allowed_paths: [{resolved.parent}])",
+        file=file, line=line, key_path=key_path,
+    )

@@ -1,6 +1,14 @@
-"""YAML loading that remembers line numbers, so errors can point at the line of a bad key."""
+"""YAML loading that remembers line numbers, so errors can point at the line of a bad key.
+
+Project files are read defensively: only regular files (a FIFO, a device or a folder is refused before it is
+opened, so nothing blocks), strictly as UTF-8 (a bad byte is one error naming the file and offset), and YAML
+aliases may expand to at most `MAX_ALIAS_EXPANSION` nodes (a "billion laughs" file is refused while it is
+composed, before anything walks the expanded structure).
+"""
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +47,49 @@ class LineList(list):
         return self.line
 
 
+# Nodes that aliases may add to one document, all aliases together (an alias adds the whole node it names,
+# aliases inside it included). Real configuration stays far below; an alias bomb passes it within a few levels.
+MAX_ALIAS_EXPANSION = 100_000
+
+
 class _LineLoader(yaml.SafeLoader):
-    pass
+    """SafeLoader that counts what aliases expand to while composing, and refuses a document past the limit."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._alias_nodes = 0  # nodes added by aliases so far in this document
+        self._weights: dict[int, int] = {}  # id(node) -> nodes in its full expansion, once composed
+        self._composed = 0  # nodes in the expansion of everything composed so far
+
+    def compose_document(self) -> Any:
+        self._alias_nodes, self._weights, self._composed = 0, {}, 0
+        return super().compose_document()
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = super().compose_node(parent, index)
+            weight = self._weights.get(id(node))
+            if weight is None:
+                raise yaml.composer.ComposerError(
+                    None, None, f"alias *{event.anchor} refers to a node that contains it (recursive alias)",
+                    event.start_mark,
+                )
+            self._alias_nodes += weight
+            self._composed += weight
+            if self._alias_nodes > MAX_ALIAS_EXPANSION:
+                raise yaml.composer.ComposerError(
+                    None, None,
+                    f"aliases expand to more than {MAX_ALIAS_EXPANSION} nodes (at alias *{event.anchor}); "
+                    "refusing what looks like an alias bomb",
+                    event.start_mark,
+                )
+            return node
+        before = self._composed
+        self._composed += 1
+        node = super().compose_node(parent, index)
+        self._weights[id(node)] = self._composed - before
+        return node
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
@@ -79,6 +128,8 @@ def load_yaml_text(text: str, file: str | Path) -> Any:
     """Parse YAML text; syntax errors become ConfigError with the file and line."""
     try:
         return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+    except RecursionError:
+        raise ConfigError("invalid YAML: nested too deeply", file=file) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -90,14 +141,65 @@ def load_yaml_text(text: str, file: str | Path) -> Any:
         raise ConfigError(f"invalid YAML: {exc}", file=file) from None
 
 
-def load_yaml_file(path: str | Path) -> Any:
-    """Read and parse a YAML file with line information."""
+def load_yaml_file(path: str | Path, *, shown: str | Path | None = None) -> Any:
+    """Read (a regular UTF-8 file only) and parse a YAML file with line information; errors name `shown`."""
+    return load_yaml_text(read_text_file(path, shown=shown), shown if shown is not None else path)
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _not_regular(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
+
+
+def read_text_file(path: str | Path, *, shown: str | Path | None = None, what: str | None = None) -> str:
+    """The content of a regular file as UTF-8 text; anything else is one ConfigError naming the file.
+
+    A FIFO, device, socket or folder is refused after `os.stat`, before it is opened, so reading never blocks;
+    the file is then opened non-blocking and checked again (it may have been swapped meanwhile). Undecodable
+    content is reported by the offset of its first bad byte, never by content. `shown` is the name errors use
+    (default: `path`); `what` prefixes the message ("source file", "file:// reference"...).
+    """
     path = Path(path)
+    shown = shown if shown is not None else path
+    prefix = f"{what}: " if what else ""
+    if str(path) == os.devnull:
+        return ""  # reads as empty and never blocks: `MXCP_CONFIG=/dev/null` means "no user config"
+
+    def fail(message: str) -> ConfigError:
+        return ConfigError(f"{prefix}{message}", file=shown)
+
     try:
-        text = path.read_text(encoding="utf-8")
+        kind = _not_regular(os.stat(path).st_mode)
     except OSError as exc:
-        raise ConfigError(f"cannot read file: {exc.strerror}", file=path) from None
-    return load_yaml_text(text, path)
+        raise fail(f"cannot read file: {exc.strerror}") from None
+    if kind is not None:
+        raise fail(f"not a regular file ({kind})")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise fail(f"cannot read file: {exc.strerror}") from None
+    try:
+        kind = _not_regular(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise fail(f"not a regular file ({kind})")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise fail(f"cannot read file: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise fail(f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
 
 
 def line_of(container: Any, key: Any) -> int | None:

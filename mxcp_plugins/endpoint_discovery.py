@@ -16,12 +16,14 @@ from mxcp_core import (
     ResourceDefinition,
     SourceSpec,
     ToolDefinition,
+    confined_path,
     endpoint_test_problems,
     hookimpl,
     line_of,
     load_yaml_file,
     parse_parameters,
     parse_type,
+    read_text_file,
     structure_config,
     suggest,
 )
@@ -64,11 +66,19 @@ def _scan(project: ProjectContext) -> list[Any]:
         folder = project.path(folder_name)
         if not folder.is_dir():
             continue
+        kind = folder_name.rstrip("s")
+        try:
+            confined_path(project, getattr(project.site.paths, folder_name), what=f"the {folder_name} folder",
+                          file=project.site_file.name, key_path=f"paths.{folder_name}")
+        except ConfigError as exc:
+            found.append(InvalidEndpoint(kind=kind, origin=f"{getattr(project.site.paths, folder_name)}/",
+                                         message=exc.format()))
+            continue
         for path in sorted([*folder.rglob("*.yml"), *folder.rglob("*.yaml")]):
             if path in seen_files or any(part.startswith(".") for part in path.relative_to(folder).parts):
                 continue
             seen_files.add(path)
-            found.append(_load_file(path, project, default_kind=folder_name.rstrip("s")))
+            found.append(_load_file(path, project, default_kind=kind))
     return found
 
 
@@ -83,7 +93,10 @@ def _load_file(path: Path, project: ProjectContext, default_kind: str = "tool") 
     shown = _display(path, project)
     kind = default_kind  # until the file says which kind it is
     try:
-        raw = load_yaml_file(path)
+        # A symlink out of the project is refused like a source file outside it; a FIFO, a binary file or an
+        # alias bomb is one error naming this file, and the other files load.
+        confined_path(project, shown, what="endpoint file", file=shown)
+        raw = load_yaml_file(path, shown=shown)
         if not isinstance(raw, Mapping):
             raise ConfigError("expected a mapping with 'mxcp: 1' and one of tool:, resource:, prompt:", file=shown)
         for key in raw:
@@ -104,7 +117,7 @@ def _load_file(path: Path, project: ProjectContext, default_kind: str = "tool") 
             raise ConfigError(f"unsupported version {version!r}; expected 1", file=shown,
                               line=line_of(raw, "mxcp"), key_path="mxcp")
         return parse_endpoint(kind, raw[kind], file=path, shown=shown, project_root=project.root,
-                              claimed=_claimed_keys(project))
+                              claimed=_claimed_keys(project), project=project)
     except ConfigError as exc:
         # The origin already names this file; repeat only a file that is another one (a missing source file...).
         same_file = exc.file in (shown, str(path))
@@ -118,9 +131,13 @@ def _claimed_keys(project: ProjectContext) -> dict[str, Any]:
 
 
 def parse_endpoint(
-    kind: str, body: Any, *, file: Path, shown: str, project_root: Path, claimed: Mapping[str, Any] | None = None
+    kind: str, body: Any, *, file: Path, shown: str, project_root: Path, claimed: Mapping[str, Any] | None = None,
+    project: ProjectContext | None = None,
 ) -> EndpointDefinition:
-    """Turn one `tool:` / `resource:` / `prompt:` mapping into its attrs definition."""
+    """Turn one `tool:` / `resource:` / `prompt:` mapping into its attrs definition.
+
+    With `project`, `source.file` must lie inside the project folder or a folder of its `allowed_paths:`.
+    """
     if not isinstance(body, Mapping):
         raise ConfigError("expected a mapping", file=shown, key_path=kind)
     claimed = dict(claimed or {})
@@ -184,7 +201,7 @@ def parse_endpoint(
             _check_message(message, index, shown, messages)
         return ENDPOINT_KINDS[kind](messages=tuple(dict(m) for m in messages), **common)
 
-    source = _parse_source(body, kind, file, shown, project_root)
+    source = _parse_source(body, kind, file, shown, project_root, project)
     common.update(language=language, source=source)
     if kind == "resource":
         declared = {p.name for p in parameters}
@@ -202,7 +219,10 @@ def parse_endpoint(
     return ENDPOINT_KINDS[kind](**common)
 
 
-def _parse_source(body: Mapping[str, Any], kind: str, file: Path, shown: str, project_root: Path) -> SourceSpec:
+def _parse_source(
+    body: Mapping[str, Any], kind: str, file: Path, shown: str, project_root: Path,
+    project: ProjectContext | None = None,
+) -> SourceSpec:
     source = body.get("source")
     if not isinstance(source, Mapping):
         raise ConfigError("required key 'source' is missing or not a mapping (expected code: or file:)",
@@ -224,11 +244,19 @@ def _parse_source(body: Mapping[str, Any], kind: str, file: Path, shown: str, pr
     if not isinstance(target, str):
         raise ConfigError("expected a path string", file=shown, line=line_of(source, "file"),
                           key_path=f"{kind}.source.file")
-    path = (project_root / target.lstrip("/")) if target.startswith("/") else (file.parent / target)
-    path = path.resolve()
-    if not path.is_file():
-        raise ConfigError(f"source file '{target}' does not exist", file=shown, line=line_of(source, "file"),
-                          key_path=f"{kind}.source.file")
+    where = dict(file=shown, line=line_of(source, "file"), key_path=f"{kind}.source.file")
+    # Relative to the YAML file; a leading / means the project root (never the file system's root).
+    relative, base = (target.lstrip("/"), project_root) if target.startswith("/") else (target, file.parent)
+    if project is not None:  # symlinks are resolved before the check
+        path = confined_path(project, relative, what="source file", base=base, reference=target, **where)
+    else:
+        path = (base / relative).resolve()
+    if not path.exists():
+        raise ConfigError(f"source file '{target}' does not exist", **where)
+    try:
+        read_text_file(path)  # a regular UTF-8 file: a FIFO or a binary file is this endpoint's error, now
+    except ConfigError as exc:
+        raise ConfigError(f"source file '{target}': {exc.message}", **where) from None
     return SourceSpec(file=path)
 
 

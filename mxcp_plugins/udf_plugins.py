@@ -8,6 +8,11 @@
 
 Modules are loaded once per project, under private module names (two projects in one process may both have
 plugins/utils.py); the functions are registered on every database open, reloads included.
+
+The plugins folder and every module file loaded from it must lie inside the project folder (or a folder of
+`allowed_paths:` in mxcp-site.yml), symlinks resolved: a `paths.plugins: ../elsewhere` or a plugins/x.py linking
+out of the project is refused before anything is imported. Installed modules (`module:` naming a package that is
+not in plugins/) are the Python environment's, not the project's, and are imported as usual.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from mxcp_core import (
     ConfigSection,
     MxcpError,
     ProjectContext,
+    confined_path,
     create_function,
     first_line,
     folder_on_path,
@@ -102,17 +108,26 @@ class ProjectPlugins:
             exposed[name] = origin
             project.plugin_objects[name] = obj
 
+        site_file = project.site_file.name
         if self.folder.is_dir():
+            confined_path(project, project.site.paths.plugins, what="the plugins folder", file=site_file,
+                          key_path="paths.plugins")
             for entry in sorted(self.folder.iterdir()):
                 stem = _module_stem(entry)
                 if stem is None:
                     continue
+                shown = f"{project.site.paths.plugins.rstrip('/')}/{entry.name}"
+                confined_path(project, entry, what="plugin module", file=shown)
                 module = self.module(stem)
                 if callable(getattr(module, SEED_ENTRY, None)):
                     self.seed_modules.append((stem, module))
                     expose(stem, module, f"plugins/{entry.name}")
         for index, instance in enumerate(project.plugin_config("plugin")):
             where = f"plugin[{index}] '{instance.name}'"
+            local = _local_file(self.folder, instance.module.partition(".")[0])
+            if local is not None:
+                confined_path(project, local, what=f"module '{instance.module}'", file=site_file,
+                              key_path=f"plugin[{index}].module")
             module = self.module(instance.module, where=where)
             plugin_class = getattr(module, PLUGIN_CLASS, None)
             if not isinstance(plugin_class, type):

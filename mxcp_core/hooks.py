@@ -7,7 +7,7 @@ from typing import Any
 
 import pluggy
 
-from .errors import ConfigError
+from .errors import ConfigError, MxcpError
 from .records import (
     ConfigSection,
     EndpointCall,
@@ -63,7 +63,10 @@ class Hooks:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def on_init(self, runtime: Any) -> None:
-        self.pm.hook.on_init(runtime=runtime)
+        """Each plugin's on_init on its own: one raising a plain exception (a bug in the plugin) is reported by name
+        and skipped, fatal in strict mode. An MxcpError (a problem the plugin explains, or a user module's @on_init
+        function failing) stops the start: it is the project's, not the plugin's."""
+        self._isolated("on_init", runtime=runtime)
 
     def on_shutdown(self, runtime: Any) -> None:
         """Every implementation runs even when one fails: shutdown must release all it can."""
@@ -78,7 +81,8 @@ class Hooks:
         self.pm.hook.configure_database(conn=conn, project=project)
 
     def register_functions(self, conn: Any, project: ProjectContext) -> None:
-        self.pm.hook.register_functions(conn=conn, project=project)
+        """As on_init: a plugin whose implementation raises is named and skipped; an MxcpError stops the open."""
+        self._isolated("register_functions", conn=conn, project=project)
 
     # -- secrets -------------------------------------------------------------------------------
     def resolve_secret(self, reference: str, project: ProjectContext | None) -> SecretValue | None:
@@ -158,6 +162,19 @@ class Hooks:
                 if self.on_failure is None:
                     raise
                 self.on_failure(plugin_name, f"register_commands failed: {type(exc).__name__}: {exc}")
+
+    def _isolated(self, hook_name: str, **kwargs: Any) -> None:
+        """Call each implementation in turn; a plugin that raises (but for MxcpError) is reported and skipped."""
+        for plugin_name, call in self._single_callers(hook_name):
+            try:
+                call(**kwargs)
+            except MxcpError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one broken plugin must not take the others down
+                if self.on_failure is None or not plugin_name:
+                    raise
+                log.debug("%s of plugin '%s' failed", hook_name, plugin_name, exc_info=True)
+                self.on_failure(plugin_name, f"{hook_name} failed: {type(exc).__name__}: {exc}")
 
     def _single_callers(self, hook_name: str) -> Iterable[tuple[str, Any]]:
         """One pluggy caller per implementation (first to run first), so each can be attributed and isolated."""

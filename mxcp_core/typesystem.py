@@ -28,6 +28,8 @@ from typing import Any
 
 import attrs
 
+from .ecma_regex import PatternError, compile_pattern
+from .ecma_regex import translate as translate_pattern
 from .errors import ConfigError, ValidationError, suggest
 from .redaction import MASK as REDACTED
 from .yamlfile import line_of
@@ -457,9 +459,11 @@ class _Parser:
             if not isinstance(value, str):
                 raise wrong("a string")
             try:
-                re.compile(value)
-            except re.error as exc:
-                raise self.fail(f"invalid regular expression in pattern: {exc}", raw, name, key_path) from None
+                translate_pattern(value)  # JSON Schema patterns are ECMA-262: refused now, not at the first call
+            except PatternError as exc:
+                subject = f"parameter '{raw['name']}': " if isinstance(raw.get("name"), str) else ""
+                raise self.fail(f"{subject}invalid regular expression in pattern {value!r}: {exc}",
+                                raw, name, key_path) from None
             return value
         if name == "items":
             return self.type_spec(value, raw, name, key_path)
@@ -676,7 +680,8 @@ def _string_rules(spec: TypeSpec) -> list[Callable[[str], None]]:
 
         rules.append(max_length_rule)
     if spec.pattern is not None:
-        search = re.compile(spec.pattern).search  # JSON Schema patterns are unanchored
+        # ECMA-262 meaning (`$` at the very end, ASCII `\\d`/`\\w`), and unanchored: search, as JSON Schema does.
+        search = compile_pattern(spec.pattern).search
         mismatch = f"does not match pattern {spec.pattern!r} (pattern)"
 
         def pattern_rule(text: str) -> None:

@@ -6,6 +6,7 @@ import importlib
 import inspect
 import logging
 import sys
+import traceback
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -30,9 +31,10 @@ log = logging.getLogger(__name__)
 class LifecycleHooks:
     """The @on_init / @on_shutdown functions of one user module, as a plugin of the on_init/on_shutdown hooks."""
 
-    def __init__(self, module: ModuleType, runner: Any) -> None:
+    def __init__(self, module: ModuleType, runner: Any, origin: str = "") -> None:
         self.module = module
         self.runner = runner
+        self.origin = origin or module.__name__  # `python/setup.py`, for messages
         marked = [
             value for value in vars(module).values()
             if getattr(value, "__module__", None) == module.__name__ and lifecycle_role(value)
@@ -43,7 +45,16 @@ class LifecycleHooks:
     @hookimpl
     def on_init(self, runtime: Any) -> None:
         for function in self.init_functions:
-            self.runner(runtime, function)
+            try:
+                self.runner(runtime, function)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - sys.exit() too; named below, the traceback only with --debug
+                log.debug("@on_init function %s.%s failed", self.module.__name__, function.__name__, exc_info=True)
+                reason = " ".join(str(exc).split()) or "(no message)"
+                # The project's own code: an error that stops the start (an MxcpError), not a plugin to skip.
+                raise MxcpError(f"{self.origin}: @on_init function {function.__name__}() failed: "
+                                f"{type(exc).__name__}: {reason}") from None
 
     @hookimpl
     def on_shutdown(self, runtime: Any) -> None:
@@ -66,6 +77,8 @@ class PythonExecutor:
         self._lifecycle_names: list[str] = []
         self._functions: dict[tuple[str, str], Any] = {}
         self._path_added = False
+        # Modules that failed to import: file -> (one-line reason, the python/ file where it went wrong).
+        self.failed: dict[Path, tuple[str, Path]] = {}
 
     # -- start and stop --------------------------------------------------------------------------
     def start(self, runtime: Any) -> None:
@@ -81,9 +94,15 @@ class PythonExecutor:
             relative = file.relative_to(self.python_dir)
             if any(part.startswith(".") or part == "__pycache__" for part in relative.parts):
                 continue
-            self._import(file)
-        for module in list(self.modules.values()):
-            hooks = LifecycleHooks(module, _run_lifecycle_function)
+            try:
+                self._import(file)
+            except MxcpError:
+                # Only the endpoints of this module are invalid (they report it); the others still serve.
+                continue
+        self._warn_unexplained_failures(runtime)
+        for file, module in list(self.modules.items()):
+            origin = f"python/{_relative(file, self.python_dir.resolve())}"
+            hooks = LifecycleHooks(module, _run_lifecycle_function, origin)
             if hooks.init_functions or hooks.shutdown_functions:
                 name = f"python:{module.__name__}"
                 runtime.register_plugin(hooks, name)
@@ -106,6 +125,9 @@ class PythonExecutor:
         file = file.resolve()
         if file in self.modules:
             return self.modules[file]
+        if file in self.failed:
+            # Importing again would run its top-level code again, and fail the same way.
+            raise MxcpError(self.failed[file][0])
         assert self.python_dir is not None
         try:
             relative = file.relative_to(self.python_dir.resolve())
@@ -128,11 +150,32 @@ class PythonExecutor:
                 module = importlib.import_module(name)
                 if name not in self._loaded_names:
                     self._loaded_names.append(name)
-        except Exception as exc:  # noqa: BLE001 - report which file failed and why
-            log.error("importing %s failed", file, exc_info=True)
-            raise MxcpError(f"python/{_relative(file, self.python_dir)}: import failed: {type(exc).__name__}: {exc}") from None
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - sys.exit() at import too: report which file failed and why
+            # The traceback only with --debug: the one-line reason names the file (and line) that failed.
+            log.debug("importing %s failed", file, exc_info=True)
+            message, origin = _import_failure(exc, file, self.python_dir)
+            self.failed[file] = (message, origin)
+            raise MxcpError(message) from None
         self.modules[file] = module
         return module
+
+    def _warn_unexplained_failures(self, runtime: Any) -> None:
+        """A failed module no endpoint reports (a helper nothing imports, one holding only @on_init) is logged."""
+        if not self.failed:
+            return
+        sources = {
+            compiled.definition.source.file.resolve()
+            for compiled in runtime.endpoints()
+            if compiled.definition.language == self.language
+            and compiled.definition.source is not None and compiled.definition.source.file is not None
+        }
+        explained = {self.failed[f][1] for f in sources if f in self.failed}
+        for file, (message, _) in self.failed.items():
+            if file not in sources and file not in explained:
+                log.warning("%s (no endpoint uses it; its @on_init/@on_shutdown functions, if any, do not run)",
+                            message)
 
     def _load_private(self, file: Path) -> ModuleType:
         name = "mxcp_user_" + "_".join(file.relative_to(self.python_dir).with_suffix("").parts).replace("-", "_")
@@ -218,6 +261,28 @@ def _run_lifecycle_function(runtime: Any, function: Any) -> None:
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
+
+
+def _import_failure(exc: BaseException, file: Path, python_dir: Path | None) -> tuple[str, Path]:
+    """`python/a.py: import failed: ...` on one line, naming the python/ file and line where it went wrong
+    (another module `a` imports, for a shared helper that fails); with that file."""
+    origin, line = file, None
+    folder = python_dir.resolve() if python_dir is not None else None
+    if isinstance(exc, SyntaxError) and exc.filename and folder is not None \
+            and Path(exc.filename).resolve().is_relative_to(folder):
+        origin, line = Path(exc.filename).resolve(), exc.lineno
+    else:
+        for frame, lineno in traceback.walk_tb(exc.__traceback__):
+            candidate = Path(frame.f_code.co_filename).resolve()
+            if folder is not None and candidate.is_relative_to(folder):
+                origin, line = candidate, lineno  # the innermost frame in the project's own code wins
+    where = ""
+    if origin != file:
+        where = f"in python/{_relative(origin, folder)}" + (f" line {line}" if line else "") + ": "
+    elif line and not isinstance(exc, SyntaxError):  # a SyntaxError's text already gives the line
+        where = f"line {line}: "
+    reason = " ".join(str(exc).split()) or "(no message)"
+    return f"python/{_relative(file, folder)}: import failed: {where}{type(exc).__name__}: {reason}", origin
 
 
 def _relative(file: Path, folder: Path | None) -> str:

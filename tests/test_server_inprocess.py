@@ -212,7 +212,7 @@ def test_unknown_tool_is_a_protocol_error(served):
         except MCPError as exc:
             return str(exc)
 
-    assert "Unknown tool: nope" in run_client(server, body)
+    assert "tool 'nope' not found" in run_client(server, body)
 
 
 def test_endpoint_timeout_interrupts_the_query_with_a_clear_error(served):

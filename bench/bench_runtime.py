@@ -22,7 +22,8 @@ ROWS = 100_000
 BIG_QUERY = f"SELECT i AS id, i * 2 AS doubled, 'name-' || i AS label FROM range({ROWS}) t(i)"
 
 PROJECT_FILES = {
-    "mxcp-site.yml": "mxcp: 1\nproject: bench\nprofile: default\n",
+    # Limits above the 100k-row result measured here (the defaults would cut it to 10,000 rows).
+    "mxcp-site.yml": "mxcp: 1\nproject: bench\nprofile: default\nlimits: {max_rows: 1000000, max_result_bytes: 1000000000}\n",
     "tools/sql_echo.yml": """
         mxcp: 1
         tool:

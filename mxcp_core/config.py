@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import math
 import os
 import re
 import types
@@ -15,11 +16,20 @@ from typing import Any, Union
 import attrs
 import cattrs
 from cattrs.cols import list_structure_factory, mapping_structure_factory
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.errors import (
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+)
 
 from .errors import ConfigError, suggest
 from .records import ConfigSection
 from .yamlfile import LineDict, LineList, line_of, load_yaml_file
+
+# Positive quantities: a timeout of -5 seconds or a pool of 0 workers is a mistake, never a setting.
+Seconds = typing.NewType("Seconds", float)
+Count = typing.NewType("Count", int)
+
 
 SITE_FILE = "mxcp-site.yml"
 log = logging.getLogger(__name__)
@@ -46,6 +56,25 @@ class DuckDBConfig:
     readonly: bool = False
 
 
+# Most MCP clients give up on a request after 60 s (the TypeScript SDK's default): a call running longer
+# only holds a worker for an answer nobody reads.
+DEFAULT_CALL_TIMEOUT = 60.0
+
+
+@attrs.define
+class LimitsConfig:
+    """`limits:` of mxcp-site.yml: what one call, and all calls together, may take from the server."""
+
+    # Rows and bytes of one result: a longer array is cut (the client is told); a larger single value fails.
+    max_rows: Count = Count(10_000)
+    max_result_bytes: Count = Count(16 * 1024 * 1024)
+    # Calls running at once, and calls waiting for a worker before the server answers "busy".
+    workers: Count = Count(16)
+    queue: Count = Count(64)
+    # How long a reload waits for calls in flight before it interrupts them and proceeds.
+    reload_deadline: Seconds = Seconds(30.0)
+
+
 @attrs.define
 class SiteProfile:
     duckdb: DuckDBConfig = attrs.Factory(DuckDBConfig)
@@ -60,9 +89,14 @@ class SiteConfig:
     secrets: list[str] = attrs.Factory(list)
     paths: PathsConfig = attrs.Factory(PathsConfig)
     profiles: dict[str, SiteProfile] = attrs.Factory(dict)
-    # Our additions: plugins switched off for this project, and the default per-call timeout in seconds.
+    # Folders outside the project that source files, file:// references from the project and UDF plugin
+    # modules may come from (relative to the project root, or absolute); see project.confined_path.
+    allowed_paths: list[str] = attrs.Factory(list)
+    # Our additions: plugins switched off for this project, the default per-call timeout in seconds (an
+    # endpoint's `timeout:` overrides it), and the limits that keep one client from starving the others.
     disable_plugins: list[str] = attrs.Factory(list)
-    timeout: float | None = None
+    timeout: Seconds = Seconds(DEFAULT_CALL_TIMEOUT)
+    limits: LimitsConfig = attrs.Factory(lambda: LimitsConfig())
 
     def profile_config(self, profile: str) -> SiteProfile:
         return self.profiles.get(profile) or SiteProfile()
@@ -86,6 +120,35 @@ class ProjectUserConfig:
     profiles: dict[str, UserProfile] = attrs.Factory(dict)
 
 
+def _positive(kind: str) -> Callable[[Any, Any, Any], None]:
+    """An attrs validator: a positive, finite number (the value itself stays out of the message)."""
+
+    def check(_: Any, attribute: Any, value: Any) -> None:
+        if isinstance(value, bool) or not (0 < value < float("inf")):
+            raise ValueError(f"{attribute.name} must be a positive number of {kind}")
+
+    return check
+
+
+# A name or address, optionally with `:port` or `:*`: the only forms the SDK's Host check can match (no `*.x`).
+_HOST_PATTERN = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(:(\d{1,5}|\*))?")
+
+
+def _host_patterns(_: Any, attribute: Any, value: list[str]) -> None:
+    for index, entry in enumerate(value):
+        if entry != "*" and not _HOST_PATTERN.fullmatch(entry):
+            raise ValueError(f"{attribute.name}[{index}] must be a host name or address, optionally with :port or :*"
+                             " (wildcards such as *.example.com cannot match)")
+    if "*" in value and len(value) > 1:
+        raise ValueError(f"{attribute.name}: '*' (no Host/Origin checks) must be the only entry")
+
+
+def _origin_patterns(_: Any, attribute: Any, value: list[str]) -> None:
+    for index, entry in enumerate(value):
+        if not re.fullmatch(r"https?://[^/\s@]+", entry):
+            raise ValueError(f"{attribute.name}[{index}] must look like https://host or http://host:port (no path)")
+
+
 @attrs.define
 class HttpTransportConfig:
     host: str = "localhost"
@@ -95,6 +158,15 @@ class HttpTransportConfig:
     scheme: str | None = None
     base_url: str | None = None
     trust_proxy: bool | None = None
+    # DNS-rebinding protection: Host/Origin values accepted besides the loopback names and the bound address;
+    # ["*"] turns the checks off.
+    allowed_hosts: list[str] = attrs.field(factory=list, validator=_host_patterns)
+    allowed_origins: list[str] = attrs.field(factory=list, validator=_origin_patterns)
+    # Seconds a client may take to send a whole request body (slow senders would hold a worker forever).
+    body_timeout: float = attrs.field(default=60.0, validator=_positive("seconds"))
+    # Streamable HTTP sessions: idle seconds before one is closed, and how many may be open at once.
+    session_idle_timeout: float = attrs.field(default=1800.0, validator=_positive("seconds"))
+    max_sessions: int = attrs.field(default=1000, validator=_positive("sessions"))
 
 
 @attrs.define
@@ -184,6 +256,20 @@ def _make_converter() -> cattrs.Converter:
 
     for kind in (bool, int, float, str):
         converter.register_structure_hook(kind, strict_scalar(kind))
+
+    def positive(kind: type, what: str) -> Callable[[Any, Any], Any]:
+        read = strict_scalar(kind)
+
+        def structure(value: Any, _: Any) -> Any:
+            number = read(value, kind)
+            if not math.isfinite(number) or number <= 0:  # `.nan` and `.inf` are YAML floats too
+                raise ValueError(f"expected {what} greater than 0, got {_describe(value)}")
+            return number
+
+        return structure
+
+    converter.register_structure_hook(Seconds, positive(float, "a number of seconds"))
+    converter.register_structure_hook(Count, positive(int, "a whole number"))
 
     def structure_mapping(value: Any, _: Any) -> dict[str, Any]:
         if not isinstance(value, Mapping):

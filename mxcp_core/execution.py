@@ -1,6 +1,7 @@
 """The runtime: compiled endpoints, the call path through the `call_endpoint` hook, lifecycle and reload."""
 from __future__ import annotations
 
+import contextvars
 import enum
 import logging
 import threading
@@ -16,13 +17,24 @@ import attrs
 from . import context, redaction
 from .errors import ExecutionError, MxcpError, NotFoundError, ValidationError, suggest
 from .features import missing_function_hint
-from .records import EndpointCall, EndpointDefinition, Executor, ResourceDefinition, UserContext
+from .records import (
+    EndpointCall,
+    EndpointDefinition,
+    Executor,
+    ResourceDefinition,
+    UserContext,
+)
 from .typesystem import CompiledParameters, CompiledReturn
+from .workers import CallInterrupted, QueueTimeout, ThreadInterrupter, WorkerPool
 
 if TYPE_CHECKING:
     from .project import Project
 
 log = logging.getLogger(__name__)
+
+# The worker thread's interrupter for the call it runs: armed only while the endpoint's own code runs.
+_interrupter: contextvars.ContextVar[ThreadInterrupter | None] = contextvars.ContextVar(
+    "mxcp_interrupter", default=None)
 
 
 class CallTimeout(ExecutionError):
@@ -53,12 +65,37 @@ class ReloadGate:
                     self._cond.notify_all()
 
     @contextmanager
-    def exclusive(self) -> Iterator[None]:
+    def exclusive(
+        self, deadline: float | None = None, overdue: Callable[[], None] | None = None, grace: float = 5.0
+    ) -> Iterator[None]:
+        """Take the database once the calls in flight are done. After `deadline` seconds `overdue` interrupts
+        them, and `grace` seconds later the holder proceeds anyway: a stuck call cannot block a reload forever."""
+        give_up = None if deadline is None else time.monotonic() + deadline
         with self._cond:
             self._waiting_exclusive += 1
             try:
                 while self._exclusive or self._active:
-                    self._cond.wait()
+                    if give_up is None:
+                        self._cond.wait()
+                        continue
+                    left = give_up - time.monotonic()
+                    if left > 0:
+                        self._cond.wait(left)
+                        continue
+                    if self._exclusive:  # another reload holds it: wait for that one, however long
+                        self._cond.wait()
+                        continue
+                    if overdue is None:
+                        log.error("%d call(s) ignored the interrupt: proceeding without them", self._active)
+                        break
+                    log.warning("%d call(s) still running after %gs: interrupting them", self._active, deadline)
+                    interrupt, overdue = overdue, None
+                    self._cond.release()
+                    try:
+                        interrupt()
+                    finally:
+                        self._cond.acquire()
+                    give_up = time.monotonic() + grace
             finally:
                 self._waiting_exclusive -= 1
             self._exclusive = True
@@ -119,6 +156,7 @@ class Runtime:
         self.skip_invalid = skip_invalid
         self.compiled: dict[tuple[str, str], CompiledEndpoint] = {}
         self._templates: list[tuple[ResourceDefinition, UriTemplateMatcher]] = []
+        self._dropped: dict[tuple[str, str], str] = {}  # skipped after failing their checks, with why
         self._started = False
         # Executors that failed to start while checking (the checking phase reports rather than stops).
         self.start_problems: list[str] = []
@@ -128,6 +166,11 @@ class Runtime:
         self._loop: Any = None
         self._loop_thread: threading.Thread | None = None
         self._loop_lock = threading.Lock()
+        self._pool: WorkerPool | None = None
+        self._calls_lock = threading.Lock()
+        self._active_calls: set[EndpointCall] = set()
+        # Why the runtime cannot serve (its last reload failed to start it again): /health answers 503 with it.
+        self.unavailable: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -181,6 +224,9 @@ class Runtime:
         if self.phase is not Phase.DATABASE:
             self._stop_executors()
         self._stop_user_loop()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         self.database.close(final=True)
         self._started = False
 
@@ -188,14 +234,14 @@ class Runtime:
         for executor in self.project.executors().values():
             try:
                 executor.stop()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("stopping executor '%s' failed", executor.language)
 
     def __enter__(self) -> Runtime:
         self.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def _run_hook(self, hook: Callable[..., None]) -> None:
@@ -227,9 +273,11 @@ class Runtime:
     def unregister_plugin(self, name: str) -> None:
         self.project.host.unregister(name)
 
-    def drop(self, kind: str, key: str) -> None:
+    def drop(self, kind: str, key: str, reason: str | None = None) -> None:
         """Stop serving one endpoint (serve --ignore-errors skips the ones that fail their checks)."""
         self.compiled.pop((kind, key), None)
+        if reason:
+            self._dropped[(kind, key)] = reason
         self._templates = [(d, m) for d, m in self._templates if (d.kind, d.key) != (kind, key)]
 
     # -- lookup --------------------------------------------------------------------------------
@@ -246,10 +294,13 @@ class Runtime:
         known = [key for (k, key) in self.compiled if k == kind]
         if kind not in {"tool", "resource", "prompt"}:
             raise NotFoundError(f"unknown endpoint kind '{kind}' (expected tool, resource or prompt)")
-        for bad in self.project.endpoints().invalid:
-            if bad.name == name and bad.kind == kind:
-                # Skipped as invalid (`mxcp run`, `serve --ignore-errors`): say why rather than "not found".
-                raise NotFoundError(f"{kind} '{name}' is not served: {bad.message}")
+        why = self._dropped.get((kind, name))
+        if why is None:
+            why = next((bad.message for bad in self.project.endpoints().invalid
+                        if bad.name == name and bad.kind == kind), None)
+        if why is not None:
+            # Skipped as invalid (`mxcp run`, `serve --ignore-errors`): say why rather than "not found".
+            raise NotFoundError(f"{kind} '{name}' is not served: {why}")
         raise NotFoundError(f"{kind} '{name}' not found{suggest(name, known)}")
 
     # -- calls ---------------------------------------------------------------------------------
@@ -278,15 +329,18 @@ class Runtime:
             user=user,
             session_id=session_id,
             trace_id=uuid.uuid4().hex,
+            max_rows=self.context.site.limits.max_rows,
         )
         return compiled, call
 
     def invoke(self, call: EndpointCall) -> Any:
         """Run a prepared call through the hook chain (blocking; call from a worker thread when serving)."""
-        with self.gate.shared(), context.bound(self, call):
+        with self.gate.shared(), context.bound(self, call), self._tracked(call):
             # A call that timed out or was cancelled while it waited (e.g. behind a reload) must not run later.
             if call.cancelled:
                 raise ExecutionError("call cancelled before it started")
+            if self.unavailable:
+                raise ExecutionError(f"the server cannot run calls: {self.unavailable}")
             try:
                 return self.hooks.call_endpoint(call=call)
             except MxcpError as exc:
@@ -298,6 +352,23 @@ class Runtime:
                 if masked == text:
                     raise
                 raise type(exc)(masked) from None
+
+    @contextmanager
+    def _tracked(self, call: EndpointCall) -> Iterator[None]:
+        """Calls in flight, so that a reload past its deadline can interrupt them."""
+        with self._calls_lock:
+            self._active_calls.add(call)
+        try:
+            yield
+        finally:
+            with self._calls_lock:
+                self._active_calls.discard(call)
+
+    def _interrupt_active_calls(self) -> None:
+        with self._calls_lock:
+            calls = list(self._active_calls)
+        for call in calls:
+            call.interrupt()
 
     def call(self, kind: str, name: str, arguments: Mapping[str, Any] | None = None, **options: Any) -> Any:
         """Validate and run one call, blocking."""
@@ -314,19 +385,64 @@ class Runtime:
         **options: Any,
     ) -> Any:
         """Run a call in a worker thread; cancellation or timeout interrupts the running query."""
+        value, _ = await self.call_async_with_call(kind, name, arguments, timeout=timeout, **options)
+        return value
+
+    async def call_async_with_call(
+        self,
+        kind: str,
+        name: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> tuple[Any, EndpointCall]:
+        """`call_async`, also returning the call (its notes say, e.g., whether the result was truncated)."""
+        import asyncio
+
         import anyio
 
         compiled, call = self.prepare_call(kind, name, arguments, **options)
         limit = timeout or compiled.definition.timeout or self.context.site.timeout
         try:
-            with anyio.fail_after(limit) if limit else _nullcontext():
-                return await anyio.to_thread.run_sync(self.invoke, call, abandon_on_cancel=True)
+            # asyncio's own timeout (the server and `mxcp run` run on asyncio): an anyio cancel scope per call
+            # would cost a fifth of a trivial call.
+            async with asyncio.timeout(limit):
+                deadline = time.monotonic() + limit
+                return await self.pool.run(self._invoke_in_worker, call, deadline=deadline), call
         except TimeoutError:
             call.interrupt()
             raise CallTimeout(f"{compiled.kind} '{compiled.definition.key}' timed out after {limit:g}s") from None
+        except QueueTimeout:
+            raise CallTimeout(f"{compiled.kind} '{compiled.definition.key}' timed out after {limit:g}s waiting "
+                              "for a free worker (the server is busy)") from None
         except anyio.get_cancelled_exc_class():
             call.interrupt()
             raise
+
+    @property
+    def pool(self) -> WorkerPool:
+        """The worker threads that serve calls (`limits.workers`, `limits.queue` of mxcp-site.yml)."""
+        if self._pool is None:
+            limits = self.context.site.limits
+            self._pool = WorkerPool(limits.workers, limits.queue)
+        return self._pool
+
+    def _invoke_in_worker(self, call: EndpointCall) -> Any:
+        # An interrupt (timeout, cancellation, a reload past its deadline) stops the body's Python code in this
+        # thread too, not only a DuckDB query (see execute_body).
+        interrupter = ThreadInterrupter()
+        token = _interrupter.set(interrupter)
+        call.on_interrupt(interrupter.fire)
+        try:
+            return self.invoke(call)
+        except Exception:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - SystemExit and the like must fail this call, not the server
+            raise ExecutionError(_fatal_message(exc, call.endpoint)) from None
+        finally:
+            interrupter.close()
+            _interrupter.reset(token)
 
     def run_async(self, func: Callable[..., Any], *args: Any) -> Any:
         """Run an async endpoint or hook on the runtime's own event loop and wait for it (from a worker thread).
@@ -338,7 +454,8 @@ class Runtime:
         import asyncio
         import concurrent.futures
 
-        future = asyncio.run_coroutine_threadsafe(func(*args), self._user_loop())
+        definition = getattr(context.current_call.get(), "endpoint", None)
+        future = asyncio.run_coroutine_threadsafe(_contained(func(*args), definition), self._user_loop())
         call = context.current_call.get()
         if call is not None:
             call.on_interrupt(future.cancel)
@@ -375,14 +492,73 @@ class Runtime:
             from .prompts import render_messages
 
             return render_messages(definition.messages, call.arguments)
-        if definition.function is not None:
-            raw = definition.function(**call.arguments)
-            if _is_awaitable(raw):
-                raw = self.run_async(_await, raw)
-        else:
-            executor = self.executor_for(definition)
-            raw = executor.execute(call)
-        return compiled.returns.validate(shape_result(raw, compiled.returns.kind, definition))
+        interrupter = _interrupter.get()
+        try:
+            with interrupter.armed() if interrupter is not None else _nullcontext():
+                if definition.function is not None:
+                    raw = definition.function(**call.arguments)
+                    if _is_awaitable(raw):
+                        raw = self.run_async(_await, raw)
+                else:
+                    executor = self.executor_for(definition)
+                    raw = executor.execute(call)
+        except Exception:
+            raise
+        except KeyboardInterrupt:
+            if threading.current_thread() is threading.main_thread():
+                raise  # Ctrl-C at the command line
+            raise ExecutionError(_fatal_message(KeyboardInterrupt(), definition)) from None
+        except BaseException as exc:  # noqa: BLE001 - sys.exit() in an endpoint fails the call, not the server
+            raise ExecutionError(_fatal_message(exc, definition)) from None
+        shaped = shape_result(raw, compiled.returns.kind, definition)
+        if isinstance(shaped, list):
+            shaped = self._cap_rows(call, shaped)
+        result = compiled.returns.validate(shaped)
+        return self._cap_bytes(call, result)
+
+    def _cap_rows(self, call: EndpointCall, rows: list[Any]) -> list[Any]:
+        limit = call.max_rows
+        more = bool(getattr(rows, "more", False))  # the executor stopped fetching past the limit
+        if limit is None or (len(rows) <= limit and not more):
+            return rows
+        total = None if more else len(rows)
+        rows = list(rows[:limit])
+        call.notes["truncated"] = {"reason": "limits.max_rows", "limit": limit, "rows_returned": len(rows),
+                                   "rows_total": total}
+        return rows
+
+    def _cap_bytes(self, call: EndpointCall, result: Any) -> Any:
+        """Keep the JSON form of a result under `limits.max_result_bytes`: an array loses its last rows.
+
+        The JSON made for measuring is kept on the call (`encoded_result`): the server sends it rather than
+        encoding the same result again.
+        """
+        from pydantic_core import to_json
+
+        from .typesystem import to_jsonable
+
+        limit = self.context.site.limits.max_result_bytes
+        data = to_jsonable(result)
+        encoded = data.encode("utf-8") if isinstance(data, str) else to_json(data)
+        if len(encoded) <= limit:
+            call.notes[ENCODED_RESULT] = (result, data, encoded)
+            return result
+        what = f"{call.endpoint.kind} '{call.endpoint.key}'"
+        if not isinstance(result, list):
+            raise ExecutionError(f"{what} returned {len(encoded)} bytes, more than limits.max_result_bytes "
+                                 f"({limit}) of mxcp-site.yml")
+        del encoded
+        kept, used = 0, 2  # the brackets
+        for row in data:
+            used += len(to_json(row)) + 1
+            if used > limit:
+                break
+            kept += 1
+        earlier = call.notes.get("truncated")
+        total = earlier["rows_total"] if earlier else len(result)
+        call.notes["truncated"] = {"reason": "limits.max_result_bytes", "limit": limit, "rows_returned": kept,
+                                   "rows_total": total}
+        return result[:kept]
 
     def executor_for(self, definition: EndpointDefinition) -> Executor:
         try:
@@ -402,26 +578,63 @@ class Runtime:
         thread.start()
 
     def _reload_now(self, payload: Callable[[], Any] | None, description: str) -> None:
-        with self.gate.exclusive():
-            log.info("reload started%s", f": {description}" if description else "")
-            self._run_hook(self.hooks.on_shutdown)
+        about = f" ({description})" if description else ""
+        deadline = self.context.site.limits.reload_deadline
+        with self.gate.exclusive(deadline=deadline, overdue=self._interrupt_active_calls):
+            log.info("reload started%s", about)
+            self._run_hook_logged(self.hooks.on_shutdown, "on_shutdown")
             self.database.close()
             if payload is not None:
                 self.database.paused = True
                 try:
                     with context.bound(self):
                         payload()
-                except Exception:  # noqa: BLE001 - the runtime must come back even when the payload fails
-                    log.exception("reload payload failed%s", f" ({description})" if description else "")
+                except Exception:
+                    log.exception("reload payload failed%s", about)
                 finally:
                     self.database.paused = False
-            try:
-                self.database.open()
-                self._run_hook(self.hooks.on_init)
-            except Exception:  # noqa: BLE001 - a thread has no caller to tell: the log must
-                log.exception("restarting after the reload failed%s", f" ({description})" if description else "")
+            problem = self._restart()
+            if problem is not None:
+                log.error("restarting after the reload failed%s: %s; trying once more", about, problem)
+                # All or nothing: what did start was undone; start again from scratch (a passing failure of
+                # on_init). Never a half-started runtime: either all of it serves or no call runs.
+                problem = self._restart()
+            # Until a reload succeeds, calls are refused with the reason and /health answers 503 with it.
+            self.unavailable = problem
             self.reload_count += 1
-            log.info("reload finished%s", f": {description}" if description else "")
+            if problem is not None:
+                log.error("reload failed%s: %s; calls are refused until a reload succeeds", about, problem)
+            else:
+                log.info("reload finished%s", about)
+
+    def _restart(self) -> str | None:
+        """Open the database and run on_init; on failure, undo both and say why."""
+        try:
+            self.database.open()
+            self._run_hook(self.hooks.on_init)
+            return None
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a reload thread has no caller (sys.exit() included)
+            log.debug("restart failed", exc_info=True)
+            reason = redaction.mask(str(exc) or type(exc).__name__) if isinstance(exc, Exception) else (
+                _fatal_message(exc, None))
+            self._run_hook_logged(self.hooks.on_shutdown, "on_shutdown")
+            self.database.close()
+            return reason
+
+    def _run_hook_logged(self, hook: Callable[..., None], name: str) -> None:
+        try:
+            self._run_hook(hook)
+        except Exception:
+            log.exception("%s failed during a reload", name)
+
+    @property
+    def health(self) -> tuple[bool, str | None]:
+        """Whether the runtime can serve calls, and why not: for /health."""
+        if self.unavailable:
+            return False, f"the last reload failed and calls are refused: {self.unavailable}"
+        return True, None
 
     def wait_for_reloads(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -464,6 +677,18 @@ def shape_result(raw: Any, kind: str, definition: EndpointDefinition) -> Any:
     return raw
 
 
+# `call.notes` key: (result, its JSON-ready form, its JSON bytes), made once while checking the size.
+ENCODED_RESULT = "encoded_result"
+
+
+def truncation_text(truncated: Mapping[str, Any]) -> str:
+    """What a cut result tells its reader (the model in a tool result, the user on stderr)."""
+    total = truncated.get("rows_total")
+    of = f" of {total}" if total is not None else ""
+    return (f"[truncated: {truncated['rows_returned']}{of} rows returned; the server's limit "
+            f"{truncated['reason']} is {truncated['limit']}]")
+
+
 class UriTemplateMatcher:
     """Matches resource URI templates: `{var}` is one path segment, `{+var}` may span several (RFC 6570 level 2)."""
 
@@ -500,6 +725,7 @@ def _nullcontext() -> Iterator[None]:
     yield
 
 
+
 def _is_awaitable(value: Any) -> bool:
     import inspect
 
@@ -508,6 +734,27 @@ def _is_awaitable(value: Any) -> bool:
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
+
+
+async def _contained(coroutine: Any, definition: EndpointDefinition | None) -> Any:
+    """Run user code on the user loop: a SystemExit escaping a coroutine would stop the loop for every call."""
+    import asyncio
+
+    try:
+        return await coroutine
+    except (Exception, asyncio.CancelledError):
+        raise
+    except BaseException as exc:  # noqa: BLE001
+        raise ExecutionError(_fatal_message(exc, definition)) from None
+
+
+def _fatal_message(exc: BaseException, definition: EndpointDefinition | None) -> str:
+    what = f"{definition.kind} '{definition.key}'" if definition is not None else "the code"
+    if isinstance(exc, CallInterrupted):
+        return f"{what} was interrupted (it ran past its timeout, was cancelled, or held up a reload)"
+    if isinstance(exc, SystemExit):
+        return f"{what} called sys.exit({exc.code!r}): the call failed; the server keeps running"
+    return f"{what} raised {type(exc).__name__}: the call failed; the server keeps running"
 
 
 __all__ = [
@@ -521,4 +768,6 @@ __all__ = [
     "ValidationError",
     "compile_endpoint",
     "shape_result",
+    "truncation_text",
+    "ENCODED_RESULT",
 ]

@@ -254,6 +254,8 @@ class EndpointCall:
     trace_id: str | None = None
     # Free-form notes wrappers leave for each other (policy decisions for audit, timings...).
     notes: dict[str, Any] = attrs.field(factory=dict)
+    # At most this many rows reach the client (`limits.max_rows`): an executor need not fetch more than one past it.
+    max_rows: int | None = None
     _interrupters: list[Callable[[], None]] = attrs.field(factory=list, alias="_interrupters")
     cancelled: bool = False
 

@@ -14,13 +14,15 @@ PANDAS_EXTRA = "mxcp-pluggy[pandas]"
 class Rows(list):
     """Query results: a list of row dicts that also offers `.fetchone()`, `.fetchall()` and `.df()`."""
 
-    __slots__ = ("columns", "_tuples", "_position")
+    __slots__ = ("_position", "_tuples", "columns", "more")
 
-    def __init__(self, columns: Sequence[str], tuples: list[tuple[Any, ...]]) -> None:
+    def __init__(self, columns: Sequence[str], tuples: list[tuple[Any, ...]], more: bool = False) -> None:
         super().__init__(map(dict, map(zip, repeat(columns), tuples)))
         self.columns = list(columns)
         self._tuples = tuples
         self._position = 0
+        # The query had rows past `max_rows` that were never fetched.
+        self.more = more
 
     def fetchone(self) -> dict[str, Any] | None:
         """The next row (the first on the first call), or None when there is none."""
@@ -93,8 +95,14 @@ def _bind(used: frozenset[str], params: Mapping[str, Any] | Sequence[Any] | None
     return list(params)
 
 
-def run_sql(cursor: Any, sql: str, params: Mapping[str, Any] | Sequence[Any] | None = None) -> Rows:
-    """Run every statement (parameters bound, never formatted into the text); rows of the last one."""
+def run_sql(
+    cursor: Any, sql: str, params: Mapping[str, Any] | Sequence[Any] | None = None, *, max_rows: int | None = None
+) -> Rows:
+    """Run every statement (parameters bound, never formatted into the text); rows of the last one.
+
+    With `max_rows`, at most that many rows are fetched (DuckDB streams the rest, never materialised) and
+    `Rows.more` says whether there were more.
+    """
     import duckdb
 
     statements = parsed_statements(sql)
@@ -105,11 +113,17 @@ def run_sql(cursor: Any, sql: str, params: Mapping[str, Any] | Sequence[Any] | N
             cursor.execute(statement, _bind(used, params))
         statement, used = statements[-1]
         cursor.execute(statement, _bind(used, params))
-        tuples = cursor.fetchall()
         description = cursor.description
         if description is None:
             return Rows([], [])
-        return Rows([column[0] for column in description], tuples)
+        more = False
+        if max_rows is None:
+            tuples = cursor.fetchall()
+        else:
+            tuples = cursor.fetchmany(max_rows + 1)
+            more = len(tuples) > max_rows
+            del tuples[max_rows:]
+        return Rows([column[0] for column in description], tuples, more)
     except duckdb.InterruptException:
         raise ExecutionError("query interrupted") from None
     except duckdb.Error as exc:

@@ -1,6 +1,7 @@
 """Builtin plugin: the `sql` executor. Parameters are bound as `$name`, never formatted into the SQL text."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from mxcp_core import (
@@ -15,6 +16,9 @@ from mxcp_core import (
     split_statements,
     sql_parameter_names,
 )
+
+# Database objects an on_init hook may create (`CREATE TABLE ...`), so `validate` cannot tell they are missing.
+_ON_INIT_MAY_CREATE = re.compile(r"Catalog Error: (Table|View|Schema|Type|Sequence) with name ", re.IGNORECASE)
 
 
 class SqlExecutor:
@@ -60,8 +64,8 @@ class SqlExecutor:
         return problems
 
     def execute(self, call: EndpointCall) -> Any:
-        rows = run_sql(call_cursor(), self._text(call.endpoint), call.arguments)
-        return list(rows)
+        # Rows past the call's limit stay in DuckDB: a huge result never reaches Python memory.
+        return run_sql(call_cursor(), self._text(call.endpoint), call.arguments, max_rows=call.max_rows)
 
     def stop(self) -> None:
         self._texts.clear()
@@ -76,8 +80,11 @@ def _prepare(runtime: Any, query: str) -> list[str]:
             cursor.execute(f"PREPARE mxcp_validate AS {query.rstrip().rstrip(';')}")
             cursor.execute("DEALLOCATE mxcp_validate")
         except duckdb.CatalogException as exc:
-            message = f"SQL does not prepare: {str(exc).strip().splitlines()[0]}"
-            if runtime.phase == "serving":
+            first = str(exc).strip().splitlines()[0]
+            message = f"SQL does not prepare: {first}"
+            if runtime.phase == "serving" or not _ON_INIT_MAY_CREATE.search(first):
+                # Functions come from register_functions (plugins, plugins/ folder), which run when `validate`
+                # opens the database too: one missing there is missing when serving, so both call it an error.
                 return [message]
             # Without on_init hooks (mxcp validate) a table they create is not there yet: worth a look, not a failure.
             return [Problem(message=f"{message} (unless an on_init hook creates it)", severity="warning")]

@@ -255,8 +255,10 @@ def test_site_config_lists_every_declared_section_with_its_default(make_project,
                           "    return [site['sql_tools'], site['cache'], site['profiles']['default']['audit']]\n",
     }
     with Runtime(opened(make_project(tmp_path / "p", files))) as runtime:
-        assert runtime.call("tool", "keys") == [{"enabled": False}, {"ttl_seconds": 60, "folders": []},
-                                                {"enabled": False, "path": None}]
+        sql_tools, cache, audit = runtime.call("tool", "keys")
+    assert sql_tools["enabled"] is False and sql_tools["max_rows"] == 1000
+    assert cache == {"ttl_seconds": 60, "folders": []}
+    assert audit["enabled"] is False and audit["path"] is None and audit["on_failure"] == "refuse"
 
 
 def test_an_empty_profile_is_empty_and_a_scalar_one_says_what_was_expected(make_project, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -83,9 +84,14 @@ def run(
             compiled = runtime.compiled.get((kind, name))
             if compiled is not None:
                 arguments = keep_text_for_strings(arguments, param or [], compiled.definition.parameters)
-            result = anyio.run(
-                lambda: runtime.call_async(kind, name, arguments, caller="cli", user=user)
+            result, call = anyio.run(
+                lambda: runtime.call_async_with_call(kind, name, arguments, caller="cli", user=user)
             )
+        truncated = call.notes.get("truncated")
+        if truncated:
+            from ..execution import truncation_text
+
+            print(f"mxcp: {truncation_text(truncated)}", file=sys.stderr)
         ok(result, json_output, lambda r: console().print_json(to_json_text(r)) if not isinstance(r, str)
            else console().print(r, highlight=False, markup=False))
 

@@ -14,15 +14,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-import mcp.types as types
-from mcp import MCPError
+from mcp import MCPError, types
 from mcp.server import Server, ServerRequestContext
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import to_json
 
 from .. import redaction
 from ..errors import MxcpError, NotFoundError, ValidationError
-from ..execution import CallTimeout, CompiledEndpoint, Runtime
+from ..execution import ENCODED_RESULT, CallTimeout, CompiledEndpoint, Runtime, truncation_text
 from ..notifications import current_request, server_loop
 from ..typesystem import to_jsonable
 
@@ -134,9 +133,16 @@ def create_server(runtime: Runtime, *, name: str | None = None) -> Server:
         return {"caller": "http", "session_id": request.headers.get("mcp-session-id")}
 
     async def run(ctx: ServerRequestContext[Any], kind: str, key: str, arguments: Mapping[str, Any]) -> Any:
+        value, _ = await run_with_notes(ctx, kind, key, arguments)
+        return value
+
+    async def run_with_notes(
+        ctx: ServerRequestContext[Any], kind: str, key: str, arguments: Mapping[str, Any]
+    ) -> tuple[Any, dict[str, Any]]:
         tokens = current_request.set(ctx), server_loop.set(asyncio.get_running_loop())
         try:
-            return await runtime.call_async(kind, key, arguments, **identity(ctx))
+            value, call = await runtime.call_async_with_call(kind, key, arguments, **identity(ctx))
+            return value, call.notes
         finally:
             server_loop.reset(tokens[1])
             current_request.reset(tokens[0])
@@ -147,13 +153,13 @@ def create_server(runtime: Runtime, *, name: str | None = None) -> Server:
     async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
         entry = catalog.tools.get(params.name)
         if entry is None:
-            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
+            raise MCPError(code=types.INVALID_PARAMS, message=_not_served(runtime, "tool", params.name))
         arguments = params.arguments or {}
         try:
-            value = await run(ctx, "tool", entry.key, arguments)
+            value, notes = await run_with_notes(ctx, "tool", entry.key, arguments)
         except Exception as exc:  # noqa: BLE001 - every failure is a result the model can read
             return _error_result(scrub.message(exc, entry, arguments))
-        return _tool_result(entry, value)
+        return _tool_result(entry, value, notes.get("truncated"), notes.get(ENCODED_RESULT))
 
     async def list_resources(ctx: ServerRequestContext[Any], params: Any) -> types.ListResourcesResult:
         return catalog.list_resources
@@ -168,10 +174,12 @@ def create_server(runtime: Runtime, *, name: str | None = None) -> Server:
         entry, values = catalog.resource(uri)
         arguments = _read_strings(entry, values)
         try:
-            value = await run(ctx, "resource", entry.key, arguments)
+            value, notes = await run_with_notes(ctx, "resource", entry.key, arguments)
         except Exception as exc:  # noqa: BLE001
             raise scrub.protocol_error(exc, entry, arguments) from None
-        return types.ReadResourceResult(contents=[_resource_contents(uri, entry.mime_type, value)])
+        truncated = notes.get("truncated")
+        return types.ReadResourceResult(contents=[_resource_contents(uri, entry.mime_type, value)],
+                                        meta={TRUNCATED_META: dict(truncated)} if truncated else None)
 
     async def list_prompts(ctx: ServerRequestContext[Any], params: Any) -> types.ListPromptsResult:
         return catalog.list_prompts
@@ -179,7 +187,7 @@ def create_server(runtime: Runtime, *, name: str | None = None) -> Server:
     async def get_prompt(ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams) -> types.GetPromptResult:
         entry = catalog.prompts.get(params.name)
         if entry is None:
-            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {params.name}")
+            raise MCPError(code=types.INVALID_PARAMS, message=_not_served(runtime, "prompt", params.name))
         arguments = _read_strings(entry, params.arguments or {})
         try:
             messages = await run(ctx, "prompt", entry.key, arguments)
@@ -247,16 +255,40 @@ async def _guard(ctx: ServerRequestContext[Any], call_next: Any) -> Any:
         raise MCPError(code=types.INTERNAL_ERROR, message="Internal error") from None
 
 
-def _tool_result(entry: _Entry, value: Any) -> types.CallToolResult:
-    data = to_jsonable(value)
-    # pydantic-core writes JSON several times faster than the json module: it matters for large results.
-    text = data if isinstance(data, str) else to_json(data).decode("utf-8")
+# `_meta` key of a result cut to the limits of mxcp-site.yml: {reason, limit, rows_returned, rows_total}.
+TRUNCATED_META = "mxcp/truncated"
+
+
+def _tool_result(entry: _Entry, value: Any, truncated: Mapping[str, Any] | None = None,
+                 encoded: tuple[Any, Any, bytes] | None = None) -> types.CallToolResult:
+    if encoded is not None and encoded[0] is value:
+        # Encoded once already, when the runtime measured it (a wrapper that changed the result made a new one).
+        data, text = encoded[1], encoded[2].decode("utf-8")
+    else:
+        data = to_jsonable(value)
+        # pydantic-core writes JSON several times faster than the json module: it matters for large results.
+        text = data if isinstance(data, str) else to_json(data).decode("utf-8")
     structured = None
     if entry.structured == "wrap":
         structured = {"result": data}
     elif entry.structured == "object" and isinstance(data, dict):
         structured = data
-    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content=structured)
+    content = [types.TextContent(type="text", text=text)]
+    meta = None
+    if truncated:
+        # Said twice: in `_meta` for programs, and as text for the model, which does not see `_meta`.
+        meta = {TRUNCATED_META: dict(truncated)}
+        content.append(types.TextContent(type="text", text=truncation_text(truncated)))
+    return types.CallToolResult(content=content, structured_content=structured, meta=meta)
+
+
+def _not_served(runtime: Runtime, kind: str, name: str) -> str:
+    """Why a name is not served: unknown (with a did-you-mean), or skipped as invalid (`--ignore-errors`)."""
+    try:
+        runtime.endpoint(kind, name)
+    except NotFoundError as exc:
+        return redaction.mask(str(exc))
+    return f"Unknown {kind}: {name}"
 
 
 def _error_result(message: str) -> types.CallToolResult:

@@ -169,6 +169,9 @@ def parse_endpoint(
     tags = need("tags", list, "a list of strings", default=[])
     enabled = need("enabled", bool, "true or false", default=True)
     timeout = need("timeout", (int, float), "a number of seconds")
+    if timeout is not None and not (0 < timeout < float("inf")):  # nan fails both comparisons
+        raise ConfigError(f"expected a number of seconds greater than 0, got {timeout!r}", file=shown,
+                          line=line_of(body, "timeout"), key_path=f"{kind}.timeout")
     language = need("language", str, "a string such as sql or python")
     annotations = dict(need("annotations", Mapping, "a mapping", default={}))
     for key in annotations:

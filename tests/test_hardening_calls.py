@@ -374,3 +374,16 @@ def test_out_of_range_limits_name_file_line_and_key(project, extra, expected):
 
 if sys.platform == "win32":  # pragma: no cover - signals
     pytestmark = pytest.mark.skip("SIGHUP")
+
+
+@pytest.mark.parametrize("value", ["-5", "0", ".nan"])
+def test_an_endpoint_timeout_must_be_positive(project, value):
+    import subprocess
+
+    root = project()
+    (root / "tools" / "nap.yml").write_text(tool("nap", parameters="[{name: seconds, type: number}]",
+                                                 returns="{type: number}", extra=f"  timeout: {value}\n"))
+    done = subprocess.run([*mxcp_command(), "validate", "--json-output"], cwd=root, env=serve_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "tool.timeout: expected a number of seconds greater than 0" in done.stdout

@@ -131,12 +131,12 @@ def _positive(kind: str) -> Callable[[Any, Any, Any], None]:
 
 
 # A name or address, optionally with `:port` or `:*`: the only forms the SDK's Host check can match (no `*.x`).
-_HOST_PATTERN = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(:(\d{1,5}|\*))?")
+HOST_PATTERN = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(:(\d{1,5}|\*))?")
 
 
 def _host_patterns(_: Any, attribute: Any, value: list[str]) -> None:
     for index, entry in enumerate(value):
-        if entry != "*" and not _HOST_PATTERN.fullmatch(entry):
+        if entry != "*" and not HOST_PATTERN.fullmatch(entry):
             raise ValueError(f"{attribute.name}[{index}] must be a host name or address, optionally with :port or :*"
                              " (wildcards such as *.example.com cannot match)")
     if "*" in value and len(value) > 1:

@@ -207,6 +207,9 @@ def test_sse_streams_beyond_the_cap_get_503(root):
     ("transport:\n  http:\n    allowed_origins: [example.com]\n", (), "allowed_origins[0] must look like"),
     ("", ("--session-idle-timeout", "0"), "session-idle-timeout must be a positive number"),
     ("", ("--allowed-origin", "app.example.com/path"), "an allowed origin must look like https://host"),
+    # The SDK matches exact names (and `name:*`): a wildcard name would silently never match.
+    ("transport:\n  http:\n    allowed_hosts: ['*.example.com']\n", (), "wildcards such as *.example.com"),
+    ("", ("--allowed-host", "*.example.com"), "wildcards such as *.example.com cannot match"),
 ])
 def test_bad_hardening_settings_are_refused_with_one_clear_message(root, user_config, run_mxcp, config, flags,
                                                                    message):

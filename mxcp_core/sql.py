@@ -130,6 +130,16 @@ def run_sql(
         raise ExecutionError(f"SQL error: {first_line(exc)}") from None
 
 
+def quote_literal(text: str) -> str:
+    """A SQL string literal (for statements that take no parameters: ATTACH, CREATE SECRET...)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def quote_identifier(text: str) -> str:
+    """A SQL identifier, quoted whatever characters it holds."""
+    return '"' + text.replace('"', '""') + '"'
+
+
 def first_line(exc: BaseException) -> str:
     """DuckDB errors carry the SQL text and a caret after the first line: keep the message only."""
     text = str(exc).strip()

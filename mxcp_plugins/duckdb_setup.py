@@ -14,7 +14,15 @@ from typing import Any, Union
 
 import attrs
 
-from mxcp_core import ConfigError, ConfigSection, ProjectContext, first_line, hookimpl
+from mxcp_core import (
+    ConfigError,
+    ConfigSection,
+    ProjectContext,
+    first_line,
+    hookimpl,
+    quote_identifier,
+    quote_literal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +147,6 @@ def sql_value(value: Any, *, where: str) -> str:
         return "NULL"
     # The type name only: the value itself may be secret.
     raise ConfigError(f"{where}: a {type(value).__name__} cannot be given to DuckDB")
-
-
-def quote_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def quote_identifier(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"'
 
 
 def _leaf_values(value: Any) -> list[str]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import math
 import os
 import shutil
 import tempfile
@@ -42,16 +41,20 @@ import attrs
 
 from mxcp_core import (
     ConfigSection,
+    Count,
     EndpointCall,
     ExecutionError,
     NotFoundError,
     ProjectContext,
+    Seconds,
     ToolDefinition,
     call_cursor,
     first_line,
     hookimpl,
     parse_parameters,
     parse_type,
+    quote_identifier,
+    quote_literal,
     split_statements,
     suggest,
 )
@@ -85,19 +88,14 @@ _current_call: contextvars.ContextVar[EndpointCall | None] = contextvars.Context
 _state_lock = threading.Lock()
 
 
-def _positive(instance: Any, attribute: Any, value: Any) -> None:
-    if not math.isfinite(value) or value <= 0:  # `.nan` and `.inf` are YAML floats too
-        raise ValueError(f"{attribute.name}: expected a number greater than 0, got {value!r}")
-
-
 @attrs.define
 class SqlToolsSettings:
     """`sql_tools:` of mxcp-site.yml."""
 
     enabled: bool = False
     # Limits of execute_sql_query. A longer result is cut, and says so (as results cut to the site's `limits:`).
-    max_rows: int = attrs.field(default=1000, validator=_positive)
-    timeout: float = attrs.field(default=30.0, validator=_positive)  # seconds; then the query is interrupted
+    max_rows: Count = Count(1000)
+    timeout: Seconds = Seconds(30.0)  # then the query is interrupted
     memory_limit: str = "1GB"  # of the sandbox instance (DuckDB's syntax)
 
 
@@ -349,15 +347,6 @@ def _remove(path: Path) -> None:
     for name in (path, Path(f"{path}.wal")):
         with contextlib.suppress(OSError):
             name.unlink()
-
-
-def quote_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def quote_identifier(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"'
-
 
 # -- list_tables, get_table_schema -------------------------------------------------------------------------
 _NOT_SNAPSHOT = f"NOT starts_with(table_catalog, '{SNAPSHOT_PREFIX}')"

@@ -134,6 +134,10 @@ def _positive(kind: str) -> Callable[[Any, Any, Any], None]:
 HOST_PATTERN = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(:(\d{1,5}|\*))?")
 
 
+# An origin as browsers send it: scheme and host (and port), no path.
+ORIGIN_PATTERN = re.compile(r"https?://[^/\s@]+")
+
+
 def _host_patterns(_: Any, attribute: Any, value: list[str]) -> None:
     for index, entry in enumerate(value):
         if entry != "*" and not HOST_PATTERN.fullmatch(entry):
@@ -145,7 +149,7 @@ def _host_patterns(_: Any, attribute: Any, value: list[str]) -> None:
 
 def _origin_patterns(_: Any, attribute: Any, value: list[str]) -> None:
     for index, entry in enumerate(value):
-        if not re.fullmatch(r"https?://[^/\s@]+", entry):
+        if not ORIGIN_PATTERN.fullmatch(entry):
             raise ValueError(f"{attribute.name}[{index}] must look like https://host or http://host:port (no path)")
 
 

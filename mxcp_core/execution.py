@@ -1,6 +1,7 @@
 """The runtime: compiled endpoints, the call path through the `call_endpoint` hook, lifecycle and reload."""
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import enum
 import logging
@@ -494,7 +495,7 @@ class Runtime:
             return render_messages(definition.messages, call.arguments)
         interrupter = _interrupter.get()
         try:
-            with interrupter.armed() if interrupter is not None else _nullcontext():
+            with interrupter.armed() if interrupter is not None else contextlib.nullcontext():
                 if definition.function is not None:
                     raw = definition.function(**call.arguments)
                     if _is_awaitable(raw):
@@ -718,11 +719,6 @@ def _checking_context(project_context: Any) -> Any:
     if Path(project_context.duckdb_path).exists():
         return attrs.evolve(project_context, readonly=True)
     return attrs.evolve(project_context, duckdb_path=":memory:")
-
-
-@contextmanager
-def _nullcontext() -> Iterator[None]:
-    yield
 
 
 

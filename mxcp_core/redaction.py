@@ -178,7 +178,17 @@ def sensitive_arguments(call: Any = None) -> list[str]:
     compiled = getattr(call, "compiled", None)
     if compiled is None or not call.arguments:
         return []
-    return hidden_values(call.arguments, compiled.parameters.redact(call.arguments))
+    # Once per call: every log line, error and audit record of the call asks again, and the arguments are fixed.
+    notes = getattr(call, "notes", None)
+    found = notes.get(_SENSITIVE_NOTE) if notes is not None else None
+    if found is None:
+        found = hidden_values(call.arguments, compiled.parameters.redact(call.arguments))
+        if notes is not None:
+            notes[_SENSITIVE_NOTE] = found
+    return found
+
+
+_SENSITIVE_NOTE = "_sensitive_arguments"
 
 
 def mask(value: Any, call: Any = None, *, extra: Iterable[str] = ()) -> Any:

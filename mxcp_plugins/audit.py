@@ -73,9 +73,7 @@ class Sink:
     def write(self, line: bytes, *, fsync: bool) -> None:
         """Append `line` after any pending records; raises OSError (the line is not written) when the file can't."""
         with self.lock:
-            while self.pending:
-                _append(self.path, self.pending[0], fsync)
-                self.pending.pop(0)
+            self._write_pending(fsync)
             _append(self.path, line, fsync)
 
     def keep(self, line: bytes) -> None:
@@ -87,9 +85,12 @@ class Sink:
 
     def flush(self, *, fsync: bool) -> None:
         with self.lock:
-            while self.pending:
-                _append(self.path, self.pending[0], fsync)
-                self.pending.pop(0)
+            self._write_pending(fsync)
+
+    def _write_pending(self, fsync: bool) -> None:
+        while self.pending:
+            _append(self.path, self.pending[0], fsync)
+            self.pending.pop(0)  # only once written: a failure keeps it, in order
 
 
 _sinks: dict[Path, Sink] = {}

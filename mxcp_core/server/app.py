@@ -178,7 +178,8 @@ def create_server(runtime: Runtime, *, name: str | None = None) -> Server:
         except Exception as exc:  # noqa: BLE001
             raise scrub.protocol_error(exc, entry, arguments) from None
         truncated = notes.get("truncated")
-        return types.ReadResourceResult(contents=[_resource_contents(uri, entry.mime_type, value)],
+        contents = _resource_contents(uri, entry.mime_type, value, notes.get(ENCODED_RESULT))
+        return types.ReadResourceResult(contents=[contents],
                                         meta={TRUNCATED_META: dict(truncated)} if truncated else None)
 
     async def list_prompts(ctx: ServerRequestContext[Any], params: Any) -> types.ListPromptsResult:
@@ -261,13 +262,7 @@ TRUNCATED_META = "mxcp/truncated"
 
 def _tool_result(entry: _Entry, value: Any, truncated: Mapping[str, Any] | None = None,
                  encoded: tuple[Any, Any, bytes] | None = None) -> types.CallToolResult:
-    if encoded is not None and encoded[0] is value:
-        # Encoded once already, when the runtime measured it (a wrapper that changed the result made a new one).
-        data, text = encoded[1], encoded[2].decode("utf-8")
-    else:
-        data = to_jsonable(value)
-        # pydantic-core writes JSON several times faster than the json module: it matters for large results.
-        text = data if isinstance(data, str) else to_json(data).decode("utf-8")
+    data, text = _json_form(value, encoded)
     structured = None
     if entry.structured == "wrap":
         structured = {"result": data}
@@ -295,17 +290,28 @@ def _error_result(message: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(type="text", text=message)], is_error=True)
 
 
-def _resource_contents(uri: str, mime_type: str | None, value: Any) -> Any:
+def _json_form(value: Any, encoded: tuple[Any, Any, bytes] | None) -> tuple[Any, str]:
+    """A result's JSON-ready form and its text: a string as itself, anything else as JSON."""
+    if encoded is not None and encoded[0] is value:
+        # Encoded once already, when the runtime measured it (a wrapper that changed the result made a new one).
+        data = encoded[1]
+        return data, data if isinstance(data, str) else encoded[2].decode("utf-8")
+    data = to_jsonable(value)
+    # pydantic-core writes JSON several times faster than the json module: it matters for large results.
+    return data, data if isinstance(data, str) else to_json(data).decode("utf-8")
+
+
+def _resource_contents(uri: str, mime_type: str | None, value: Any,
+                       encoded: tuple[Any, Any, bytes] | None = None) -> Any:
     if isinstance(value, (bytes, bytearray, memoryview)):
         import base64
 
         return types.BlobResourceContents(uri=uri, mime_type=mime_type or "application/octet-stream",
                                           blob=base64.b64encode(bytes(value)).decode("ascii"))
-    data = to_jsonable(value)
+    data, text = _json_form(value, encoded)
     if isinstance(data, str):
-        return types.TextResourceContents(uri=uri, mime_type=mime_type or "text/plain", text=data)
-    return types.TextResourceContents(uri=uri, mime_type=mime_type or "application/json",
-                                      text=to_json(data).decode("utf-8"))
+        return types.TextResourceContents(uri=uri, mime_type=mime_type or "text/plain", text=text)
+    return types.TextResourceContents(uri=uri, mime_type=mime_type or "application/json", text=text)
 
 
 def _annotations(values: Mapping[str, Any]) -> types.ToolAnnotations | None:

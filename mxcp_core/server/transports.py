@@ -11,7 +11,6 @@ import contextlib
 import io
 import logging
 import os
-import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -55,14 +54,14 @@ class ServeOptions:
                 raise MxcpError(f"{name.replace('_', '-')} must be a positive number")
         if "*" in self.allowed_hosts and len(self.allowed_hosts) > 1:
             raise MxcpError("allowed host '*' (no Host/Origin checks) must be the only one")
-        from ..config import HOST_PATTERN
+        from ..config import HOST_PATTERN, ORIGIN_PATTERN
 
         for host in self.allowed_hosts:
             if host != "*" and not HOST_PATTERN.fullmatch(host):
                 raise MxcpError(f"allowed host {host!r} must be a host name or address, optionally with :port or :*"
                                 " (wildcards such as *.example.com cannot match)")
         for origin in self.allowed_origins:
-            if not re.fullmatch(r"https?://[^/\s@]+", origin):
+            if not ORIGIN_PATTERN.fullmatch(origin):
                 raise MxcpError("an allowed origin must look like https://host or http://host:port (no path)")
 
 

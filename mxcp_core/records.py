@@ -68,7 +68,9 @@ class SourceSpec:
             return self.code
         if self.file is None:
             return ""
-        return self.file.read_text(encoding="utf-8")
+        from .yamlfile import read_text_file  # the one reader of project files: regular UTF-8 files only
+
+        return read_text_file(self.file)
 
 
 @attrs.frozen(kw_only=True)

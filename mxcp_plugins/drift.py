@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import attrs
 import typer
 
-from mxcp_core import ConfigSection, commands, hookimpl
+from mxcp_core import ConfigError, ConfigSection, commands, hookimpl
 
 SNAPSHOT_VERSION = 1
 
@@ -70,7 +70,7 @@ def _source_hash(endpoint: Any) -> str | None:
     elif endpoint.source is not None:
         try:
             text = endpoint.source.read()
-        except OSError:
+        except (OSError, ConfigError):  # gone or unreadable (not a regular UTF-8 file): no hash to compare
             return None
     else:
         return None

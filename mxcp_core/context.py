@@ -10,7 +10,7 @@ from .errors import MxcpError
 
 if TYPE_CHECKING:
     from .execution import Runtime
-    from .records import EndpointCall
+    from .records import EndpointCall, UserContext
 
 current_runtime: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar("mxcp_runtime", default=None)
 current_call: contextvars.ContextVar[EndpointCall | None] = contextvars.ContextVar("mxcp_call", default=None)
@@ -20,13 +20,37 @@ class CursorSlot:
     """Holds the cursor a call uses for all its statements (one transaction scope, one interrupt).
 
     A mutable slot rather than the cursor itself: tasks of an async endpoint (`asyncio.gather`) run in
-    copies of the context, and must all find, and give back, the same cursor.
+    copies of the context, and must all find, and give back, the same cursor. It also holds whom the cursor
+    runs for (`user`, None for the anonymous caller) and whether the identity functions are bound on it yet.
     """
 
-    __slots__ = ("cursor",)
+    __slots__ = ("cursor", "identity", "identity_bound", "user")
 
-    def __init__(self) -> None:
+    def __init__(self, user: UserContext | None = None) -> None:
         self.cursor: Any = None
+        self.user = user
+        # The database's IdentityFunctions (sql_identity.py), once the cursor is taken.
+        self.identity: Any = None
+        self.identity_bound = False
+
+    def bind_identity(self, sql: str | None = None) -> None:
+        """Bind the caller's identity on the cursor, once: when `sql` needs it, always when `sql` is None."""
+        identity = self.identity
+        if self.identity_bound or identity is None or (sql is not None and not identity.needed(sql)):
+            return
+        identity.bind(self.cursor, self.user)
+        self.identity_bound = True
+
+    def rebind_after(self, error: BaseException) -> bool:
+        """An unbound cursor met an object using the identity functions that was made behind run_sql's back
+        (through `db.connection`): from now on every cursor binds; this one binds now. False when that is
+        not what `error` is about."""
+        identity = self.identity
+        if self.identity_bound or identity is None or not identity.missing(error):
+            return False
+        identity.everywhere = True
+        self.bind_identity()
+        return True
 
 
 current_cursor: contextvars.ContextVar[CursorSlot | None] = contextvars.ContextVar("mxcp_cursor", default=None)
@@ -36,20 +60,32 @@ class OutsideRuntimeError(MxcpError):
     """The runtime API was used outside an endpoint call or lifecycle hook."""
 
 
-def cursor() -> Any:
-    """The cursor of the current call or hook, taken from the pool on first use and returned when it ends."""
+def cursor(*, bind_identity: bool = False) -> Any:
+    """The cursor of the current call or hook, taken from the pool on first use and returned when it ends.
+
+    The identity functions are bound on it lazily, by `run_sql`; `bind_identity` binds them now (for SQL that
+    runs on the raw cursor, which nothing inspects).
+    """
     slot = current_cursor.get()
-    if slot is not None and slot.cursor is not None:
-        return slot.cursor
-    runtime = require_runtime("db")
-    if slot is None:
-        slot = CursorSlot()
-        current_cursor.set(slot)
-    found = slot.cursor = runtime.database.acquire()
-    call = current_call.get()
-    if call is not None:
-        call.on_interrupt(found.interrupt)
-    return found
+    if slot is None or slot.cursor is None:
+        runtime = require_runtime("db")
+        call = current_call.get()
+        if slot is None:
+            slot = CursorSlot(call.user if call is not None else None)
+            current_cursor.set(slot)
+        found = slot.cursor = runtime.database.acquire()
+        slot.identity = runtime.database.identity
+        if call is not None:
+            call.on_interrupt(found.interrupt)
+    if bind_identity:
+        slot.bind_identity()
+    return slot.cursor
+
+
+def call_slot(cursor: Any) -> CursorSlot | None:
+    """The current call's slot when `cursor` is its cursor (a cursor from elsewhere: None)."""
+    slot = current_cursor.get()
+    return slot if slot is not None and slot.cursor is cursor else None
 
 
 def require_runtime(what: str) -> Runtime:
@@ -63,8 +99,9 @@ def require_runtime(what: str) -> Runtime:
 
 
 @contextmanager
-def bound(runtime: Runtime, call: EndpointCall | None = None) -> Iterator[None]:
-    slot = CursorSlot()
+def bound(runtime: Runtime, call: EndpointCall | None = None, user: UserContext | None = None) -> Iterator[None]:
+    """Run as `call` (or a lifecycle hook, or `mxcp query`) of `runtime`; SQL sees `user`, else the call's user."""
+    slot = CursorSlot(user if user is not None else (call.user if call is not None else None))
     tokens = (current_runtime.set(runtime), current_call.set(call), current_cursor.set(slot))
     healthy = False
     try:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from .hooks import Hooks
     from .records import ProjectContext
+    from .sql_identity import IdentityFunctions
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ class Database:
         # Set while a reload payload has exclusive use of the file: nothing may reopen it behind its back.
         self.paused = False
         self._stopped = False
+        # The caller's identity in SQL (sql_identity.py): made at each open, binds the cursors handed out.
+        self.identity: IdentityFunctions | None = None
 
     @property
     def is_open(self) -> bool:
@@ -50,8 +53,11 @@ class Database:
         return self._conn
 
     def open(self) -> None:
-        """Connect, then let plugins configure the database and register their functions."""
+        """Connect, let plugins configure the database and register their functions, add the identity functions."""
         import duckdb
+
+        from .sql import first_line
+        from .sql_identity import IdentityFunctions
 
         with self._lock:
             if self._conn is not None:
@@ -71,10 +77,16 @@ class Database:
             try:
                 self.hooks.configure_database(conn=conn, project=self.project)
                 self.hooks.register_functions(conn=conn, project=self.project)
+                # After the plugins: a function of theirs with the same name is kept (see IdentityFunctions).
+                try:
+                    identity = IdentityFunctions(conn)
+                except duckdb.Error as exc:
+                    raise ExecutionError(f"cannot add the identity functions to {path}: {first_line(exc)}") from None
             except Exception:
                 conn.close()
                 raise
             self._conn = conn
+            self.identity = identity
 
     def close(self, *, final: bool = False) -> None:
         """Close the database; `final` (the runtime stopped) keeps late calls from reopening it."""
@@ -83,6 +95,7 @@ class Database:
             if self._conn is not None:
                 _quietly_close(self._conn)
                 self._conn = None
+                self.identity = None
 
     def acquire(self) -> duckdb.DuckDBPyConnection:
         """A fresh cursor for one call: its own transaction and temporary objects, never seen by the next call."""
@@ -94,9 +107,12 @@ class Database:
 
     @contextmanager
     def cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor for work outside a call (validation, drift): the identity functions resolve, to NULL."""
         cursor = self.acquire()
         healthy = False
         try:
+            if self.identity is not None:
+                self.identity.bind(cursor, None)
             yield cursor
             healthy = True
         finally:

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from itertools import repeat
 from typing import Any
 
+from . import context
 from .errors import ExecutionError, MxcpError
 
 PANDAS_EXTRA = "mxcp-pluggy[pandas]"
@@ -101,18 +102,24 @@ def run_sql(
     """Run every statement (parameters bound, never formatted into the text); rows of the last one.
 
     With `max_rows`, at most that many rows are fetched (DuckDB streams the rest, never materialised) and
-    `Rows.more` says whether there were more.
+    `Rows.more` says whether there were more. On the current call's cursor, the caller's identity is bound
+    first when the SQL needs it (`get_username()` & co., sql_identity.py).
     """
     import duckdb
 
     statements = parsed_statements(sql)
     if not statements:
         return Rows([], [])
+    slot = context.call_slot(cursor)
     try:
+        if slot is not None:
+            slot.bind_identity(sql)
         for statement, used in statements[:-1]:
-            cursor.execute(statement, _bind(used, params))
+            _execute(cursor, statement, _bind(used, params), slot)
         statement, used = statements[-1]
-        cursor.execute(statement, _bind(used, params))
+        _execute(cursor, statement, _bind(used, params), slot)
+        if slot is not None and slot.identity is not None:
+            slot.identity.ran(sql, statements)
         description = cursor.description
         if description is None:
             return Rows([], [])
@@ -128,6 +135,21 @@ def run_sql(
         raise ExecutionError("query interrupted") from None
     except duckdb.Error as exc:
         raise ExecutionError(f"SQL error: {first_line(exc)}") from None
+
+
+def _execute(cursor: Any, statement: Any, values: Any, slot: context.CursorSlot | None) -> None:
+    import duckdb
+
+    try:
+        cursor.execute(statement, values)
+    except duckdb.CatalogException as exc:
+        # A view using get_username() made behind run_sql's back, met on a cursor not bound yet: bind, run again.
+        if slot is None or not slot.rebind_after(exc):
+            raise
+        try:
+            cursor.execute(statement, values)
+        except duckdb.Error:
+            raise exc from None  # e.g. the endpoint's own transaction is aborted by the first failure
 
 
 def quote_literal(text: str) -> str:

@@ -1,0 +1,1 @@
+"""The original MXCP's `mxcp.sdk` import paths that endpoint code uses."""

@@ -55,6 +55,7 @@ _LAZY = {
     "first_line": "sql:first_line",
     "quote_literal": "sql:quote_literal",
     "quote_identifier": "sql:quote_identifier",
+    "install_sql_identity": "sql_identity:install_sql_identity",
     "create_function": "udf:create_function",
     "udf_methods": "udf:udf_methods",
     "function_signature": "udf:function_signature",

@@ -282,17 +282,26 @@ class Runtime:
         self._templates = [(d, m) for d, m in self._templates if (d.kind, d.key) != (kind, key)]
 
     # -- lookup --------------------------------------------------------------------------------
-    def endpoint(self, kind: str, name: str) -> tuple[CompiledEndpoint, dict[str, Any]]:
-        """The compiled endpoint for a name (a URI for resources), with arguments taken from a URI template."""
-        compiled = self.compiled.get((kind, name))
-        if compiled is not None:
-            return compiled, {}
-        if kind == "resource":
-            for definition, matcher in self._templates:
-                values = matcher.match(name)
-                if values is not None:
-                    return self.compiled[("resource", definition.key)], values
-        known = [key for (k, key) in self.compiled if k == kind]
+    def visible(self, definition: EndpointDefinition, user: UserContext | None) -> bool:
+        """Whether `user` may see (and so call) the endpoint: plugins decide (`endpoint_visible`)."""
+        if user is None or not self.hooks.decides_visibility:
+            return True
+        return self.hooks.endpoint_visible(definition, user, self.context)
+
+    def endpoint(
+        self, kind: str, name: str, user: UserContext | None = None
+    ) -> tuple[CompiledEndpoint, dict[str, Any]]:
+        """The compiled endpoint for a name (a URI for resources), with arguments taken from a URI template.
+
+        With `user`, an endpoint hidden from that user is not found, with the very message of an unknown name.
+        """
+        found = self._lookup(kind, name)
+        if found is not None and self.visible(found[0].definition, user):
+            return found
+        known = [key for (k, key), compiled in self.compiled.items()
+                 if k == kind and self.visible(compiled.definition, user)]
+        if found is not None:
+            raise NotFoundError(f"{kind} '{name}' not found{suggest(name, known)}")
         if kind not in {"tool", "resource", "prompt"}:
             raise NotFoundError(f"unknown endpoint kind '{kind}' (expected tool, resource or prompt)")
         why = self._dropped.get((kind, name))
@@ -303,6 +312,17 @@ class Runtime:
             # Skipped as invalid (`mxcp run`, `serve --ignore-errors`): say why rather than "not found".
             raise NotFoundError(f"{kind} '{name}' is not served: {why}")
         raise NotFoundError(f"{kind} '{name}' not found{suggest(name, known)}")
+
+    def _lookup(self, kind: str, name: str) -> tuple[CompiledEndpoint, dict[str, Any]] | None:
+        compiled = self.compiled.get((kind, name))
+        if compiled is not None:
+            return compiled, {}
+        if kind == "resource":
+            for definition, matcher in self._templates:
+                values = matcher.match(name)
+                if values is not None:
+                    return self.compiled[("resource", definition.key)], values
+        return None
 
     # -- calls ---------------------------------------------------------------------------------
     def prepare_call(
@@ -315,12 +335,17 @@ class Runtime:
         user: UserContext | Mapping[str, Any] | None = None,
         session_id: str | None = None,
     ) -> tuple[CompiledEndpoint, EndpointCall]:
-        """Find the endpoint and validate the arguments (defaults applied, formats converted)."""
-        compiled, from_uri = self.endpoint(kind, name)
+        """Find the endpoint (if `user` may see it) and validate the arguments (defaults applied, formats converted)."""
+        if user is None:
+            user = UserContext.anonymous()
+        elif not isinstance(user, UserContext):
+            try:
+                user = UserContext.from_mapping(user)
+            except TypeError as exc:
+                raise ValidationError(str(exc)) from None
+        compiled, from_uri = self.endpoint(kind, name, user)
         given = {**from_uri, **(arguments or {})}
         validated = compiled.parameters.validate(given)
-        if user is not None and not isinstance(user, UserContext):
-            user = UserContext.from_mapping(user)
         call = EndpointCall(
             endpoint=compiled.definition,
             compiled=compiled,

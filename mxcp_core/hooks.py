@@ -15,10 +15,12 @@ from .records import (
     Executor,
     InvalidEndpoint,
     ProjectContext,
+    Problem,
     PromptDefinition,
     ResourceDefinition,
     SecretValue,
     ToolDefinition,
+    UserContext,
 )
 
 log = logging.getLogger(__name__)
@@ -148,6 +150,46 @@ class Hooks:
                     )
                 by_language[executor.language] = (plugin_name, executor)
         return {language: executor for language, (_, executor) in by_language.items()}
+
+    def check_endpoint(self, endpoint: EndpointDefinition, project: ProjectContext) -> list[Problem]:
+        """Every plugin's problems with the endpoint; a plugin whose check raises reports that as an error."""
+        problems: list[Problem] = []
+        for plugin_name, call in self._single_callers("check_endpoint"):
+            if not plugin_name:
+                break
+            try:
+                found = call(endpoint=endpoint, project=project)
+            except MxcpError as exc:
+                found = [[str(exc)]]
+            except Exception as exc:  # noqa: BLE001 - a checker bug must not let the endpoint through unchecked
+                found = [[f"plugin '{plugin_name}' could not check it: {type(exc).__name__}: {exc}"]]
+            for item in (found[0] if found else None) or ():
+                problems.append(item if isinstance(item, Problem) else Problem(message=str(item)))
+        return problems
+
+    # -- callers -------------------------------------------------------------------------------
+    def identify_caller(self, transport: str, request: Any, project: ProjectContext) -> UserContext:
+        """The caller's identity; anonymous when no plugin knows it. A plugin that fails refuses the request."""
+        found = self.pm.hook.identify_caller(transport=transport, request=request, project=project)
+        if found is None:
+            return UserContext.anonymous()
+        if not isinstance(found, UserContext):
+            raise MxcpError(f"identify_caller returned {type(found).__name__}; expected UserContext")
+        return found
+
+    @property
+    def decides_visibility(self) -> bool:
+        """Whether any plugin may hide endpoints (else every endpoint is visible to everyone, with no hook call)."""
+        return bool(self.pm.hook.endpoint_visible.get_hookimpls())
+
+    def endpoint_visible(self, endpoint: EndpointDefinition, user: UserContext, project: ProjectContext) -> bool:
+        """False when any plugin hides the endpoint from `user`; an error hides it too (fail closed)."""
+        try:
+            answers = self.pm.hook.endpoint_visible(endpoint=endpoint, user=user, project=project)
+        except Exception:  # noqa: BLE001
+            log.exception("deciding whether %s '%s' is visible failed: hidden", endpoint.kind, endpoint.key)
+            return False
+        return all(answer is not False for answer in answers)
 
     # -- calls and commands --------------------------------------------------------------------
     def call_endpoint(self, call: EndpointCall) -> Any:

@@ -21,8 +21,11 @@ if TYPE_CHECKING:
         ProjectContext,
         PromptDefinition,
         ResourceDefinition,
+        EndpointDefinition,
+        Problem,
         SecretValue,
         ToolDefinition,
+        UserContext,
     )
 
 
@@ -74,6 +77,21 @@ def provide_prompt(project: ProjectContext) -> Iterable[PromptDefinition] | None
 @hookspec
 def provide_executor(project: ProjectContext) -> Iterable[Executor] | None:
     """Executors this plugin contributes, one per language it runs (`sql`, `python`, ...)."""
+
+
+@hookspec
+def check_endpoint(endpoint: EndpointDefinition, project: ProjectContext) -> Iterable[Problem | str] | None:
+    """Problems with the parts of an endpoint this plugin owns; an error makes the endpoint invalid (not served)."""
+
+
+@hookspec(firstresult=True)
+def identify_caller(transport: str, request: Any, project: ProjectContext) -> UserContext | None:
+    """Who calls over `transport` (stdio, http, cli), from the request's credentials; None when not this plugin's."""
+
+
+@hookspec
+def endpoint_visible(endpoint: EndpointDefinition, user: UserContext, project: ProjectContext) -> bool | None:
+    """Whether `user` may see and call the endpoint; any False hides it (lists omit it, calls say "unknown")."""
 
 
 @hookspec(firstresult=True)

@@ -123,6 +123,12 @@ class Project:
                         continue
                     if language != definition.language:
                         definition = attrs.evolve(definition, language=language)
+                errors = [p.message for p in self.hooks.check_endpoint(definition, self.context)
+                          if p.severity == "error"]
+                if errors:
+                    invalid.append(InvalidEndpoint(kind=definition.kind, origin=definition.origin,
+                                                   name=definition.key, message="; ".join(errors)))
+                    continue
                 settled[definition.key] = definition
             return settled
 

@@ -211,34 +211,123 @@ class ProjectContext:
         return project.profiles.get(self.profile) if project else None
 
 
+def _strings(value: Any) -> tuple[str, ...]:
+    """A list of names from YAML or claims: a list, or one string (space-separated, like OAuth's `scope`)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(value.split())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return tuple(str(item) for item in value)
+    raise TypeError(f"expected a list of strings, got {type(value).__name__}")
+
+
+ANONYMOUS_ROLE = "anonymous"
+
+
 @attrs.frozen
 class UserContext:
-    """The caller, as policies and audit see it."""
+    """The caller of one endpoint call, as SQL, Python code, policies and audit see it.
+
+    Without sign-in the caller is `UserContext.anonymous()` (role "anonymous", everything else empty), never
+    None. A context given without a role (a test's `user_context: {username: alice}`) has the role "user".
+    `external_token` is the upstream provider's token: never written to logs or audit records.
+    """
 
     user_id: str | None = None
     username: str | None = None
     email: str | None = None
-    provider: str | None = None
     name: str | None = None
-    role: str | None = None
-    permissions: tuple[str, ...] = ()
-    capabilities: tuple[str, ...] = ()
-    raw: Mapping[str, Any] = attrs.field(factory=dict)
+    provider: str | None = None
+    role: str = "user"
+    permissions: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    capabilities: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    scopes: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    avatar_url: str | None = None
+    # The identity provider's claims (or the test's mapping) as given.
+    claims: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+    external_token: str | None = attrs.field(default=None, repr=False)
+
+    @classmethod
+    def anonymous(cls) -> UserContext:
+        return _ANONYMOUS
+
+    @property
+    def is_anonymous(self) -> bool:
+        return self.role == ANONYMOUS_ROLE
+
+    def is_authenticated(self) -> bool:
+        """True for a signed-in (or configured, or test) caller; False for the anonymous one."""
+        return not self.is_anonymous
+
+    def __bool__(self) -> bool:
+        # The original's `get_user_context()` returned None without sign-in: `if ctx:` keeps meaning the same.
+        return not self.is_anonymous
+
+    @property
+    def raw_profile(self) -> Mapping[str, Any]:
+        """The original MXCP's name for the claims."""
+        return self.claims
+
+    def policy_view(self) -> dict[str, Any]:
+        """`user` as CEL conditions see it: every field present (None when unknown), the claims, no token."""
+        return {
+            "user_id": self.user_id,
+            "username": self.username,
+            "email": self.email,
+            "name": self.name,
+            "provider": self.provider,
+            "role": self.role,
+            "permissions": list(self.permissions),
+            "capabilities": list(self.capabilities),
+            "scopes": list(self.scopes),
+            "claims": self.claims,
+        }
 
     def as_dict(self) -> dict[str, Any]:
-        data = dict(self.raw)
-        for field in attrs.fields(type(self)):
-            if field.name != "raw":
-                value = getattr(self, field.name)
-                data[field.name] = list(value) if isinstance(value, tuple) else value
+        """Every field but the external token (for output, logs and audit)."""
+        data = self.policy_view()
+        data["avatar_url"] = self.avatar_url
+        data["claims"] = dict(self.claims)
         return data
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any] | None) -> UserContext:
-        data = dict(data or {})
-        known = {f.name for f in attrs.fields(cls)} - {"raw"}
-        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
-        return cls(raw=data, **kwargs)
+    def from_mapping(cls, data: Mapping[str, Any] | None, *, where: str = "user context") -> UserContext:
+        """Build from a mapping (`--user-context`, a test's `user_context`, a configured identity).
+
+        Known keys fill the fields (`raw_profile` is the original's name for `claims`); unknown keys are kept as
+        claims, so conditions written for the original's extra fields still find them there.
+        """
+        if data is None:
+            return _ANONYMOUS
+        if not isinstance(data, Mapping):
+            raise TypeError(f"{where} must be a mapping, got {type(data).__name__}")
+        values = dict(data)
+        claims = dict(values.pop("claims", None) or values.pop("raw_profile", None) or {})
+        known = {f.name for f in attrs.fields(cls)} - {"claims"}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in known:
+                claims.setdefault(key, value)
+                continue
+            if key in ("permissions", "capabilities", "scopes"):
+                try:
+                    kwargs[key] = _strings(value)
+                except TypeError as exc:
+                    raise TypeError(f"{where}: {key}: {exc}") from None
+            elif value is not None and not isinstance(value, str):
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    kwargs[key] = str(value)  # numeric ids from a provider (GitHub's are integers)
+                else:
+                    raise TypeError(f"{where}: {key} must be a string, got {type(value).__name__}")
+            else:
+                kwargs[key] = value
+        if kwargs.get("role") is None:
+            kwargs.pop("role", None)
+        return cls(claims=claims, **kwargs)
+
+
+_ANONYMOUS = UserContext(role=ANONYMOUS_ROLE)
 
 
 @attrs.define(eq=False)
@@ -251,7 +340,8 @@ class EndpointCall:
     # The endpoint's validators and schemas (`CompiledEndpoint`: `.parameters.redact(...)`, `.returns`).
     compiled: Any = None
     caller: str = "cli"  # stdio | http | cli | test
-    user: UserContext | None = None
+    # Who calls: never None (`UserContext.anonymous()` without sign-in).
+    user: UserContext = attrs.field(factory=UserContext.anonymous)
     session_id: str | None = None
     trace_id: str | None = None
     # Free-form notes wrappers leave for each other (policy decisions for audit, timings...).

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from . import context
 from .config import as_plain_dict
+from .records import UserContext
 from .sql import Rows, run_sql
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -24,8 +25,11 @@ class DatabaseAccess:
 
     @property
     def connection(self) -> Any:
-        """The current call's cursor. Prefer `execute`: never keep this beyond the call."""
-        return context.cursor()
+        """The current call's cursor. Prefer `execute`: never keep this beyond the call.
+
+        Its SQL cannot be inspected, so the caller's identity (`get_username()` & co.) is bound on it right away.
+        """
+        return context.cursor(bind_identity=True)
 
 
 class ConfigAccess:
@@ -79,6 +83,31 @@ class PluginAccess:
         return sorted(context.require_runtime("plugins.list").context.plugin_objects)
 
 
+def get_user_context() -> UserContext:
+    """The caller of the current call (`UserContext.anonymous()` without sign-in, or outside a call)."""
+    call = context.current_call.get()
+    return call.user if call is not None else UserContext.anonymous()
+
+
+class UserAccess:
+    """`user`: the current call's caller. Reads like the record (`user.username`, `user.role`, ...)."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(get_user_context(), name)
+
+    def __bool__(self) -> bool:
+        return bool(get_user_context())
+
+    def __repr__(self) -> str:
+        return f"<current user {get_user_context()!r}>"
+
+    def current(self) -> UserContext:
+        """The record itself, to keep or pass on (it is immutable)."""
+        return get_user_context()
+
+
 def on_init(func: F) -> F:
     """Run `func` when the runtime starts (and again after a reload), before the first call."""
     setattr(func, LIFECYCLE_MARK, "init")
@@ -109,6 +138,7 @@ def reload_duckdb(payload_func: Callable[[], Any] | None = None, description: st
 db = DatabaseAccess()
 config = ConfigAccess()
 plugins = PluginAccess()
+user = UserAccess()
 
 
 def get_secret(name: str) -> dict[str, Any] | None:

@@ -46,6 +46,24 @@ class MXCPBasePlugin:
         """The bound methods marked `@udf`, by method name, in name order."""
         return udf_methods(self)
 
+    # The caller of the current call, as the original MXCP's plugin classes offered it. Inside a `@udf` method
+    # DuckDB may run the function on its own threads, which belong to no call: there the caller reads as
+    # anonymous (never as another caller). To filter rows by user in SQL, pass `get_username()` as an argument.
+    @property
+    def user_context(self) -> Any:
+        from .runtime_api import get_user_context
+
+        return get_user_context()
+
+    def get_username(self) -> str | None:
+        return self.user_context.username
+
+    def get_user_email(self) -> str | None:
+        return self.user_context.email
+
+    def is_authenticated(self) -> bool:
+        return self.user_context.is_authenticated()
+
 
 def udf(func: F) -> F:
     """Mark a method of an `MXCPBasePlugin` subclass as a DuckDB function."""

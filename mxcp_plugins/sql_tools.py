@@ -51,6 +51,7 @@ from mxcp_core import (
     call_cursor,
     first_line,
     hookimpl,
+    install_sql_identity,
     parse_parameters,
     parse_type,
     quote_identifier,
@@ -109,7 +110,7 @@ def execute_sql_query(sql: str) -> list[dict[str, Any]]:
     if not statements:
         return []
     with _project_database(call) as (path, catalog):
-        sandbox = Sandbox(open_sandbox(path, catalog, settings))
+        sandbox = Sandbox(open_sandbox(path, catalog, settings, call.user))
         try:
             return _run(sandbox, statements, settings, call)
         finally:
@@ -149,15 +150,24 @@ def _project_database(call: EndpointCall) -> Iterator[tuple[str, str]]:
         snapshots = project.state.get(STATE_KEY)
         if snapshots is None:
             snapshots = project.state[STATE_KEY] = Snapshots()
-    snapshot = snapshots.acquire(cursor, project.duckdb_path, catalog)
+    from mxcp.runtime import db
+
+    # `db.connection`: the call's cursor with get_username() & co. bound, which copying views, macros and column
+    # defaults that use them needs.
+    snapshot = snapshots.acquire(db.connection, project.duckdb_path, catalog)
     try:
         yield str(snapshot.path), catalog
     finally:
         snapshots.release(snapshot)
 
 
-def open_sandbox(path: str, catalog: str, settings: SqlToolsSettings) -> Any:
-    """A new DuckDB instance with `path` attached READ_ONLY as `catalog` (the default), then locked down."""
+def open_sandbox(path: str, catalog: str, settings: SqlToolsSettings, user: Any = None) -> Any:
+    """A new DuckDB instance with `path` attached READ_ONLY as `catalog` (the default), then locked down.
+
+    `get_username()` & co. return `user`'s values there, as in endpoints, so the project's views using them work.
+    They are a convenience, not a guard: the client may SET VARIABLE as it likes, and it can read every table of
+    the project database anyway (the sandbox is read-only, not row-filtered).
+    """
     import duckdb
 
     try:
@@ -174,8 +184,10 @@ def open_sandbox(path: str, catalog: str, settings: SqlToolsSettings) -> Any:
             f"ATTACH {quote_literal(path)} AS {quote_identifier(catalog)} (READ_ONLY)",
             f"USE {quote_identifier(catalog)}",
             f"DETACH {_BOOT}",
-            *_LOCKDOWN,
         ):
+            conn.execute(statement)
+        install_sql_identity(conn, user)  # before the lockdown: it attaches a catalog and sets search_path
+        for statement in _LOCKDOWN:
             conn.execute(statement)
     except duckdb.Error as exc:
         conn.close()

@@ -37,6 +37,16 @@ def parse_param(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def parse_user_context(text: str | None) -> dict[str, Any] | None:
+    """`--user-context`: a JSON object, or `@file.json` holding one; None without the option."""
+    if not text:
+        return None
+    user = parse_param(f"user={text}")[1]
+    if not isinstance(user, dict):
+        raise MxcpError("--user-context must be a JSON object")
+    return user
+
+
 def keep_text_for_strings(arguments: dict[str, Any], raw_params: list[str], declared: Any) -> dict[str, Any]:
     """`-p zip=02134` or `-p name=123` for a string parameter: the text as typed, not the JSON number it parses to."""
     string_names = {p.name for p in declared if p.type.type == "string"}
@@ -58,7 +68,9 @@ def run(
         typer.Option("--param", "-p", help="key=value (JSON values accepted; @file.json reads a file). Repeatable."),
     ] = None,
     user_context: Annotated[
-        str | None, typer.Option("--user-context", "-u", help="JSON user context for policies (or @file.json).")
+        str | None, typer.Option("--user-context", "-u", help="The caller, a JSON object or @file.json (policies, "
+                                 "get_username(), mxcp.runtime.user); default: the user config's user_context, "
+                                 "else anonymous.")
     ] = None,
     profile: ProfileOpt = None,
     readonly: ReadonlyOpt = False,
@@ -74,13 +86,11 @@ def run(
         if kind not in {"tool", "resource", "prompt"}:
             raise MxcpError(f"unknown kind '{kind}': expected tool, resource or prompt")
         arguments = dict(parse_param(p) for p in param or [])
-        user = None
-        if user_context:
-            user = parse_param(f"user={user_context}")[1]
-            if not isinstance(user, dict):
-                raise MxcpError("--user-context must be a JSON object")
+        user = parse_user_context(user_context)
         project = load(profile, readonly)
         with Runtime(project, skip_invalid=True) as runtime:
+            if user is None:  # the user config's identity for this machine's user, if any (`user_context:`)
+                user = runtime.hooks.identify_caller("cli", None, runtime.context)
             compiled = runtime.compiled.get((kind, name))
             if compiled is not None:
                 arguments = keep_text_for_strings(arguments, param or [], compiled.definition.parameters)
@@ -102,6 +112,11 @@ def query(
     param: Annotated[
         list[str] | None, typer.Option("--param", "-p", help="key=value bound as $key. Repeatable.")
     ] = None,
+    user_context: Annotated[
+        str | None,
+        typer.Option("--user-context", "-u", help="JSON user context (or @file.json) that get_username() & co. "
+                     "return; without it the caller is anonymous (they return NULL)."),
+    ] = None,
     profile: ProfileOpt = None,
     readonly: ReadonlyOpt = False,
     json_output: JsonOpt = False,
@@ -110,6 +125,7 @@ def query(
     """Run SQL against the project's DuckDB database (UDFs and extensions loaded)."""
     from .. import context
     from ..execution import Phase, Runtime
+    from ..records import UserContext
     from ..sql import run_sql
 
     with reporting_errors(json_output, debug):
@@ -117,8 +133,15 @@ def query(
             raise MxcpError("give the SQL as an argument or with --file (one of them)")
         text = sql if sql is not None else file.read_text(encoding="utf-8")  # type: ignore[union-attr]
         arguments = dict(parse_param(p) for p in param or [])
+        given = parse_user_context(user_context)
+        try:
+            user = UserContext.from_mapping(given, where="--user-context") if given is not None else None
+        except TypeError as exc:
+            raise MxcpError(str(exc)) from None
         project = load(profile, readonly)
-        with Runtime(project, phase=Phase.DATABASE) as runtime, context.bound(runtime):
+        if user is None:  # the user config's identity for this machine's user, if any (`user_context:`)
+            user = project.hooks.identify_caller("cli", None, project.context)
+        with Runtime(project, phase=Phase.DATABASE) as runtime, context.bound(runtime, user=user):
             rows = list(run_sql(context.cursor(), text, arguments))
 
         def render(result: list[dict[str, Any]]) -> None:

@@ -23,6 +23,7 @@ from .. import redaction
 from ..errors import MxcpError, NotFoundError, ValidationError
 from ..execution import ENCODED_RESULT, CallTimeout, CompiledEndpoint, Runtime, truncation_text
 from ..notifications import current_request, server_loop
+from ..records import UserContext
 from ..typesystem import to_jsonable
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class Catalog:
                     title=definition.annotations.get("title"),
                     description=definition.description or None,
                     input_schema=schema,
-                    output_schema=compiled.returns.output_schema(),
+                    output_schema=None if _reshaped(definition) else compiled.returns.output_schema(),
                     annotations=_annotations(definition.annotations),
                 ))
             elif kind == "resource":
@@ -105,14 +106,39 @@ class Catalog:
         self.list_resources = types.ListResourcesResult(resources=resources)
         self.list_templates = types.ListResourceTemplatesResult(resource_templates=templates)
         self.list_prompts = types.ListPromptsResult(prompts=prompts)
+        # Plugins may hide endpoints from some callers (`endpoint_visible`): then lists are made per caller.
+        self.per_caller = runtime.hooks.decides_visibility
 
-    def resource(self, uri: str) -> tuple[_Entry, dict[str, Any]]:
-        found = self.resources.get(uri)
+    def visible_list(self, listing: Any, field: str, entries: Mapping[str, _Entry], user: UserContext) -> Any:
+        """The listing as `user` may see it: the prebuilt one when nothing can be hidden or nothing is."""
+        if not self.per_caller:
+            return listing
+        items = getattr(listing, field)
+        kept = [item for item in items if self._visible(entries, item, user)]
+        if len(kept) == len(items):
+            return listing
+        return type(listing)(**{field: kept})
+
+    def _visible(self, entries: Mapping[str, _Entry], item: Any, user: UserContext) -> bool:
+        key = getattr(item, "name", None) if entries is self.tools or entries is self.prompts else (
+            getattr(item, "uri_template", None) or str(getattr(item, "uri", "")))
+        entry = entries.get(key)
+        return entry is not None and self.runtime.visible(entry.compiled.definition, user)
+
+    def entry(self, entries: Mapping[str, _Entry], name: str, user: UserContext) -> _Entry | None:
+        """The served entry for a name, None when unknown or hidden from `user` (answered alike)."""
+        entry = entries.get(name)
+        if entry is None or not self.per_caller or self.runtime.visible(entry.compiled.definition, user):
+            return entry
+        return None
+
+    def resource(self, uri: str, user: UserContext) -> tuple[_Entry, dict[str, Any]]:
+        found = self.entry(self.resources, uri, user)
         if found is not None:
             return found, {}
         # The runtime's own template matching, so `mxcp run resource` and the server agree on every URI.
         try:
-            compiled, values = self.runtime.endpoint("resource", uri)
+            compiled, values = self.runtime.endpoint("resource", uri, user)
         except NotFoundError:
             compiled, values = None, {}
         entry = self.templates.get(compiled.key) if compiled is not None else None
@@ -126,55 +152,75 @@ def create_server(runtime: Runtime, *, name: str | None = None) -> Server:
     catalog = Catalog(runtime)
     scrub = _Scrubber(runtime)
 
-    def identity(ctx: ServerRequestContext[Any]) -> dict[str, Any]:
+    hooks, project = runtime.hooks, runtime.context
+    identifies = bool(hooks.pm.hook.identify_caller.get_hookimpls())
+    # A stdio server has one caller for its whole life: identified once (a configured identity, say).
+    stdio_user = hooks.identify_caller("stdio", None, project) if identifies else UserContext.anonymous()
+
+    def caller_of(ctx: ServerRequestContext[Any]) -> UserContext:
+        request = ctx.request
+        if request is None or not identifies:
+            return stdio_user if request is None else UserContext.anonymous()
+        try:
+            return hooks.identify_caller("http", request, project)
+        except MxcpError as exc:
+            raise MCPError(code=types.INVALID_REQUEST, message=redaction.mask(str(exc))) from None
+        except Exception:  # noqa: BLE001 - an identity that cannot be established refuses the request
+            log.exception("identifying the caller failed")
+            raise MCPError(code=types.INVALID_REQUEST, message="the caller could not be identified") from None
+
+    def identity(ctx: ServerRequestContext[Any], user: UserContext) -> dict[str, Any]:
         request = ctx.request
         if request is None:
-            return {"caller": "stdio"}
-        return {"caller": "http", "session_id": request.headers.get("mcp-session-id")}
+            return {"caller": "stdio", "user": user}
+        return {"caller": "http", "session_id": request.headers.get("mcp-session-id"), "user": user}
 
-    async def run(ctx: ServerRequestContext[Any], kind: str, key: str, arguments: Mapping[str, Any]) -> Any:
-        value, _ = await run_with_notes(ctx, kind, key, arguments)
+    async def run(ctx: ServerRequestContext[Any], kind: str, key: str, arguments: Mapping[str, Any],
+                  user: UserContext) -> Any:
+        value, _ = await run_with_notes(ctx, kind, key, arguments, user)
         return value
 
     async def run_with_notes(
-        ctx: ServerRequestContext[Any], kind: str, key: str, arguments: Mapping[str, Any]
+        ctx: ServerRequestContext[Any], kind: str, key: str, arguments: Mapping[str, Any], user: UserContext
     ) -> tuple[Any, dict[str, Any]]:
         tokens = current_request.set(ctx), server_loop.set(asyncio.get_running_loop())
         try:
-            value, call = await runtime.call_async_with_call(kind, key, arguments, **identity(ctx))
+            value, call = await runtime.call_async_with_call(kind, key, arguments, **identity(ctx, user))
             return value, call.notes
         finally:
             server_loop.reset(tokens[1])
             current_request.reset(tokens[0])
 
     async def list_tools(ctx: ServerRequestContext[Any], params: Any) -> types.ListToolsResult:
-        return catalog.list_tools
+        return catalog.visible_list(catalog.list_tools, "tools", catalog.tools, caller_of(ctx))
 
     async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
-        entry = catalog.tools.get(params.name)
+        user = caller_of(ctx)
+        entry = catalog.entry(catalog.tools, params.name, user)
         if entry is None:
-            raise MCPError(code=types.INVALID_PARAMS, message=_not_served(runtime, "tool", params.name))
+            raise MCPError(code=types.INVALID_PARAMS, message=_not_served(runtime, "tool", params.name, user))
         arguments = params.arguments or {}
         try:
-            value, notes = await run_with_notes(ctx, "tool", entry.key, arguments)
+            value, notes = await run_with_notes(ctx, "tool", entry.key, arguments, user)
         except Exception as exc:  # noqa: BLE001 - every failure is a result the model can read
             return _error_result(scrub.message(exc, entry, arguments))
         return _tool_result(entry, value, notes.get("truncated"), notes.get(ENCODED_RESULT))
 
     async def list_resources(ctx: ServerRequestContext[Any], params: Any) -> types.ListResourcesResult:
-        return catalog.list_resources
+        return catalog.visible_list(catalog.list_resources, "resources", catalog.resources, caller_of(ctx))
 
     async def list_templates(ctx: ServerRequestContext[Any], params: Any) -> types.ListResourceTemplatesResult:
-        return catalog.list_templates
+        return catalog.visible_list(catalog.list_templates, "resource_templates", catalog.templates, caller_of(ctx))
 
     async def read_resource(
         ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
     ) -> types.ReadResourceResult:
         uri = str(params.uri)
-        entry, values = catalog.resource(uri)
+        user = caller_of(ctx)
+        entry, values = catalog.resource(uri, user)
         arguments = _read_strings(entry, values)
         try:
-            value, notes = await run_with_notes(ctx, "resource", entry.key, arguments)
+            value, notes = await run_with_notes(ctx, "resource", entry.key, arguments, user)
         except Exception as exc:  # noqa: BLE001
             raise scrub.protocol_error(exc, entry, arguments) from None
         truncated = notes.get("truncated")
@@ -183,15 +229,16 @@ def create_server(runtime: Runtime, *, name: str | None = None) -> Server:
                                         meta={TRUNCATED_META: dict(truncated)} if truncated else None)
 
     async def list_prompts(ctx: ServerRequestContext[Any], params: Any) -> types.ListPromptsResult:
-        return catalog.list_prompts
+        return catalog.visible_list(catalog.list_prompts, "prompts", catalog.prompts, caller_of(ctx))
 
     async def get_prompt(ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams) -> types.GetPromptResult:
-        entry = catalog.prompts.get(params.name)
+        user = caller_of(ctx)
+        entry = catalog.entry(catalog.prompts, params.name, user)
         if entry is None:
-            raise MCPError(code=types.INVALID_PARAMS, message=_not_served(runtime, "prompt", params.name))
+            raise MCPError(code=types.INVALID_PARAMS, message=_not_served(runtime, "prompt", params.name, user))
         arguments = _read_strings(entry, params.arguments or {})
         try:
-            messages = await run(ctx, "prompt", entry.key, arguments)
+            messages = await run(ctx, "prompt", entry.key, arguments, user)
         except Exception as exc:  # noqa: BLE001
             raise scrub.protocol_error(exc, entry, arguments) from None
         return types.GetPromptResult(
@@ -277,10 +324,17 @@ def _tool_result(entry: _Entry, value: Any, truncated: Mapping[str, Any] | None 
     return types.CallToolResult(content=content, structured_content=structured, meta=meta)
 
 
-def _not_served(runtime: Runtime, kind: str, name: str) -> str:
+def _reshaped(definition: Any) -> bool:
+    """Whether output policies may drop or mask fields: the declared schema then no longer describes the result,
+    and clients check structured content against the schema they were given, so none is given."""
+    output = (definition.policies or {}).get("output") if isinstance(definition.policies, Mapping) else None
+    return any(isinstance(rule, Mapping) and rule.get("action") not in ("deny", "warn") for rule in output or ())
+
+
+def _not_served(runtime: Runtime, kind: str, name: str, user: UserContext) -> str:
     """Why a name is not served: unknown (with a did-you-mean), or skipped as invalid (`--ignore-errors`)."""
     try:
-        runtime.endpoint(kind, name)
+        runtime.endpoint(kind, name, user)
     except NotFoundError as exc:
         return redaction.mask(str(exc))
     return f"Unknown {kind}: {name}"

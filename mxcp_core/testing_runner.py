@@ -30,7 +30,9 @@ ASSERTION_KEYS = (
     "result_length",
     "result_contains_text",
 )
-TEST_KEYS = frozenset({"name", "description", "user_context", "arguments", *ASSERTION_KEYS})
+# `expect_error: "text"`: the call must fail (a policy denial, say) with a message containing the text.
+EXPECT_ERROR = "expect_error"
+TEST_KEYS = frozenset({"name", "description", "user_context", "arguments", EXPECT_ERROR, *ASSERTION_KEYS})
 
 
 @attrs.frozen
@@ -109,6 +111,11 @@ def structure_problems(test: Any) -> list[str]:
         problems.append("result_length must be a non-negative integer")
     if "result_contains_text" in test and not isinstance(test["result_contains_text"], str):
         problems.append("result_contains_text must be a string")
+    if EXPECT_ERROR in test:
+        if not isinstance(test[EXPECT_ERROR], str) or not test[EXPECT_ERROR]:
+            problems.append("expect_error must be the text the error message contains")
+        if has_assertions(test):
+            problems.append("expect_error cannot be combined with result assertions: a call that fails has no result")
     return problems
 
 
@@ -323,14 +330,26 @@ async def run_one(runtime: Runtime, planned: PlannedTest) -> TestOutcome:
     problems = structure_problems(spec)
     if problems:
         return outcome("error", "; ".join(problems))
+    expected_error = spec.get(EXPECT_ERROR)
     try:
         result = await runtime.call_async(
             endpoint.kind, endpoint.key, call_arguments(spec), caller="test", user=spec.get("user_context")
         )
     except MxcpError as exc:
-        return outcome("error", str(exc) or type(exc).__name__)
+        message = str(exc) or type(exc).__name__
+        if expected_error is None:
+            return outcome("error", message)
+        if expected_error in message:
+            return outcome("passed")
+        return outcome("failed", f"expected an error containing {_show(expected_error)}, got: {message}")
     except Exception as exc:  # noqa: BLE001 - one broken endpoint must not stop the other tests
         return outcome("error", f"{type(exc).__name__}: {exc}")
+    if expected_error is not None:
+        compiled = runtime.compiled_endpoint(endpoint.kind, endpoint.key)
+        hidden = redaction.hidden_values(result, compiled.returns.redact(result)) if compiled else []
+        return outcome("failed", redaction.mask(
+            f"expected an error containing {_show(expected_error)}, but the call returned {_show(to_jsonable(result))}",
+            extra=hidden))
     failures = check_assertions(spec, result)
     if not failures:
         return outcome("passed")

@@ -63,11 +63,16 @@ def lint_endpoint(endpoint: Any) -> Iterable[LintFinding]:
                       "tool has no annotations (readOnlyHint, destructiveHint, idempotentHint, openWorldHint)")
     if not endpoint.tests:
         yield finding("warning", "missing-tests", "tests", f"{endpoint.kind} has no tests")
+    sensitive = sensitive_paths(endpoint.return_type)
+    if sensitive and not _filters_sensitive(endpoint.policies):
+        yield finding("warning", "sensitive-without-filter", "policies.output",
+                      f"the result has sensitive field(s) {', '.join(sensitive)} but no output policy with "
+                      "action filter_sensitive_fields removes them before the client sees them")
     declared = {param.name for param in endpoint.parameters}
     for index, test in enumerate(endpoint.tests):
         test_name = str(test.get("name") or f"#{index + 1}")
         where = f"tests.{test_name}"
-        if not any(key in test for key in TEST_ASSERTION_KEYS):
+        if not any(key in test for key in TEST_ASSERTION_KEYS) and "expect_error" not in test:
             yield finding("warning", "test-without-assertions", where,
                           f"test '{test_name}' has no assertions; it only checks the call does not fail")
         for argument in test.get("arguments") or ():
@@ -75,6 +80,25 @@ def lint_endpoint(endpoint: Any) -> Iterable[LintFinding]:
             if isinstance(key, str) and key not in declared:
                 yield finding("error", "test-unknown-parameter", f"{where}.arguments.{key}",
                               f"test '{test_name}' passes '{key}', which is not a parameter{suggest(key, declared)}")
+
+
+def sensitive_paths(spec: Any, path: str = "") -> list[str]:
+    """Where a return type marks values `sensitive: true` (`ssn`, `employees[].ssn`, `contact.email`)."""
+    if spec is None:
+        return []
+    if spec.sensitive:
+        return [path or "(the whole result)"]
+    found = []
+    for name, child in (spec.properties or {}).items():
+        found += sensitive_paths(child, f"{path}.{name}" if path else name)
+    if spec.items is not None:
+        found += sensitive_paths(spec.items, f"{path}[]")
+    return found
+
+
+def _filters_sensitive(policies: Any) -> bool:
+    rules = (policies or {}).get("output") or [] if isinstance(policies, dict) else []
+    return any(isinstance(rule, dict) and rule.get("action") == "filter_sensitive_fields" for rule in rules)
 
 
 def lint_project(project: Any) -> list[LintFinding]:

@@ -16,6 +16,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "ml": ("sklearn", "pandas"),
     "redis": ("redis",),
     "keyring": ("keyring",),
+    "cel": ("cel_expr_python",),
 }
 
 

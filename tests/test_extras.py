@@ -8,7 +8,7 @@ from pathlib import Path
 from extras import EXTRAS
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
-DISTRIBUTION = {"sklearn": "scikit-learn"}  # module -> distribution, where the names differ
+DISTRIBUTION = {"sklearn": "scikit-learn", "cel_expr_python": "cel-expr-python"}  # module -> distribution, where the names differ
 
 
 def requirement_names(requirements: list[str]) -> set[str]:

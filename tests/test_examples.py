@@ -40,6 +40,7 @@ CATALOGUE = [
     Example("ml-classifier", tests=7, extra="ml"),
     Example("redis-cache", tests=4, extra="redis", redis=True),
     Example("original-style", tests=5, env={"WEATHER_API_KEY": "demo-weather-key"}),
+    Example("access-control", tests=12, extra="cel"),
 ]
 
 

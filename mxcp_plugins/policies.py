@@ -173,10 +173,7 @@ class Evaluation:
 
     def _evaluate(self, arguments: Mapping[str, Any], user: UserContext, response: Any) -> dict[Rule, Any]:
         data: dict[str, Any] = {name: cel_value(arguments[name]) for name in self.arguments if name in arguments}
-        if self.user_fields is None:
-            data["user"] = user.policy_view()
-        else:
-            data["user"] = {name: _user_field(user, name) for name in self.user_fields if name in USER_FIELDS}
+        data["user"] = user_data(user, self.user_fields)
         if self.response:
             data["response"] = cel_value(response)
         found = engine().evaluate_all(self.program, data) if self.program is not None else None
@@ -190,9 +187,17 @@ USER_FIELDS = frozenset(UserContext.anonymous().policy_view())
 _LISTS = frozenset({"permissions", "capabilities", "scopes"})
 
 
+def user_data(user: UserContext, fields: frozenset[str] | None = None) -> dict[str, Any]:
+    """`user` for CEL: the named fields (all when None); claims made CEL values (YAML may hold dates)."""
+    names = USER_FIELDS if fields is None else fields & USER_FIELDS
+    return {name: _user_field(user, name) for name in names}
+
+
 def _user_field(user: UserContext, name: str) -> Any:
     value = getattr(user, name)
-    return list(value) if name in _LISTS else value
+    if name in _LISTS:
+        return list(value)
+    return cel_value(value) if name == "claims" else value
 
 
 def _alone(rule: Rule, data: Mapping[str, Any]) -> Any:
@@ -533,7 +538,7 @@ def endpoint_visible(endpoint, user, project):
         return False
     if compiled.visible_when is not None:
         try:
-            return engine().evaluate(compiled.visible_when.program, {"user": user.policy_view()})
+            return engine().evaluate(compiled.visible_when.program, {"user": user_data(user)})
         except ConditionError as exc:
             log.warning("%s '%s': visible_when could not be evaluated (%s): hidden", endpoint.kind, endpoint.key,
                         exc)

@@ -39,7 +39,7 @@ CATALOGUE = [
     Example("pandas-analysis", tests=6, extra="pandas"),
     Example("ml-classifier", tests=7, extra="ml"),
     Example("redis-cache", tests=4, extra="redis", redis=True),
-    Example("original-style", tests=5, env={"WEATHER_API_KEY": "demo-weather-key"}),
+    Example("original-style", tests=7, env={"WEATHER_API_KEY": "demo-weather-key"}, extra="cel"),
     Example("access-control", tests=12, extra="cel"),
 ]
 
@@ -192,3 +192,39 @@ def test_redis_client_closed_on_shutdown(tmp_path, monkeypatch, redis_port):
         assert observer.get("k") == "v"
     finally:
         observer.close()
+
+
+def test_access_control_over_mcp_gives_each_configured_caller_what_its_tests_say(tmp_path, monkeypatch, user_config):
+    """In-process MCP client: the caller is the user config's identity, as for stdio serving."""
+    skip_without_extra("cel", who="example access-control")
+    from mxcp_core.testing import ClientFactory
+
+    handle = example_handle("access-control", tmp_path, monkeypatch)
+
+    async def session(client):
+        names = sorted(t.name for t in (await client.list_tools()).tools)
+        employee = await client.call_tool("employee", {"id": 2})
+        alice = await client.call_tool("employee", {"id": 1})
+        expenses = await client.call_tool("my_expenses", {})
+        return names, employee, alice, expenses
+
+    def as_user(context: str) -> tuple:
+        user_config(f"mxcp: 1\nprojects:\n  access-control:\n    profiles:\n      default:\n        user_context: {context}\n")
+        return ClientFactory().run(handle, session)
+
+    names, employee, alice, expenses = as_user("{username: hana, role: hr}")
+    assert names == ["employee", "my_expenses", "whoami"]  # payroll_export is for admins only
+    assert employee.structured_content == {"id": 2, "username": "bob", "name": "Bob Baker", "department": "engineering",
+                                           "salary": 95000, "ssn": "****", "private": {"department": "engineering"}}
+    assert alice.structured_content["name"] == "Alice Archer"  # HR may read Alice's record
+    assert expenses.structured_content == {"result": []}  # hana has no expense claims
+
+    names, employee, alice, expenses = as_user("{username: bob, role: user}")
+    assert "salary" not in employee.structured_content and employee.structured_content["ssn"] == "****"
+    assert alice.is_error and alice.content[0].text == (
+        "denied by input policy 2 of tool 'employee': Only Alice and HR may read Alice's record")
+    assert expenses.structured_content == {"result": [{"id": 12, "note": "conference ticket", "amount": 450.0}]}
+
+    names, employee, _, _ = as_user("{username: root, role: admin}")
+    assert names == ["employee", "my_expenses", "payroll_export", "whoami"]
+    assert employee.structured_content["private"]["home_address"] == "2 Oak Ave"

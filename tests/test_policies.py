@@ -372,3 +372,27 @@ def test_policies_cost_little_per_call(runtime) -> None:
     runtime.call("tool", "employee", {"id": 1}, user={"role": "admin"})
     runtime.call("tool", "employee", {"id": 2}, user={"role": "hr"})
     assert cache[("tool", "employee")][1] is compiled
+
+
+def test_conditions_read_claims_including_dates_from_yaml(make_project, tmp_path) -> None:
+    root = make_project(tmp_path / "proj", {"tools/c.yml": """\
+        mxcp: 1
+        tool:
+          name: c
+          return: {type: integer}
+          source: {code: "SELECT 1"}
+          policies:
+            input:
+              - {condition: "user.claims.hired > '2020-01-01' || user.claims.department != 'hr'", action: deny,
+                 reason: "Senior HR only"}
+        """})
+    import datetime
+
+    with Runtime(open_project(root)) as runtime:
+        senior = {"role": "user", "claims": {"department": "hr", "hired": datetime.date(2015, 3, 1)}}
+        assert runtime.call("tool", "c", user=senior) == 1
+        junior = {"role": "user", "claims": {"department": "hr", "hired": datetime.date(2023, 3, 1)}}
+        with pytest.raises(MxcpError, match="Senior HR only"):
+            runtime.call("tool", "c", user=junior)
+        with pytest.raises(MxcpError, match="its condition could not be evaluated"):  # no claims at all
+            runtime.call("tool", "c", user={"role": "user"})

@@ -170,19 +170,24 @@ def hidden_values(value: Any, redacted: Any) -> list[str]:
 
 
 def sensitive_arguments(call: Any = None) -> list[str]:
-    """The `sensitive` argument values of `call` (default: the current call), computed only when needed."""
+    """The sensitive values of `call` (default: the current call), computed only when needed: its arguments
+    marked `sensitive`, and its caller's external token (an upstream credential, e.g. from get_user_external_token())."""
     if call is None:
         from .context import current_call
 
         call = current_call.get()
+    token = getattr(getattr(call, "user", None), "external_token", None)
     compiled = getattr(call, "compiled", None)
-    if compiled is None or not call.arguments:
+    if (compiled is None or not call.arguments) and not token:
         return []
     # Once per call: every log line, error and audit record of the call asks again, and the arguments are fixed.
     notes = getattr(call, "notes", None)
     found = notes.get(_SENSITIVE_NOTE) if notes is not None else None
     if found is None:
-        found = hidden_values(call.arguments, compiled.parameters.redact(call.arguments))
+        found = hidden_values(call.arguments, compiled.parameters.redact(call.arguments)) if (
+            compiled is not None and call.arguments) else []
+        if token:
+            found = [*found, token]
         if notes is not None:
             notes[_SENSITIVE_NOTE] = found
     return found

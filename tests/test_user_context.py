@@ -362,3 +362,22 @@ def test_a_plugin_decides_visibility_and_one_that_fails_hides_the_endpoint(make_
     finally:
         runtime.stop()
     assert names == ["public"]
+
+
+def test_the_external_token_never_reaches_the_audit_record_or_an_error(make_project, tmp_path, monkeypatch) -> None:
+    token = "gho_upstream_credential_123456"
+    root = make_project(tmp_path / "proj", {
+        "tools/token.yml": 'mxcp: 1\ntool: {name: token, return: {type: string}, '
+                           'source: {code: "SELECT get_user_external_token()"}}\n',
+        "tools/leak.yml": 'mxcp: 1\ntool: {name: leak, return: {type: integer}, '
+                          'source: {code: "SELECT CAST(get_user_external_token() AS INTEGER)"}}\n',
+    })
+    monkeypatch.setenv("MXCP_AUDIT_ENABLED", "1")
+    user = {"username": "ann", "external_token": token}
+    with Runtime(open_project(root)) as runtime:
+        assert runtime.call("tool", "token", user=user) == token  # the endpoint may use it
+        with pytest.raises(MxcpError) as failed:
+            runtime.call("tool", "leak", user=user)
+    assert token not in str(failed.value)
+    log = (root / "audit" / "logs-default.jsonl").read_text()
+    assert log.count("\n") == 4 and token not in log

@@ -303,7 +303,10 @@ class UserContext:
         if not isinstance(data, Mapping):
             raise TypeError(f"{where} must be a mapping, got {type(data).__name__}")
         values = dict(data)
-        claims = dict(values.pop("claims", None) or values.pop("raw_profile", None) or {})
+        claims = values.pop("claims", None) or values.pop("raw_profile", None) or {}
+        if not isinstance(claims, Mapping):
+            raise TypeError(f"{where}: claims must be a mapping, got {type(claims).__name__}")
+        claims = dict(claims)
         known = {f.name for f in attrs.fields(cls)} - {"claims"}
         kwargs: dict[str, Any] = {}
         for key, value in values.items():

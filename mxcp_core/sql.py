@@ -144,7 +144,11 @@ def _execute(cursor: Any, statement: Any, values: Any, slot: context.CursorSlot 
         cursor.execute(statement, values)
     except duckdb.CatalogException as exc:
         # A view using get_username() made behind run_sql's back, met on a cursor not bound yet: bind, run again.
-        if slot is None or not slot.rebind_after(exc):
+        try:
+            rebound = slot is not None and slot.rebind_after(exc)
+        except duckdb.Error:
+            raise exc from None  # binding failed too (the endpoint's transaction is aborted): the first error
+        if not rebound:
             raise
         try:
             cursor.execute(statement, values)

@@ -208,14 +208,18 @@ def _alone(rule: Rule, data: Mapping[str, Any]) -> Any:
 
 
 def _mentions(rule: Rule, names: set[str]) -> bool:
-    return not names.isdisjoint(_IDENTIFIER.findall(_STRING_LITERAL.sub(" ", rule.condition)))
+    return not names.isdisjoint(_IDENTIFIER.findall(rule.condition))
 
 
 def plan(rules: Sequence[Rule], parameters: Sequence[str], variables: Mapping[str, str],
-         cel: CelEngine) -> Evaluation | None:
+         cel: CelEngine, *, response: bool = False) -> Evaluation | None:
+    """How to evaluate `rules` together. What they need is read off their text, erring on the side of too much:
+    every identifier anywhere in a condition (in a string or a comment too) counts as a mention, and any use of
+    `user` other than `user.<field>` hands over the whole record. Too much costs a little time; too little would
+    make a condition fail (deny) or, through `has()`, answer differently."""
     if not rules:
         return None
-    texts = [_STRING_LITERAL.sub(" ", rule.condition) for rule in rules]
+    texts = [rule.condition for rule in rules]
     mentioned = set(_IDENTIFIER.findall(" ".join(texts)))
     fields: set[str] | None = set()
     for text in texts:
@@ -224,22 +228,22 @@ def plan(rules: Sequence[Rule], parameters: Sequence[str], variables: Mapping[st
             break
         fields |= set(_USER_FIELD.findall(text))
     try:
-        program = cel.compile_all([rule.condition for rule in rules], variables)
+        program = cel.compile_all(texts, variables)
     except ConditionError:  # each compiled on its own already: evaluate them one by one
         program = None
     arguments = frozenset(mentioned & set(parameters))
-    on_user_alone = not arguments and "response" not in mentioned and fields is not None and "claims" not in fields
+    on_user_alone = not arguments and not response and fields is not None and "claims" not in fields
     return Evaluation(tuple(rules), program, arguments, None if fields is None else frozenset(fields),
-                      "response" in mentioned, {} if on_user_alone else None)
+                      response, {} if on_user_alone else None)
 
 
 MEMO_SIZE = 4096  # callers remembered per group of conditions
 
 
-_STRING_LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_USER_ANY = re.compile(r"(?<![\w.])user\b")
-_USER_FIELD = re.compile(r"(?<![\w.])user\.([A-Za-z_][A-Za-z0-9_]*)")
+# `user` as a name (also `.user`, CEL's root-qualified form); `user.<field>` where a field is named.
+_USER_ANY = re.compile(r"(?<![A-Za-z0-9_])user(?![A-Za-z0-9_])")
+_USER_FIELD = re.compile(r"(?<![A-Za-z0-9_])user\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)")
 
 
 @attrs.frozen
@@ -282,7 +286,7 @@ def compile_policies(definition: EndpointDefinition) -> EndpointPolicies:
                                plan([r for r in early if r not in on_user], list(parameters), input_variables, cel))
                    if p is not None)
     after = plan([r for r in output_rules if _mentions(r, {"response"})], [],
-                 {"user": "map", "response": "dyn"}, cel)
+                 {"user": "map", "response": "dyn"}, cel, response=True)
     scopes = policies.get("required_scopes") or []
     if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
         raise ConditionError(f"policies.required_scopes (line {line_of(policies, 'required_scopes')}): "
@@ -321,10 +325,12 @@ def _rules(policies: Mapping[str, Any], stage: str, actions: Sequence[str], vari
         if action not in actions:
             hint = " (field actions apply to output policies)" if action in OUTPUT_ACTIONS else ""
             raise ConditionError(f"{where}: action: expected one of {', '.join(actions)}, got {action!r}{hint}")
-        fields = item.get("fields") or []
+        fields = item.get("fields")
         if action in ("filter_fields", "mask_fields"):
             if not fields or not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
                 raise ConditionError(f"{where}: {action} needs fields: a list of field names")
+        elif fields is not None:
+            raise ConditionError(f"{where}: fields: only filter_fields and mask_fields take fields")
         reason = item.get("reason")
         if reason is not None and not isinstance(reason, str):
             raise ConditionError(f"{where}: reason: expected a string")
@@ -332,7 +338,7 @@ def _rules(policies: Mapping[str, Any], stage: str, actions: Sequence[str], vari
             program = cel.compile(condition, variables)
         except ConditionError as exc:
             raise ConditionError(f"{where}: condition does not compile: {exc}") from None
-        rules.append(Rule(stage, index + 1, condition, action, reason, tuple(fields), program))
+        rules.append(Rule(stage, index + 1, condition, action, reason, tuple(fields or ()), program))
     return tuple(rules)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from typing import Any
 
 import pytest
@@ -396,3 +397,59 @@ def test_conditions_read_claims_including_dates_from_yaml(make_project, tmp_path
             runtime.call("tool", "c", user=junior)
         with pytest.raises(MxcpError, match="its condition could not be evaluated"):  # no claims at all
             runtime.call("tool", "c", user={"role": "user"})
+
+
+def one_tool(make_project, tmp_path, policies: str, parameters: str = "[]", sql: str = "SELECT '1'") -> Any:
+    text = (f"mxcp: 1\ntool:\n  name: t\n  parameters: {parameters}\n  return: {{type: string}}\n"
+            f"  source: {{code: \"{sql}\"}}\n  policies:\n" + textwrap.indent(textwrap.dedent(policies), "    "))
+    return open_project(make_project(tmp_path / "proj", {"tools/t.yml": text}))
+
+
+def test_a_parameter_named_response_is_an_argument_to_input_policies(make_project, tmp_path) -> None:
+    project = one_tool(make_project, tmp_path, """\
+        input:
+          - {condition: "response == 'forbidden'", action: deny, reason: "no"}
+        output:
+          - {condition: "response == 'masked'", action: warn}
+        """, parameters="[{name: response, type: string, default: null}]", sql="SELECT coalesce($response, 'x')")
+    with Runtime(project) as runtime:
+        assert runtime.call("tool", "t", {"response": "ok"}) == "ok"
+        with pytest.raises(MxcpError, match="denied by input policy 1 of tool 't': no"):
+            runtime.call("tool", "t", {"response": "forbidden"})
+
+
+@pytest.mark.parametrize("condition", [
+    "// guests can't call this\nhas(user.role) && user.role == 'guest'",
+    "has(.user.role) && .user.role == 'guest'",
+    "has(user . role) && user . role == 'guest'",
+    "'role' in user && user['role'] == 'guest'",
+])
+def test_every_user_field_a_condition_reads_is_handed_to_it(condition, make_project, tmp_path) -> None:
+    """What a condition needs is read off its text erring towards too much: `has()` on a field that was not handed
+    over would be false, and let a guest through."""
+    project = one_tool(make_project, tmp_path, f"""\
+        input:
+          - condition: {json.dumps(condition)}
+            action: deny
+            reason: "No guests"
+        """)
+    with Runtime(project) as runtime:
+        assert runtime.call("tool", "t", user={"role": "admin"}) == "1"
+        with pytest.raises(MxcpError, match="No guests"):
+            runtime.call("tool", "t", user={"role": "guest"})
+
+
+def test_fields_belong_to_field_actions_only(make_project, tmp_path) -> None:
+    project = one_tool(make_project, tmp_path, """\
+        output:
+          - {condition: "true", action: filter_sensitive_fields, fields: 5}
+        """)
+    (bad,) = project.endpoints().invalid
+    assert bad.message.endswith("fields: only filter_fields and mask_fields take fields")
+
+
+def test_claims_must_be_a_mapping() -> None:
+    from mxcp_core.records import UserContext
+
+    with pytest.raises(TypeError, match="user context: claims must be a mapping, got str"):
+        UserContext.from_mapping({"username": "a", "claims": "abc"})

@@ -1041,17 +1041,28 @@ def _redact_all(value: Any) -> Any:
     return REDACTED
 
 
-def _compile_redactor(spec: TypeSpec | None) -> _Redactor | None:
-    """A function hiding the sensitive parts of a value, or None when nothing under `spec` is sensitive."""
+# What a dropping redactor returns for a value to leave out (its key or list item goes with it).
+_DROPPED = object()
+
+
+def _drop_all(value: Any) -> Any:
+    return _DROPPED
+
+
+def _compile_redactor(spec: TypeSpec | None, *, drop: bool = False) -> _Redactor | None:
+    """A function hiding the sensitive parts of a value, or None when nothing under `spec` is sensitive.
+
+    Hidden means replaced by REDACTED (for logs and audit records) or, with `drop`, left out: the key of an
+    object and the item of an array go (for results a policy filters)."""
     if spec is None:
         return None
     if spec.sensitive:  # everything below a sensitive spec goes with it
-        return _redact_all
-    item_redactor = _compile_redactor(spec.items)
+        return _drop_all if drop else _redact_all
+    item_redactor = _compile_redactor(spec.items, drop=drop)
     property_redactors = {
         name: redactor
         for name, prop in (spec.properties or {}).items()
-        if (redactor := _compile_redactor(prop)) is not None
+        if (redactor := _compile_redactor(prop, drop=drop)) is not None
     }
     if item_redactor is None and not property_redactors:
         return None
@@ -1060,14 +1071,14 @@ def _compile_redactor(spec: TypeSpec | None) -> _Redactor | None:
         if value is None:
             return None
         if property_redactors and isinstance(value, Mapping):
-            return {
-                key: (property_redactors[key](item) if key in property_redactors else item)
-                for key, item in value.items()
-            }
+            hidden = {key: (property_redactors[key](item) if key in property_redactors else item)
+                      for key, item in value.items()}
+            return {key: item for key, item in hidden.items() if item is not _DROPPED} if drop else hidden
         if item_redactor is not None and isinstance(value, (list, tuple)):
-            return [item_redactor(item) for item in value]
+            items = [item_redactor(item) for item in value]
+            return [item for item in items if item is not _DROPPED] if drop else items
         # A shape the spec does not describe may still hold the secret: hide it whole.
-        return REDACTED
+        return _DROPPED if drop else REDACTED
 
     return redact
 
@@ -1171,6 +1182,7 @@ class CompiledReturn:
             self.kind = "scalar"
         self._check = _compile(spec, convert=False) if spec is not None else _identity
         self._redactor = _compile_redactor(spec)
+        self._dropper = _compile_redactor(spec, drop=True)
         self.wraps_result = self.kind in ("array", "scalar")
         if self.kind == "none":
             self._output_schema: dict[str, Any] | None = None
@@ -1198,6 +1210,14 @@ class CompiledReturn:
 
     def redact(self, value: Any) -> Any:
         return value if self._redactor is None else self._redactor(value)
+
+    def without_sensitive(self, value: Any) -> Any:
+        """The value without what the type marks sensitive, at any depth (keys and items left out; None when the
+        whole result is sensitive)."""
+        if self._dropper is None:
+            return value
+        kept = self._dropper(value)
+        return None if kept is _DROPPED else kept
 
     def sensitive_fields(self) -> set[str]:
         """Names of sensitive properties of the returned object, or of each row for array-of-object returns."""

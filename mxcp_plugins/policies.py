@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import functools
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -118,13 +119,9 @@ def _cel_message(error: Any) -> str:
     return text.split("\n", 1)[0].replace(" (in container '')", "").strip()
 
 
-_ENGINE: list[CelEngine] = []
-
-
+@functools.cache  # one engine per process; a missing evaluator raises, and is looked for again next time
 def engine() -> CelEngine:
-    if not _ENGINE:
-        _ENGINE.append(CelEngine())
-    return _ENGINE[0]
+    return CelEngine()
 
 
 # -- compiled policies ---------------------------------------------------------------------------------------
@@ -256,7 +253,6 @@ class EndpointPolicies:
     # (those on the caller alone apart, remembered per caller); those on the response after it.
     before: tuple[Evaluation, ...] = ()
     after: Evaluation | None = None
-    sensitive: Any = None  # sensitive_plan of the return type
 
     @property
     def hides(self) -> bool:
@@ -302,8 +298,7 @@ def compile_policies(definition: EndpointDefinition) -> EndpointPolicies:
         except ConditionError as exc:
             raise ConditionError(f"{where}: condition does not compile: {exc}") from None
         visible_when = Rule("visibility", 1, text, "hide", None, (), program)
-    return EndpointPolicies(input_rules, output_rules, tuple(scopes), visible_when, before, after,
-                            sensitive_plan(definition.return_type))
+    return EndpointPolicies(input_rules, output_rules, tuple(scopes), visible_when, before, after)
 
 
 def _rules(policies: Mapping[str, Any], stage: str, actions: Sequence[str], variables: Mapping[str, str],
@@ -401,14 +396,11 @@ def cel_value(value: Any) -> Any:
     return str(value)
 
 
-
-
 class Decision:
     """What the rules of one call decided, for the audit record (`call.notes`) and the client's message."""
 
-    def __init__(self, call: Any, sensitive: Any = None) -> None:
+    def __init__(self, call: Any) -> None:
         self.call = call
-        self.sensitive = sensitive  # the endpoint's sensitive_plan
         self.evaluated: list[dict[str, Any]] = call.notes.setdefault("policies_evaluated", [])
         self.warned: list[str] = []
 
@@ -449,8 +441,7 @@ class Decision:
         if rule.action == "mask_fields":
             return _each_row(result, lambda row: {k: (MASK if k in rule.fields else v) for k, v in row.items()})
         if rule.action == "filter_sensitive_fields":
-            kept = drop_sensitive(result, self.sensitive)
-            return None if kept is _DROP else kept
+            return self.call.compiled.returns.without_sensitive(result)
         return result
 
     def settle(self) -> None:
@@ -468,47 +459,6 @@ def _each_row(result: Any, change: Any) -> Any:
     if isinstance(result, list):
         return [change(row) if isinstance(row, Mapping) else row for row in result]
     return result
-
-
-_DROP = object()
-
-
-def sensitive_plan(spec: Any) -> Any:
-    """Where a return type marks values `sensitive: true`, made once per endpoint so that a call walks only there.
-
-    None: nothing sensitive inside; `_DROP`: the whole value; ("object", {key: plan}) or ("array", plan)."""
-    if spec is None:
-        return None
-    if spec.sensitive:
-        return _DROP
-    if spec.properties:
-        inside = {key: plan for key, child in spec.properties.items() if (plan := sensitive_plan(child)) is not None}
-        return ("object", inside) if inside else None
-    if spec.items is not None:
-        plan = sensitive_plan(spec.items)
-        return ("array", plan) if plan is not None else None
-    return None
-
-
-def drop_sensitive(value: Any, plan: Any) -> Any:
-    """`value` without what `plan` (from `sensitive_plan`) marks sensitive, at any depth."""
-    if plan is None:
-        return value
-    if plan is _DROP:
-        return _DROP
-    kind, inside = plan
-    if kind == "object" and isinstance(value, Mapping):
-        kept = {}
-        for key, item in value.items():
-            where = inside.get(key)
-            if where is None:
-                kept[key] = item
-            elif where is not _DROP:
-                kept[key] = drop_sensitive(item, where)
-        return kept
-    if kind == "array" and isinstance(value, list):
-        return [] if inside is _DROP else [drop_sensitive(item, inside) for item in value]
-    return value
 
 
 # -- hooks ---------------------------------------------------------------------------------------------------
@@ -565,7 +515,7 @@ def call_endpoint(call: Any) -> Any:
                            f"({exc})") from None
     if compiled is None or not (compiled.input or compiled.output):
         return (yield)
-    decision = Decision(call, compiled.sensitive)
+    decision = Decision(call)
     user = call.user
     values: dict[Rule, Any] = {}
     for evaluation in compiled.before:

@@ -282,7 +282,7 @@ def test_without_a_cel_evaluator_endpoints_with_policies_are_refused_naming_the_
         make_project, tmp_path, monkeypatch) -> None:
     from mxcp_plugins import policies
 
-    monkeypatch.setattr(policies, "_ENGINE", [])
+    policies.engine.cache_clear()
     monkeypatch.setitem(sys.modules, "cel_expr_python", None)  # as if the extra were not installed
     root = make_project(tmp_path / "proj", FILES)
     project = open_project(root)

@@ -84,13 +84,17 @@ class IdentityFunctions:
             raise duckdb.CatalogException(f"the database may not be named {CATALOG} (mxcp uses that name)")
         # READ_WRITE: a read-only instance would attach it read-only, which DuckDB refuses for ':memory:'.
         conn.execute(f"ATTACH ':memory:' AS {CATALOG} (READ_WRITE)")
+        # One pass over the functions (listing them costs ~15 ms: DuckDB has thousands): those named like ours, and
+        # macros of the database that use ours.
+        rows = conn.execute(
+            "SELECT function_name, macro_definition FROM duckdb_functions() "
+            f"WHERE database_name <> {quote_literal(CATALOG)} AND (list_contains($names, function_name) "
+            "   OR (macro_definition IS NOT NULL AND regexp_matches(macro_definition, $p)))",
+            {"names": list(FUNCTIONS), "p": PATTERN},
+        ).fetchall()
         # A function of the same name that a plugin registered (the original MXCP's Python UDFs) is kept: it
         # resolves whether a cursor is bound or not, where ours would shadow it on bound cursors only.
-        taken = {row[0] for row in conn.execute(
-            "SELECT DISTINCT function_name FROM duckdb_functions() "
-            f"WHERE database_name <> {quote_literal(CATALOG)} AND list_contains($names, function_name)",
-            {"names": list(FUNCTIONS)},
-        ).fetchall()}
+        taken = {name for name, _ in rows if name in FUNCTIONS}
         for name in sorted(taken):
             log.warning(
                 "a function named %s() is already registered (by a plugin?): it is used instead of mxcp's, "
@@ -106,17 +110,16 @@ class IdentityFunctions:
         self.database = database
         self._set_path = duckdb.extract_statements(f"SET search_path = {quote_literal(path)}")[0]
         # True once the database holds objects that use the functions: then every call binds, whatever its SQL.
-        self.everywhere = self._used_by_objects(conn)
+        self.everywhere = any(definition and mentions_identity(definition) for _, definition in rows) or (
+            self._used_by_views_or_defaults(conn))
 
     @staticmethod
-    def _used_by_objects(conn: Any) -> bool:
+    def _used_by_views_or_defaults(conn: Any) -> bool:
         return bool(conn.execute(
             "SELECT EXISTS (SELECT 1 FROM duckdb_views() WHERE NOT internal AND regexp_matches(sql, $p)) "
-            "OR EXISTS (SELECT 1 FROM duckdb_functions() WHERE database_name <> $catalog "
-            "   AND macro_definition IS NOT NULL AND regexp_matches(macro_definition, $p)) "
             "OR EXISTS (SELECT 1 FROM duckdb_columns() WHERE column_default IS NOT NULL "
             "   AND regexp_matches(column_default, $p))",
-            {"p": PATTERN, "catalog": CATALOG},
+            {"p": PATTERN},
         ).fetchone()[0])
 
     def needed(self, sql: str) -> bool:

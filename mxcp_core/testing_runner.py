@@ -345,12 +345,10 @@ async def run_one(runtime: Runtime, planned: PlannedTest) -> TestOutcome:
     except Exception as exc:  # noqa: BLE001 - one broken endpoint must not stop the other tests
         return outcome("error", f"{type(exc).__name__}: {exc}")
     if expected_error is not None:
-        compiled = runtime.compiled_endpoint(endpoint.kind, endpoint.key)
-        hidden = redaction.hidden_values(result, compiled.returns.redact(result)) if compiled else []
-        return outcome("failed", redaction.mask(
-            f"expected an error containing {_show(expected_error)}, but the call returned {_show(to_jsonable(result))}",
-            extra=hidden))
-    failures = check_assertions(spec, result)
+        failures = [f"expected an error containing {_show(expected_error)}, but the call returned "
+                    f"{_show(to_jsonable(result))}"]
+    else:
+        failures = check_assertions(spec, result)
     if not failures:
         return outcome("passed")
     # A failure message quotes the result: its sensitive values must not reach a CI log.

@@ -310,3 +310,48 @@ def test_failure_messages_do_not_quote_sensitive_result_values(make_project, tmp
     assert outcome.status == "failed"
     assert "ann" in outcome.message and "[REDACTED]" in outcome.message
     assert "hunter2" not in outcome.message
+
+
+EXPECT_ERROR = """\
+mxcp: 1
+tool:
+  name: guarded
+  return: {type: object, properties: {user: {type: string}, token: {type: string, sensitive: true}}}
+  source:
+    code: "SELECT 'ann' AS user, 'hunter2-token' AS token"
+  tests:
+    - name: denied_as_expected
+      user_context: {role: guest}
+      expect_error: "admins only"
+    - name: denied_for_another_reason
+      user_context: {role: guest}
+      expect_error: "sign in first"
+    - name: not_denied
+      user_context: {role: admin}
+      expect_error: "admins only"
+"""
+
+
+class GuardedAdminOnly:
+    @hookimpl(wrapper=True)
+    def call_endpoint(self, call: Any) -> Any:
+        if call.user.role != "admin":
+            raise MxcpError("denied: admins only")
+        return (yield)
+
+
+def test_expect_error_asserts_a_denial_by_its_message(make_project, tmp_path) -> None:
+    root = make_project(tmp_path / "proj", {"tools/guarded.yml": EXPECT_ERROR})
+    with Runtime(open_project(root, extra_plugins=[("guard", GuardedAdminOnly())])) as runtime:
+        by_name = {o.name: o for o in run_tests(runtime)}
+    assert by_name["denied_as_expected"].status == "passed"
+    wrong = by_name["denied_for_another_reason"]
+    assert wrong.status == "failed"
+    assert wrong.message == 'expected an error containing "sign in first", got: denied: admins only'
+    returned = by_name["not_denied"]
+    assert returned.status == "failed" and returned.message.startswith(
+        'expected an error containing "admins only", but the call returned {"user": "ann"')
+    assert "hunter2-token" not in returned.message and "[REDACTED]" in returned.message
+    both = EXPECT_ERROR + '    - {name: both, expect_error: "admins only", result: {user: ann}}\n'
+    (bad,) = open_project(make_project(tmp_path / "both", {"tools/guarded.yml": both})).endpoints().invalid
+    assert "line 17: tool.tests[3]: expect_error cannot be combined with result assertions" in bad.message

@@ -334,8 +334,11 @@ class Runtime:
         caller: str = "cli",
         user: UserContext | Mapping[str, Any] | None = None,
         session_id: str | None = None,
+        found: tuple[CompiledEndpoint, dict[str, Any]] | None = None,
     ) -> tuple[CompiledEndpoint, EndpointCall]:
-        """Find the endpoint (if `user` may see it) and validate the arguments (defaults applied, formats converted)."""
+        """Find the endpoint (if `user` may see it) and validate the arguments (defaults applied, formats converted).
+
+        `found`: what `endpoint(kind, name, user)` already returned for this call (the server looks up first)."""
         if user is None:
             user = UserContext.anonymous()
         elif not isinstance(user, UserContext):
@@ -343,7 +346,7 @@ class Runtime:
                 user = UserContext.from_mapping(user)
             except TypeError as exc:
                 raise ValidationError(str(exc)) from None
-        compiled, from_uri = self.endpoint(kind, name, user)
+        compiled, from_uri = found if found is not None else self.endpoint(kind, name, user)
         given = {**from_uri, **(arguments or {})}
         validated = compiled.parameters.validate(given)
         call = EndpointCall(

@@ -109,42 +109,31 @@ class Catalog:
         # Plugins may hide endpoints from some callers (`endpoint_visible`): then lists are made per caller.
         self.per_caller = runtime.hooks.decides_visibility
 
-    def visible_list(self, listing: Any, field: str, entries: Mapping[str, _Entry], user: UserContext) -> Any:
-        """The listing as `user` may see it: the prebuilt one when nothing can be hidden or nothing is."""
+    def visible_list(self, listing: Any, field: str, key: str, entries: Mapping[str, _Entry], user: UserContext) -> Any:
+        """The listing as `user` may see it: the prebuilt one when nothing can be hidden or nothing is.
+
+        `key` is the attribute of a listed item that names its entry (`name`, `uri`, `uri_template`)."""
         if not self.per_caller:
             return listing
         items = getattr(listing, field)
-        kept = [item for item in items if self._visible(entries, item, user)]
+        kept = [item for item in items
+                if self.runtime.visible(entries[str(getattr(item, key))].compiled.definition, user)]
         if len(kept) == len(items):
             return listing
         return type(listing)(**{field: kept})
 
-    def _visible(self, entries: Mapping[str, _Entry], item: Any, user: UserContext) -> bool:
-        key = getattr(item, "name", None) if entries is self.tools or entries is self.prompts else (
-            getattr(item, "uri_template", None) or str(getattr(item, "uri", "")))
-        entry = entries.get(key)
-        return entry is not None and self.runtime.visible(entry.compiled.definition, user)
-
-    def entry(self, entries: Mapping[str, _Entry], name: str, user: UserContext) -> _Entry | None:
-        """The served entry for a name, None when unknown or hidden from `user` (answered alike)."""
-        entry = entries.get(name)
-        if entry is None or not self.per_caller or self.runtime.visible(entry.compiled.definition, user):
-            return entry
-        return None
-
-    def resource(self, uri: str, user: UserContext) -> tuple[_Entry, dict[str, Any]]:
-        found = self.entry(self.resources, uri, user)
-        if found is not None:
-            return found, {}
-        # The runtime's own template matching, so `mxcp run resource` and the server agree on every URI.
-        try:
-            compiled, values = self.runtime.endpoint("resource", uri, user)
-        except NotFoundError:
-            compiled, values = None, {}
-        entry = self.templates.get(compiled.key) if compiled is not None else None
-        if entry is None:
-            raise MCPError(code=RESOURCE_NOT_FOUND, message=f"Unknown resource: {uri}")
-        return entry, values
+    def find(self, kind: str, name: str, user: UserContext) -> tuple[_Entry, tuple[CompiledEndpoint, dict[str, Any]]]:
+        """The served entry for a name (a URI for resources, templates included) as `user` may see it, with the
+        runtime's lookup, which the call then reuses. Unknown and hidden alike raise NotFoundError, with the
+        runtime's message (a did-you-mean among what the caller may see, or why a skipped endpoint is not served).
+        """
+        found = self.runtime.endpoint(kind, name, user)
+        key = found[0].key
+        if kind == "tool":
+            return self.tools[key], found
+        if kind == "prompt":
+            return self.prompts[key], found
+        return self.resources.get(key) or self.templates[key], found
 
 
 def create_server(runtime: Runtime, *, name: str | None = None) -> Server:
@@ -176,51 +165,59 @@ def create_server(runtime: Runtime, *, name: str | None = None) -> Server:
         return {"caller": "http", "session_id": request.headers.get("mcp-session-id"), "user": user}
 
     async def run(ctx: ServerRequestContext[Any], kind: str, key: str, arguments: Mapping[str, Any],
-                  user: UserContext) -> Any:
-        value, _ = await run_with_notes(ctx, kind, key, arguments, user)
+                  user: UserContext, found: Any) -> Any:
+        value, _ = await run_with_notes(ctx, kind, key, arguments, user, found)
         return value
 
     async def run_with_notes(
-        ctx: ServerRequestContext[Any], kind: str, key: str, arguments: Mapping[str, Any], user: UserContext
+        ctx: ServerRequestContext[Any], kind: str, key: str, arguments: Mapping[str, Any], user: UserContext,
+        found: Any,
     ) -> tuple[Any, dict[str, Any]]:
         tokens = current_request.set(ctx), server_loop.set(asyncio.get_running_loop())
         try:
-            value, call = await runtime.call_async_with_call(kind, key, arguments, **identity(ctx, user))
+            value, call = await runtime.call_async_with_call(kind, key, arguments, found=found,
+                                                             **identity(ctx, user))
             return value, call.notes
         finally:
             server_loop.reset(tokens[1])
             current_request.reset(tokens[0])
 
     async def list_tools(ctx: ServerRequestContext[Any], params: Any) -> types.ListToolsResult:
-        return catalog.visible_list(catalog.list_tools, "tools", catalog.tools, caller_of(ctx))
+        return catalog.visible_list(catalog.list_tools, "tools", "name", catalog.tools, caller_of(ctx))
 
     async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
         user = caller_of(ctx)
-        entry = catalog.entry(catalog.tools, params.name, user)
-        if entry is None:
-            raise MCPError(code=types.INVALID_PARAMS, message=_not_served(runtime, "tool", params.name, user))
+        try:
+            entry, found = catalog.find("tool", params.name, user)
+        except NotFoundError as exc:
+            raise MCPError(code=types.INVALID_PARAMS, message=redaction.mask(str(exc))) from None
         arguments = params.arguments or {}
         try:
-            value, notes = await run_with_notes(ctx, "tool", entry.key, arguments, user)
+            value, notes = await run_with_notes(ctx, "tool", entry.key, arguments, user, found)
         except Exception as exc:  # noqa: BLE001 - every failure is a result the model can read
             return _error_result(scrub.message(exc, entry, arguments))
         return _tool_result(entry, value, notes.get("truncated"), notes.get(ENCODED_RESULT))
 
     async def list_resources(ctx: ServerRequestContext[Any], params: Any) -> types.ListResourcesResult:
-        return catalog.visible_list(catalog.list_resources, "resources", catalog.resources, caller_of(ctx))
+        return catalog.visible_list(catalog.list_resources, "resources", "uri", catalog.resources, caller_of(ctx))
 
     async def list_templates(ctx: ServerRequestContext[Any], params: Any) -> types.ListResourceTemplatesResult:
-        return catalog.visible_list(catalog.list_templates, "resource_templates", catalog.templates, caller_of(ctx))
+        return catalog.visible_list(catalog.list_templates, "resource_templates", "uri_template", catalog.templates,
+                                    caller_of(ctx))
 
     async def read_resource(
         ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
     ) -> types.ReadResourceResult:
         uri = str(params.uri)
         user = caller_of(ctx)
-        entry, values = catalog.resource(uri, user)
-        arguments = _read_strings(entry, values)
         try:
-            value, notes = await run_with_notes(ctx, "resource", entry.key, arguments, user)
+            entry, found = catalog.find("resource", uri, user)
+        except NotFoundError:
+            raise MCPError(code=RESOURCE_NOT_FOUND, message=f"Unknown resource: {uri}") from None
+        arguments = _read_strings(entry, found[1])
+        try:
+            # The URI's values, read as their declared types, are the arguments (not the raw strings).
+            value, notes = await run_with_notes(ctx, "resource", entry.key, arguments, user, (found[0], {}))
         except Exception as exc:  # noqa: BLE001
             raise scrub.protocol_error(exc, entry, arguments) from None
         truncated = notes.get("truncated")
@@ -229,16 +226,17 @@ def create_server(runtime: Runtime, *, name: str | None = None) -> Server:
                                         meta={TRUNCATED_META: dict(truncated)} if truncated else None)
 
     async def list_prompts(ctx: ServerRequestContext[Any], params: Any) -> types.ListPromptsResult:
-        return catalog.visible_list(catalog.list_prompts, "prompts", catalog.prompts, caller_of(ctx))
+        return catalog.visible_list(catalog.list_prompts, "prompts", "name", catalog.prompts, caller_of(ctx))
 
     async def get_prompt(ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams) -> types.GetPromptResult:
         user = caller_of(ctx)
-        entry = catalog.entry(catalog.prompts, params.name, user)
-        if entry is None:
-            raise MCPError(code=types.INVALID_PARAMS, message=_not_served(runtime, "prompt", params.name, user))
+        try:
+            entry, found = catalog.find("prompt", params.name, user)
+        except NotFoundError as exc:
+            raise MCPError(code=types.INVALID_PARAMS, message=redaction.mask(str(exc))) from None
         arguments = _read_strings(entry, params.arguments or {})
         try:
-            messages = await run(ctx, "prompt", entry.key, arguments, user)
+            messages = await run(ctx, "prompt", entry.key, arguments, user, found)
         except Exception as exc:  # noqa: BLE001
             raise scrub.protocol_error(exc, entry, arguments) from None
         return types.GetPromptResult(
@@ -329,15 +327,6 @@ def _reshaped(definition: Any) -> bool:
     and clients check structured content against the schema they were given, so none is given."""
     output = (definition.policies or {}).get("output") if isinstance(definition.policies, Mapping) else None
     return any(isinstance(rule, Mapping) and rule.get("action") not in ("deny", "warn") for rule in output or ())
-
-
-def _not_served(runtime: Runtime, kind: str, name: str, user: UserContext) -> str:
-    """Why a name is not served: unknown (with a did-you-mean), or skipped as invalid (`--ignore-errors`)."""
-    try:
-        runtime.endpoint(kind, name, user)
-    except NotFoundError as exc:
-        return redaction.mask(str(exc))
-    return f"Unknown {kind}: {name}"
 
 
 def _error_result(message: str) -> types.CallToolResult:

@@ -104,8 +104,12 @@ def sink_for(path: Path) -> Sink:
 
 def _append(path: Path, line: bytes, fsync: bool) -> None:
     """One record, appended with unbuffered writes: once this returns, a killed process cannot lose it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
+    try:
+        fd = os.open(path, flags, 0o666)
+    except FileNotFoundError:  # the folder is missing (first record, or removed since): made here, not per record
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, flags, 0o666)
     try:
         size = os.fstat(fd).st_size
         # A write cut short (disk full) leaves a torn last line: start on a fresh line so only that one is lost.
@@ -129,8 +133,9 @@ def call_endpoint(call: Any) -> Any:
     settings = project.plugin_config("audit", scope="site_profile")
     sink = sink_for(path)
     call_id = uuid.uuid4().hex
+    inputs = _input_data(call)  # the same in both records: made once
     try:
-        sink.write(_line(call, call_id, STARTED, None, None, None), fsync=settings.fsync)
+        sink.write(_line(call, call_id, inputs, STARTED, None, None, None), fsync=settings.fsync)
     except Exception as exc:  # noqa: BLE001 - whatever stops the record, the call must not run unrecorded
         reason = _reason(exc)
         if settings.on_failure == "refuse":
@@ -150,13 +155,14 @@ def call_endpoint(call: Any) -> Any:
         status, error = "error", str(exc) or type(exc).__name__
         raise
     finally:
-        _complete(sink, settings, call, call_id, status, error, result, (time.perf_counter() - started) * 1000)
+        _complete(sink, settings, call, call_id, inputs, status, error, result,
+                  (time.perf_counter() - started) * 1000)
 
 
-def _complete(sink: Sink, settings: AuditSettings, call: Any, call_id: str, status: str, error: str | None,
-              result: Any, duration_ms: float) -> None:
+def _complete(sink: Sink, settings: AuditSettings, call: Any, call_id: str, inputs: Any, status: str,
+              error: str | None, result: Any, duration_ms: float) -> None:
     """Write the completion record. The call has run: its outcome stands whatever happens here."""
-    line = _line(call, call_id, status, error, result, duration_ms)
+    line = _line(call, call_id, inputs, status, error, result, duration_ms)
     try:
         sink.write(line, fsync=settings.fsync)
     except Exception as exc:  # noqa: BLE001 - reporting failure now would make the client retry work that is done
@@ -188,9 +194,16 @@ def _reason(exc: BaseException) -> str:
     return (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) or type(exc).__name__
 
 
-def _line(call: Any, call_id: str, status: str, error: str | None, result: Any, duration_ms: float | None) -> bytes:
+def _input_data(call: Any) -> Any:
+    # Sensitive fields are already "[REDACTED]" by type; mask also catches secret values and sensitive
+    # arguments elsewhere in the data (a tool returning a secret, or echoing a password in a plain field).
     compiled = call.compiled
-    inputs = compiled.parameters.redact(call.arguments) if compiled else {}
+    return mask(to_jsonable(compiled.parameters.redact(call.arguments) if compiled else {}), call)
+
+
+def _line(call: Any, call_id: str, inputs: Any, status: str, error: str | None, result: Any,
+          duration_ms: float | None) -> bytes:
+    compiled = call.compiled
     outputs = compiled.returns.redact(result) if compiled and status == "success" else None
     record = {
         "schema_name": SCHEMA_NAME,
@@ -206,10 +219,8 @@ def _line(call: Any, call_id: str, status: str, error: str | None, result: Any, 
         "user_id": call.user.user_id if call.user else None,
         "session_id": call.session_id,
         "trace_id": call.trace_id,
-        # Sensitive fields are already "[REDACTED]" by type; mask also catches secret values and sensitive
-        # arguments elsewhere in the data (a tool returning a secret, or echoing a password in a plain field).
-        "input_data": mask(to_jsonable(inputs), call),
-        "output_data": mask(to_jsonable(outputs), call),
+        "input_data": inputs,
+        "output_data": mask(to_jsonable(outputs), call),  # masked as the inputs are (see _input_data)
         "error": mask(error, call) if error else None,
         "policies_evaluated": call.notes.get("policies_evaluated", []),
         "policy_decision": call.notes.get("policy_decision"),

@@ -515,8 +515,7 @@ class Runtime:
 
     def execute_body(self, call: EndpointCall) -> Any:
         """The innermost step of every call: the executor runs the body, the result is shaped and checked."""
-        definition = call.endpoint
-        compiled = self.compiled[(definition.kind, definition.key)]
+        definition, compiled = call.endpoint, call.compiled
         if definition.kind == "prompt":
             from .prompts import render_messages
 

@@ -61,14 +61,6 @@ class WorkerPool:
         self._abandoned = 0
         self._closed = False
 
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
-    @property
-    def abandoned(self) -> int:
-        return self._abandoned
-
     async def run(self, func: Callable[..., Any], *args: Any, deadline: float | None = None) -> Any:
         """Run `func(*args)` in a worker thread (with the caller's context variables).
 

@@ -150,11 +150,9 @@ def _project_database(call: EndpointCall) -> Iterator[tuple[str, str]]:
         snapshots = project.state.get(STATE_KEY)
         if snapshots is None:
             snapshots = project.state[STATE_KEY] = Snapshots()
-    from mxcp.runtime import db
-
-    # `db.connection`: the call's cursor with get_username() & co. bound, which copying views, macros and column
-    # defaults that use them needs.
-    snapshot = snapshots.acquire(db.connection, project.duckdb_path, catalog)
+    # The call's cursor with get_username() & co. bound, which copying views, macros and column defaults that use
+    # them needs.
+    snapshot = snapshots.acquire(call_cursor(bind_identity=True), project.duckdb_path, catalog)
     try:
         yield str(snapshot.path), catalog
     finally:

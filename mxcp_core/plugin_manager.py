@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "mxcp"
 # The host's own implementation of `call_endpoint` runs every call; without it nothing works.
 ESSENTIAL_PLUGINS = frozenset({"core"})
+# Hooks through which a plugin guards calls: a plugin implementing one is never skipped for failing elsewhere.
+GUARD_HOOKS = frozenset({"call_endpoint", "check_endpoint", "endpoint_visible", "identify_caller", "resolve_secret"})
 BUILTIN_PREFIX = "mxcp_plugins"
 
 
@@ -95,13 +97,19 @@ class PluginHost:
         self.skipped.append(name)
 
     def report_failure(self, name: str, reason: str) -> None:
-        """A loaded plugin failed in a hook whose failure can be isolated: skip it (fatal in strict mode)."""
-        dist = _dist_name(self._sources.get(name))
-        self._fail(name, dist, reason)
+        """A loaded plugin failed in a hook whose failure can be isolated: skip it (fatal in strict mode).
+
+        Not a plugin that guards calls (a wrapper, visibility, identity, checks, secrets): skipping it would serve
+        without its guard, so its failure stops the start, whatever the mode."""
         plugin = self.pm.get_plugin(name)
-        if plugin is not None and name not in ESSENTIAL_PLUGINS:
-            self.pm.unregister(plugin)
-            self._sources.pop(name, None)
+        guards = sorted({caller.name for caller in self.pm.get_hookcallers(plugin) or []} & GUARD_HOOKS) \
+            if plugin is not None else []
+        if guards:
+            raise PluginLoadError(f"plugin '{name}' failed: {reason}; it guards calls ({', '.join(guards)}), so "
+                                  "nothing is served without it")
+        self._fail(name, _dist_name(self._sources.get(name)), reason)
+        if name not in ESSENTIAL_PLUGINS:
+            self.unregister(name)
 
     # -- loading -------------------------------------------------------------------------------
     def load_entry_points(self, entry_points: Iterable[metadata.EntryPoint] | None = None) -> None:

@@ -173,3 +173,28 @@ def test_a_start_stopped_by_on_init_releases_what_it_took(make_project, tmp_path
             started(root):
         pass
     assert sys.path == path_before and "setup_cache" not in sys.modules
+
+
+GUARD_BROKEN_INIT = """\
+from mxcp_core import MxcpError, hookimpl
+
+@hookimpl
+def on_init(runtime):
+    raise OSError("cannot reach the policy server")
+
+@hookimpl(wrapper=True)
+def call_endpoint(call):
+    raise MxcpError("denied by the guard")
+    yield  # a wrapper is a generator
+"""
+
+
+def test_a_plugin_that_guards_calls_is_never_skipped_when_it_fails(make_dist, make_project, run_mxcp, tmp_path):
+    """Skipping it would serve without its guard: its failure stops the start instead, even without strict mode."""
+    folder = make_dist("acme-guard", {"acme_guard": GUARD_BROKEN_INIT}, {"acme_guard": "acme_guard"})
+    root = make_project(tmp_path / "p", {"tools/open.yml": 'mxcp: 1\ntool: {name: open, return: {type: integer}, '
+                                                           'source: {code: "SELECT 1"}}\n'})
+    done = run_mxcp("run", "tool", "open", cwd=root, pythonpath=[folder])
+    assert done.returncode == 1 and done.stdout == "" and "Traceback" not in done.stderr
+    assert ("plugin 'acme_guard' failed: on_init failed: OSError: cannot reach the policy server; it guards calls "
+            "(call_endpoint), so nothing is served without it") in done.stderr

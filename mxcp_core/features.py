@@ -61,6 +61,9 @@ ORIGINAL_SECTIONS: tuple[OriginalSection, ...] = (
     OriginalSection("user", "models", None, purpose="LLM models for evals"),
     OriginalSection("user_profile", "plugin", "udf_plugins", _no_udf_config, purpose="UDF plugin configs"),
     OriginalSection("user_profile", "auth", None, _no_sign_in, security=True, purpose="sign-in for HTTP serving"),
+    # Not the original's, but read by a builtin: with it disabled, the error names it.
+    OriginalSection("user_profile", "user_context", "configured_identity", security=True,
+                    purpose="the caller of stdio serving and `mxcp run`"),
 )
 
 # Languages of the original's endpoints and the executors that run them.

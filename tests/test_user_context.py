@@ -381,3 +381,10 @@ def test_the_external_token_never_reaches_the_audit_record_or_an_error(make_proj
     assert token not in str(failed.value)
     log = (root / "audit" / "logs-default.jsonl").read_text()
     assert log.count("\n") == 4 and token not in log
+
+
+def test_a_configured_identity_with_its_plugin_disabled_is_refused_naming_the_plugin(root, user_config) -> None:
+    user_config("mxcp: 1\nprojects:\n  demo:\n    profiles:\n      default:\n        user_context: {username: carol}\n")
+    with pytest.raises(MxcpError) as refused:
+        open_project(root, disabled_plugins=["configured_identity"])
+    assert "configured_identity" in str(refused.value) and "user_context" in str(refused.value)

@@ -570,7 +570,7 @@ def read_site_file(site_file: Path, profile: str | None = None) -> tuple[LineDic
         interpolated["profiles"] = profiles
     elif "profiles" in raw:
         interpolated["profiles"] = profiles_raw
-    return interpolated, str(active or interpolated.get("profile") or "")
+    return interpolated, str(active or "")
 
 
 def load_site_config(site_file: Path, profile: str | None = None) -> tuple[SiteConfig, str, LineDict]:
@@ -589,7 +589,7 @@ def load_site_config(site_file: Path, profile: str | None = None) -> tuple[SiteC
         raise ConfigError(
             f"unsupported version {site.mxcp}; expected 1", file=site_file, line=raw.line_of("mxcp"), key_path="mxcp"
         )
-    return site, active or site.profile, raw
+    return site, active, raw  # `profile:` is required, so `active` is set once the file structures
 
 
 def read_user_file(path: Path | None = None) -> tuple[LineDict, Path]:

@@ -47,6 +47,20 @@ def parse_user_context(text: str | None) -> dict[str, Any] | None:
     return user
 
 
+def command_caller(text: str | None, project: Any) -> Any:
+    """Who runs the command: `--user-context`, else the user config's identity for this machine's user
+    (`user_context:`, through identify_caller), else anonymous."""
+    from ..records import UserContext
+
+    given = parse_user_context(text)
+    if given is None:
+        return project.hooks.identify_caller("cli", None, project.context)
+    try:
+        return UserContext.from_mapping(given, where="--user-context")
+    except TypeError as exc:
+        raise MxcpError(str(exc)) from None
+
+
 def keep_text_for_strings(arguments: dict[str, Any], raw_params: list[str], declared: Any) -> dict[str, Any]:
     """`-p zip=02134` or `-p name=123` for a string parameter: the text as typed, not the JSON number it parses to."""
     string_names = {p.name for p in declared if p.type.type == "string"}
@@ -86,11 +100,9 @@ def run(
         if kind not in {"tool", "resource", "prompt"}:
             raise MxcpError(f"unknown kind '{kind}': expected tool, resource or prompt")
         arguments = dict(parse_param(p) for p in param or [])
-        user = parse_user_context(user_context)
         project = load(profile, readonly)
+        user = command_caller(user_context, project)
         with Runtime(project, skip_invalid=True) as runtime:
-            if user is None:  # the user config's identity for this machine's user, if any (`user_context:`)
-                user = runtime.hooks.identify_caller("cli", None, runtime.context)
             compiled = runtime.compiled.get((kind, name))
             if compiled is not None:
                 arguments = keep_text_for_strings(arguments, param or [], compiled.definition.parameters)
@@ -125,7 +137,6 @@ def query(
     """Run SQL against the project's DuckDB database (UDFs and extensions loaded)."""
     from .. import context
     from ..execution import Phase, Runtime
-    from ..records import UserContext
     from ..sql import run_sql
 
     with reporting_errors(json_output, debug):
@@ -133,14 +144,8 @@ def query(
             raise MxcpError("give the SQL as an argument or with --file (one of them)")
         text = sql if sql is not None else file.read_text(encoding="utf-8")  # type: ignore[union-attr]
         arguments = dict(parse_param(p) for p in param or [])
-        given = parse_user_context(user_context)
-        try:
-            user = UserContext.from_mapping(given, where="--user-context") if given is not None else None
-        except TypeError as exc:
-            raise MxcpError(str(exc)) from None
         project = load(profile, readonly)
-        if user is None:  # the user config's identity for this machine's user, if any (`user_context:`)
-            user = project.hooks.identify_caller("cli", None, project.context)
+        user = command_caller(user_context, project)
         with Runtime(project, phase=Phase.DATABASE) as runtime, context.bound(runtime, user=user):
             rows = list(run_sql(context.cursor(), text, arguments))
 

@@ -80,6 +80,14 @@ _LAZY = {
     # Python endpoints' lifecycle marks and what a call asked for that the profile lacks
     "lifecycle_role": "runtime_api:lifecycle_role",
     "missing_secrets": "runtime_api:missing_secrets",
+    # sign-in: what sign-in, identity-provider and store plugins return
+    "HttpSignIn": "sign_in:HttpSignIn",
+    "IdentityProvider": "sign_in:IdentityProvider",
+    "ProviderConnection": "sign_in:ProviderConnection",
+    "SignInStore": "sign_in:SignInStore",
+    "SIGN_IN_MODES": "sign_in:MODES",
+    "SIGN_IN_PROVIDER_PLUGINS": "features:SIGN_IN_PROVIDER_PLUGINS",
+    "user_config_path": "config:user_config_path",
     # commands added through register_commands
     "commands": "commands",
 }

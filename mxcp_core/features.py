@@ -60,7 +60,7 @@ ORIGINAL_SECTIONS: tuple[OriginalSection, ...] = (
     OriginalSection("user", "logging", None, purpose="log files"),
     OriginalSection("user", "models", None, purpose="LLM models for evals"),
     OriginalSection("user_profile", "plugin", "udf_plugins", _no_udf_config, purpose="UDF plugin configs"),
-    OriginalSection("user_profile", "auth", None, _no_sign_in, security=True, purpose="sign-in for HTTP serving"),
+    OriginalSection("user_profile", "auth", "sign_in", _no_sign_in, security=True, purpose="sign-in for HTTP serving"),
     # Not the original's, but read by a builtin: with it disabled, the error names it.
     OriginalSection("user_profile", "user_context", "configured_identity", security=True,
                     purpose="the caller of stdio serving and `mxcp run`"),
@@ -70,6 +70,10 @@ ORIGINAL_SECTIONS: tuple[OriginalSection, ...] = (
 LANGUAGE_PLUGINS: Mapping[str, str] = {"sql": "executor_sql", "python": "executor_python"}
 # Reference schemes of the user config and their resolvers.
 SCHEME_PLUGINS: Mapping[str, str] = {"env": "secrets_env", "file": "secrets_file", "keyring": "secrets_keyring"}
+# Sign-in providers (`auth.provider`) and the builtin offering each.
+SIGN_IN_PROVIDER_PLUGINS: Mapping[str, str] = {
+    name: f"auth_{name}" for name in ("oidc", "keycloak", "google", "github", "atlassian", "salesforce")
+}
 # Commands that builtin plugins add.
 COMMAND_PLUGINS: Mapping[str, str] = {"lint": "lint", "drift-snapshot": "drift", "drift-check": "drift"}
 # SQL functions builtin plugins register.

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pluggy
@@ -22,6 +22,7 @@ from .records import (
     ToolDefinition,
     UserContext,
 )
+from .sign_in import HttpSignIn, IdentityProvider, SignInStore
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,43 @@ class Hooks:
             log.exception("deciding whether %s '%s' is visible failed: hidden", endpoint.kind, endpoint.key)
             return False
         return all(answer is not False for answer in answers)
+
+    # -- sign-in -------------------------------------------------------------------------------
+    def http_sign_in(self, project: ProjectContext, base_url: str, resource_url: str) -> HttpSignIn | None:
+        """The sign-in of HTTP serving, given every identity provider and a store opener; None: no sign-in."""
+        providers = {name: provider for name, (_, provider) in self.sign_in_providers(project).items()}
+
+        def open_store(persistence: Mapping[str, Any]) -> SignInStore:
+            store = self.open_sign_in_store(dict(persistence), project)
+            if store is None:
+                kind = persistence.get("type", "sqlite")
+                raise ConfigError(f"no loaded plugin opens a sign-in store of type '{kind}' (auth.persistence.type; "
+                                  "the builtin 'auth_store_sqlite' opens 'sqlite')")
+            return store
+
+        found = self.pm.hook.http_sign_in(project=project, base_url=base_url, resource_url=resource_url,
+                                          providers=providers, open_store=open_store)
+        if found is not None and not isinstance(found, HttpSignIn):
+            raise MxcpError(f"http_sign_in returned {type(found).__name__}; expected HttpSignIn")
+        return found
+
+    def sign_in_providers(self, project: ProjectContext) -> dict[str, tuple[str, IdentityProvider]]:
+        """Identity providers by name, with the plugin offering each; a name offered twice is an error naming both."""
+        by_name: dict[str, tuple[str, IdentityProvider]] = {}
+        for plugin_name, results in self._each("sign_in_providers", project=project):
+            for provider in results or ():
+                if not isinstance(provider, IdentityProvider):
+                    raise ConfigError(f"plugin '{plugin_name}': sign_in_providers must return IdentityProvider "
+                                      f"records, not {type(provider).__name__}")
+                previous = by_name.get(provider.name)
+                if previous is not None:
+                    raise ConfigError(f"two sign-in providers named '{provider.name}': plugin '{previous[0]}' "
+                                      f"and plugin '{plugin_name}'")
+                by_name[provider.name] = (plugin_name, provider)
+        return by_name
+
+    def open_sign_in_store(self, persistence: dict[str, Any], project: ProjectContext) -> SignInStore | None:
+        return self.pm.hook.open_sign_in_store(persistence=persistence, project=project)
 
     # -- calls and commands --------------------------------------------------------------------
     def call_endpoint(self, call: EndpointCall) -> Any:

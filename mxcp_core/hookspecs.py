@@ -5,7 +5,7 @@ stays compatible.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .markers import hookspec
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         ToolDefinition,
         UserContext,
     )
+    from .sign_in import HttpSignIn, IdentityProvider, SignInStore
 
 
 @hookspec
@@ -92,6 +93,23 @@ def identify_caller(transport: str, request: Any, project: ProjectContext) -> Us
 @hookspec
 def endpoint_visible(endpoint: EndpointDefinition, user: UserContext, project: ProjectContext) -> bool | None:
     """Whether `user` may see and call the endpoint; any False hides it (lists omit it, calls say "unknown")."""
+
+
+@hookspec(firstresult=True)
+def http_sign_in(project: ProjectContext, base_url: str, resource_url: str,
+                 providers: Mapping[str, IdentityProvider],
+                 open_store: Callable[[Mapping[str, Any]], SignInStore]) -> HttpSignIn | None:
+    """How HTTP requests sign in: a token verifier, authorization servers, routes; None when this plugin has none."""
+
+
+@hookspec
+def sign_in_providers(project: ProjectContext) -> Iterable[IdentityProvider] | None:
+    """Identity providers this plugin offers for the user config's `auth.provider` (github, oidc, okta, ...)."""
+
+
+@hookspec(firstresult=True)
+def open_sign_in_store(persistence: dict[str, Any], project: ProjectContext) -> SignInStore | None:
+    """Open the sign-in proxy's store for `persistence` (`{type: sqlite, path}`); None when not this plugin's type."""
 
 
 @hookspec(firstresult=True)

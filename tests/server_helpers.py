@@ -242,7 +242,8 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 20) -> 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"server exited: {process.stderr.read().decode(errors='replace')}")
+            said = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            raise AssertionError(f"server exited with code {process.returncode}: {said}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return

@@ -169,6 +169,8 @@ def test_languages_schemes_keys_commands_and_functions_belong_to_the_plugins_nam
         assert implementation.resolve_secret(reference="other-scheme://x", project=context) is None
     for key, plugin in features.ENDPOINT_KEY_PLUGINS.items():
         assert host.hooks.config_sections()[("endpoint", key)][0] == plugin
+    for provider, plugin in features.SIGN_IN_PROVIDER_PLUGINS.items():
+        assert provider in {p.name for p in host.plugin(plugin).sign_in_providers(project=context)}, plugin
     for command, plugin in features.COMMAND_PLUGINS.items():
         cli = typer.Typer()
         host.plugin(plugin).register_commands(cli=cli)

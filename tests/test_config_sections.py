@@ -167,16 +167,16 @@ def test_unimplemented_sections_warn_once_and_security_ones_are_refused(make_pro
     warned = [r.getMessage() for r in caplog.records if "not implemented in this version" in r.getMessage()]
     assert len(warned) == 2 and "section 'models'" in warned[0] and "section 'telemetry'" in warned[1]
 
-    path = user_config("mxcp: 1\nprojects:\n  demo:\n    profiles:\n      default:\n"
-                       "        auth: {provider: github, github: {client_id: x}}\n")
+    path = user_config("mxcp: 1\nvault: {enabled: true, address: 'http://127.0.0.1:8200'}\n")
     with pytest.raises(ConfigError) as caught:
         open_project(root)
-    assert (caught.value.file, caught.value.line) == (str(path), 6)
-    assert caught.value.key_path == "projects.demo.profiles.default.auth"
+    assert (caught.value.file, caught.value.line, caught.value.key_path) == (str(path), 2, "vault")
+    assert "section 'vault'" in caught.value.message
     assert "guards access, so it is refused rather than ignored" in caught.value.message
-    user_config("mxcp: 1\nvault: {enabled: true, address: 'http://127.0.0.1:8200'}\n")
-    with pytest.raises(ConfigError, match="section 'vault' .* refused rather than ignored"):
-        open_project(root)
+    # `auth` is the sign_in plugin's now: a project with it loads, and its sign-in is enforced when serving.
+    user_config("mxcp: 1\nprojects:\n  demo:\n    profiles:\n      default:\n"
+                "        auth: {provider: github, github: {client_id: x}}\n")
+    assert open_project(root).context.plugin_config("auth", scope="user_profile")["provider"] == "github"
 
 
 # -- endpoint keys ---------------------------------------------------------------------------------------

@@ -65,8 +65,17 @@ def test_documented_firstresult_matches_code(name):
 
 
 def builtin_sources() -> dict[str, Path]:
-    """Builtin plugin name → its module file: every module of mxcp_plugins, and `core`."""
-    sources = {path.stem: path for path in (ROOT / "mxcp_plugins").glob("*.py") if path.stem != "__init__"}
+    """Builtin plugin name → its module file: every builtin entry point's module, and `core`."""
+    from importlib import metadata
+
+    sources = {
+        ep.name: ROOT / (ep.value.replace(".", "/") + ".py")
+        for ep in metadata.entry_points(group="mxcp") if ep.value.startswith("mxcp_plugins.")
+    }
+    # Modules of mxcp_plugins that no entry point names would implement hooks unseen: there must be none.
+    listed = set(sources.values())
+    stray = [p for p in (ROOT / "mxcp_plugins").rglob("*.py") if p not in listed and hookimpl_names(p)]
+    assert stray == [], f"modules implementing hooks without an entry point: {stray}"
     sources["core"] = ROOT / "mxcp_core" / "plugin_manager.py"
     return sources
 

@@ -18,7 +18,7 @@ from mxcp_core import EndpointCall, ProjectContext, RuntimeView, commands
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_SOURCES = sorted(
-    [*(ROOT / "mxcp_plugins").glob("*.py"), *(ROOT / "examples" / "mxcp-plugin-example" / "src").rglob("*.py")]
+    [*(ROOT / "mxcp_plugins").rglob("*.py"), *(ROOT / "examples" / "mxcp-plugin-example" / "src").rglob("*.py")]
 )
 PUBLIC_MODULES = {"mxcp_core": set(mxcp_core.__all__), "mxcp_core.commands": set(commands.__all__)}
 # Endpoint code's API is public too (`from mxcp.runtime import db`).

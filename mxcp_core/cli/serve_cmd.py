@@ -43,6 +43,11 @@ def serve(
     max_sessions: Annotated[
         int | None, typer.Option("--max-sessions", help="Open HTTP/SSE sessions allowed at once (default: 1000).")
     ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option("--base-url", metavar="URL", help="The URL clients reach this server at, e.g. https://mcp.example.com "
+                     "(default: transport.http.base_url; names the resource sign-in tokens must be for)."),
+    ] = None,
     ignore_errors: Annotated[
         bool, typer.Option("--ignore-errors", help="Serve the valid endpoints and skip (and name) invalid ones.")
     ] = False,
@@ -76,6 +81,7 @@ def serve(
                 body_timeout=http.body_timeout if body_timeout is None else body_timeout,
                 session_idle_timeout=http.session_idle_timeout if session_idle_timeout is None else session_idle_timeout,
                 max_sessions=http.max_sessions if max_sessions is None else max_sessions,
+                base_url=base_url or http.base_url,
             )
             run_server(project, options, wire=wire)
     finally:

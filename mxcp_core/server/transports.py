@@ -45,6 +45,8 @@ class ServeOptions:
     body_timeout: float = 60.0
     session_idle_timeout: float = 1800.0
     max_sessions: int = 1000
+    # The URL clients reach this server at (behind a proxy, say): names the resource for sign-in.
+    base_url: str | None = None
 
     def check(self) -> None:
         """Refuse values the config file would refuse (CLI flags bypass its validation)."""
@@ -325,6 +327,9 @@ def serve(project: Project, options: ServeOptions, *, wire: StdioWire | None = N
             server = create_server(runtime)
             if options.transport == "stdio":
                 assert wire is not None
+                if _sign_in_configured(runtime):
+                    print("mxcp: note: the user config's auth (sign-in) applies to HTTP serving; this stdio server "
+                          "serves the local user who started it", file=sys.stderr)
                 anyio.run(_serve_stdio, server, runtime, wire)
             else:
                 anyio.run(_serve_http, server, runtime, options, ready)
@@ -359,11 +364,58 @@ async def _serve_stdio(server: Any, runtime: Runtime, wire: StdioWire) -> None:
         tasks.cancel_scope.cancel()
 
 
+def _sign_in_configured(runtime: Runtime) -> bool:
+    from ..features import original_section
+
+    section = original_section("user_profile", "auth")
+    assert section is not None
+    value = runtime.context.settings.get(("user_profile", "auth"))
+    return not section.inert(value)
+
+
+def public_urls(options: ServeOptions) -> tuple[str, str]:
+    """The base URL clients reach this server at, and the MCP endpoint's URL (the resource tokens are for)."""
+    if options.base_url:
+        base = options.base_url.rstrip("/")
+    else:
+        base = f"http://{_as_host_header(options.host or '0.0.0.0')}:{options.port}"
+    return base, base + ("/sse" if options.transport == "sse" else MCP_PATH)
+
+
+async def _sign_in(runtime: Runtime, options: ServeOptions) -> Any:
+    """The HTTP sign-in a plugin configures (None: the server is open). A configured one that fails stops serving."""
+    base_url, resource_url = public_urls(options)
+    hooks, project = runtime.hooks, runtime.context
+    sign_in = await anyio.to_thread.run_sync(hooks.http_sign_in, project, base_url, resource_url)
+    if sign_in is None:
+        if _sign_in_configured(runtime):
+            # The section is there and its owner answered nothing: refuse rather than serve open.
+            raise MxcpError("the user config's auth block is not enforced by any loaded plugin; not serving open")
+        return None
+    if not options.base_url and options.host in ("", "0.0.0.0", "::", "[::]"):
+        if sign_in.close is not None:
+            await sign_in.close()
+        raise MxcpError("sign-in needs the URL clients reach this server at: set transport.http.base_url "
+                        "(e.g. https://mcp.example.com) when listening on all interfaces")
+    return sign_in
+
+
 async def _serve_http(server: Any, runtime: Runtime, options: ServeOptions,
                       ready: Callable[[str], None] | None) -> None:
+    sign_in = await _sign_in(runtime, options)
+    try:
+        await _serve_http_app(server, runtime, options, ready, sign_in)
+    finally:
+        if sign_in is not None and sign_in.close is not None:
+            with contextlib.suppress(Exception):
+                await sign_in.close()
+
+
+async def _serve_http_app(server: Any, runtime: Runtime, options: ServeOptions,
+                          ready: Callable[[str], None] | None, sign_in: Any) -> None:
     import uvicorn
 
-    app = build_http_app(server, runtime, options)
+    app = build_http_app(server, runtime, options, sign_in)
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", lifespan="on",
                             timeout_graceful_shutdown=3, access_log=False)
     web = _QuietSignalsServer(config)
@@ -377,6 +429,12 @@ async def _serve_http(server: Any, runtime: Runtime, options: ServeOptions,
         warning = host_policy(options).warning
         if warning:
             print(warning, file=sys.stderr)
+        if sign_in is not None:
+            print(f"mxcp: {sign_in.description}" if sign_in.description else "mxcp: sign-in required",
+                  file=sys.stderr)
+        elif not _is_loopback(options.host):
+            print(f"mxcp: warning: no sign-in (auth.provider none): anyone who can reach {options.host or '*'}:"
+                  f"{options.port} can call every tool; configure auth in the user config", file=sys.stderr)
         print(f"mxcp: serving {runtime.context.name} on http://{options.host}:{options.port}{path}",
               file=sys.stderr)
         if ready is not None:
@@ -393,8 +451,9 @@ async def _serve_http(server: Any, runtime: Runtime, options: ServeOptions,
         raise MxcpError(f"cannot listen on {options.host}:{options.port} (address in use or not available here)")
 
 
-def build_http_app(server: Any, runtime: Runtime, options: ServeOptions) -> Any:
-    """The Starlette app: MCP on /mcp (or /sse + /messages/), and /health for load balancers."""
+def build_http_app(server: Any, runtime: Runtime, options: ServeOptions, sign_in: Any = None) -> Any:
+    """The Starlette app: MCP on /mcp (or /sse + /messages/), /health for load balancers, and with sign-in the
+    protected-resource metadata and the sign-in plugin's routes."""
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Mount, Route
@@ -409,6 +468,11 @@ def build_http_app(server: Any, runtime: Runtime, options: ServeOptions) -> Any:
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     health_route = Route("/health", health, methods=["GET"])
+    extra_routes: list[Any] = [health_route]
+    challenge = None
+    if sign_in is not None:
+        challenge = SignInChallenge.build(sign_in, options)
+        extra_routes += challenge.metadata_routes() + list(sign_in.routes)
     security = host_policy(options).settings()
     if options.transport == "sse":
         from mcp.server.sse import SseServerTransport
@@ -432,7 +496,7 @@ def build_http_app(server: Any, runtime: Runtime, options: ServeOptions) -> Any:
             return Response()
 
         app = Starlette(routes=[
-            Route("/sse", handle_sse, methods=["GET"]), Mount("/messages/", app=sse.handle_post_message), health_route,
+            Route("/sse", handle_sse, methods=["GET"]), Mount("/messages/", app=sse.handle_post_message), *extra_routes,
         ])
     else:
         app = server.streamable_http_app(
@@ -442,9 +506,9 @@ def build_http_app(server: Any, runtime: Runtime, options: ServeOptions) -> Any:
             transport_security=security,
             session_idle_timeout=options.session_idle_timeout,
             max_sessions=options.max_sessions,
-            custom_starlette_routes=[health_route],
+            custom_starlette_routes=extra_routes,
         )
-    return HttpGuard(app, options, security)
+    return HttpGuard(app, options, security, challenge)
 
 
 # -- HTTP hardening -----------------------------------------------------------------------------------------
@@ -539,7 +603,7 @@ class HttpGuard:
     - GET /mcp in stateless mode answers 405: the SDK would open an event stream nothing ever writes to.
     """
 
-    def __init__(self, app: Any, options: ServeOptions, security: Any) -> None:
+    def __init__(self, app: Any, options: ServeOptions, security: Any, sign_in: SignInChallenge | None = None) -> None:
         from mcp.server.transport_security import (
             DEFAULT_MAX_REQUEST_BODY_SIZE,
             TransportSecurityMiddleware,
@@ -554,6 +618,12 @@ class HttpGuard:
         self.security = TransportSecurityMiddleware(security)
         self.sse = options.transport == "sse"
         self.stateless = options.stateless and not self.sse
+        self.sign_in = sign_in
+        if sign_in is not None:
+            from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
+
+            # Sets the SDK's contextvar, so `get_access_token()` works inside handlers.
+            self.signed_in_app = AuthContextMiddleware(app)
 
     def _is_mcp_path(self, path: str) -> bool:
         if self.sse:
@@ -605,7 +675,92 @@ class HttpGuard:
                 await respond(_rpc_error("Method Not Allowed: this server is stateless, send requests with POST"),
                               status_code=405, headers={"Allow": "POST"})(scope, replay, send)
                 return
+            if self.sign_in is not None:
+                refused = await self.sign_in.authenticate(scope)
+                if refused is not None:
+                    await refused(scope, replay, send)
+                    return
+                await self.signed_in_app(scope, replay, send)
+                return
         await self.app(scope, replay, send)
+
+
+class SignInChallenge:
+    """Bearer tokens on the MCP paths (RFC 6750, MCP authorization): 401 without a valid token, 403 without a
+    required scope, each with a `WWW-Authenticate` challenge naming the protected-resource metadata (RFC 9728) and
+    the scopes to ask for. The token is verified by the sign-in plugin's verifier, through the SDK's bearer backend.
+    """
+
+    def __init__(self, sign_in: Any, resource_url: str) -> None:
+        from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
+        from mcp.server.auth.routes import build_resource_metadata_url
+        from pydantic import AnyHttpUrl
+
+        self.sign_in = sign_in
+        self.resource_url = resource_url
+        self.metadata_url = str(build_resource_metadata_url(AnyHttpUrl(resource_url)))
+        self.backend = BearerAuthBackend(sign_in.verifier)
+        self.required = tuple(sign_in.required_scopes)
+        self.scope_hint = " ".join(self.required or sign_in.scopes_supported)
+
+    @classmethod
+    def build(cls, sign_in: Any, options: ServeOptions) -> SignInChallenge:
+        return cls(sign_in, public_urls(options)[1])
+
+    def metadata_routes(self) -> list[Any]:
+        """RFC 9728 metadata at /.well-known/oauth-protected-resource<path>, and at the bare well-known path for
+        clients that look there first."""
+        from mcp.server.auth.routes import create_protected_resource_routes
+        from starlette.routing import Route
+
+        # Plain strings: the metadata model keeps a path-less issuer as written (no trailing slash), which
+        # clients compare exactly with the authorization server's own `issuer` (RFC 8414).
+        routes = create_protected_resource_routes(
+            resource_url=self.resource_url,  # type: ignore[arg-type]
+            authorization_servers=list(self.sign_in.authorization_servers),
+            scopes_supported=list(self.sign_in.scopes_supported) or None,
+        )
+        bare = "/.well-known/oauth-protected-resource"
+        if routes and routes[0].path != bare:
+            routes.append(Route(bare, endpoint=routes[0].endpoint, methods=["GET", "OPTIONS"]))
+        return routes
+
+    async def authenticate(self, scope: Any) -> Any:
+        """None when the request carries a valid token with the required scopes (scope["user"] is set), else the
+        refusal to send."""
+        from starlette.requests import HTTPConnection
+
+        connection = HTTPConnection(scope)
+        if not connection.headers.get("authorization"):
+            return self._refuse(401, None, "sign-in required: send an OAuth access token (Authorization: Bearer)")
+        try:
+            found = await self.backend.authenticate(connection)
+        except Exception as exc:  # noqa: BLE001 - a verifier failure refuses the request; it never lets it through
+            log.warning("token verification failed (%s): request refused", type(exc).__name__)
+            found = None
+        if found is None:
+            log.info("refused an HTTP request: invalid, expired or foreign access token")
+            return self._refuse(401, "invalid_token",
+                                "the access token is invalid, expired or not issued for this server")
+        credentials, user = found
+        missing = [name for name in self.required if name not in credentials.scopes]
+        if missing:
+            log.info("refused an HTTP request: token lacks scope %s", " ".join(missing))
+            return self._refuse(403, "insufficient_scope", f"the access token lacks scope: {' '.join(missing)}")
+        scope["user"], scope["auth"] = user, credentials
+        return None
+
+    def _refuse(self, status: int, error: str | None, description: str) -> Any:
+        from starlette.responses import JSONResponse
+
+        parts = []
+        if error is not None:  # RFC 6750 §3.1: no error code when the request had no credentials at all
+            parts += [f'error="{error}"', f'error_description="{description}"']
+        parts.append(f'resource_metadata="{self.metadata_url}"')
+        if self.scope_hint:
+            parts.append(f'scope="{self.scope_hint}"')
+        body = {"error": error or "unauthorized", "error_description": description}
+        return JSONResponse(body, status_code=status, headers={"WWW-Authenticate": "Bearer " + ", ".join(parts)})
 
 
 def _quiet_signals_server_class() -> type:

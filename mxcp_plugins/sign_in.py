@@ -84,11 +84,6 @@ def config_sections():
                           description="sign-in for HTTP serving (mode, provider and its settings, authorization)")]
 
 
-def configured(project: Any) -> bool:
-    raw = project.plugin_config(SECTION, scope="user_profile") or {}
-    return str(raw.get("provider", "none")).lower() != "none"
-
-
 def plan(project: Any, providers: Mapping[str, Any]) -> SignInPlan | None:
     """The checked sign-in of the active profile; None for `provider: none` (or no block)."""
     from mxcp_core import SIGN_IN_MODES as MODES
@@ -99,6 +94,11 @@ def plan(project: Any, providers: Mapping[str, Any]) -> SignInPlan | None:
     file = user_config_path()
     name = str(raw.get("provider", "none"))
     if name.lower() == "none":
+        extra = sorted(set(map(str, raw)) - {"provider"})
+        if extra:
+            # Settings without a provider: a typo or a half-finished edit, never a reason to serve open silently.
+            raise ConfigError(f"provider is 'none' but the block configures {', '.join(extra)}: name the provider "
+                              "or remove the rest", file=file, key_path=f"{where}.provider")
         return None
     known = set(providers) | set(SIGN_IN_PROVIDER_PLUGINS)
     base = {key: value for key, value in raw.items() if key not in known}

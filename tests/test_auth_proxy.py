@@ -14,6 +14,7 @@ import hashlib
 import ipaddress
 import logging
 import os
+import re
 import secrets
 import socket
 import ssl
@@ -36,7 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mxcp_core.sign_in import ProviderConnection
-from mxcp_plugins.auth.proxy import SignInProxy
+from mxcp_plugins.auth.proxy import CONSENT_PATH, SignInProxy
 from mxcp_plugins.auth.store_sqlite import SqliteSignInStore, open_sign_in_store
 
 RESOURCE_PATH = "/mcp"
@@ -160,8 +161,10 @@ class Authorization:
 
 def authorize(server: ProxyServer, auth_server, client_id: str, *, redirect_uri: str | None = CLIENT_REDIRECT,  # noqa: F811
               user: str = "alice", state: str = "client-state", method: str = "S256", verifier: str | None = None,
-              extra: dict[str, str] | None = None, hops: list[str] | None = None) -> Authorization:
-    """The browser part: our /authorize, the upstream (already signed in), our callback, the client redirect."""
+              extra: dict[str, str] | None = None, hops: list[str] | None = None,
+              consent: str | None = "approve") -> Authorization:
+    """The browser part: our /authorize, our consent page (answered with `consent`), the upstream (already signed
+    in), our callback, the client redirect."""
     verifier = verifier or pkce()[0]
     challenge = s256(verifier) if method == "S256" else verifier
     params = {"response_type": "code", "client_id": client_id, "state": state,
@@ -173,8 +176,11 @@ def authorize(server: ProxyServer, auth_server, client_id: str, *, redirect_uri:
     with httpx2.Client(timeout=10, follow_redirects=False) as http:
         assert auth_server.login(http, user).status_code in (302, 303)
         response = http.get(server.url + "/authorize", params=params)
-        for _ in range(5):
+        for _ in range(6):
             location = response.headers.get("location")
+            if response.status_code == 200 and consent and response.url.path == CONSENT_PATH:
+                response = approve(http, server, response)
+                continue
             if response.status_code not in (302, 303) or not location:
                 return Authorization(response, verifier)
             if hops is not None:
@@ -183,6 +189,16 @@ def authorize(server: ProxyServer, auth_server, client_id: str, *, redirect_uri:
                 return Authorization(response, verifier, location)
             response = http.get(location)
     raise AssertionError("too many redirects")
+
+
+def consent_form(page: httpx2.Response) -> dict[str, str]:
+    """The hidden fields of the consent page's form."""
+    return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', page.text))
+
+
+def approve(http: httpx2.Client, server: ProxyServer, page: httpx2.Response, decision: str = "approve",
+            ) -> httpx2.Response:
+    return http.post(server.url + CONSENT_PATH, data={**consent_form(page), "decision": decision})
 
 
 def token(server: ProxyServer, **data: str) -> httpx2.Response:
@@ -226,12 +242,13 @@ def test_full_flow_yields_upstream_identity(make_proxy, auth_server):  # noqa: F
     client = public_client(server)
     hops: list[str] = []
     auth = authorize(server, auth_server, client["client_id"], hops=hops)
-    upstream = urlsplit(hops[0])
+    assert hops[0].startswith(server.url + CONSENT_PATH + "?login=")  # a self-registered client: the user is asked
+    upstream = urlsplit(hops[1])
     assert f"{upstream.scheme}://{upstream.netloc}{upstream.path}" == auth_server.authorize_url
     up = {k: v[0] for k, v in parse_qs(upstream.query).items()}
     assert up["client_id"] == "mxcp-server" and up["code_challenge_method"] == "S256"
     assert up["redirect_uri"] == server.url + "/oauth/callback" and up["scope"] == "openid profile email"
-    assert hops[1].startswith(server.url + "/oauth/callback?")
+    assert hops[2].startswith(server.url + "/oauth/callback?")
     assert auth.params["state"] == "client-state" and auth.code
 
     response = exchange(server, client, auth)
@@ -388,19 +405,28 @@ def test_static_confidential_client(make_proxy, auth_server):  # noqa: F811
     assert bad.status_code == 401 and bad.json()["error"] == "invalid_client"
 
 
+def start_login(http: httpx2.Client, server: ProxyServer, client: dict[str, Any], state: str = "s1",
+                redirect_uri: str = CLIENT_REDIRECT) -> httpx2.Response:
+    """/authorize in `http` (a browser), following to the consent page."""
+    _verifier, challenge = pkce()
+    start = http.get(server.url + "/authorize", params={
+        "response_type": "code", "client_id": client["client_id"], "redirect_uri": redirect_uri,
+        "state": state, "code_challenge": challenge, "code_challenge_method": "S256"})
+    assert start.status_code == 302 and urlsplit(start.headers["location"]).path == CONSENT_PATH
+    return http.get(start.headers["location"])
+
+
 def test_callback_errors(make_proxy, auth_server):  # noqa: F811
     server = make_proxy()
     client = public_client(server)
     unknown = httpx2.get(server.url + "/oauth/callback", params={"code": "x", "state": "nope"})
-    assert unknown.status_code == 400 and "expired or was already used" in unknown.text
+    assert unknown.status_code == 400 and "expired, was already used" in unknown.text
     assert "location" not in unknown.headers
 
     with httpx2.Client(timeout=10, follow_redirects=False) as http:
-        _verifier, challenge = pkce()
-        start = http.get(server.url + "/authorize", params={
-            "response_type": "code", "client_id": client["client_id"], "redirect_uri": CLIENT_REDIRECT,
-            "state": "s1", "code_challenge": challenge, "code_challenge_method": "S256"})
-        state = parse_qs(urlsplit(start.headers["location"]).query)["state"][0]
+        page = start_login(http, server, client)
+        upstream = approve(http, server, page)
+        state = parse_qs(urlsplit(upstream.headers["location"]).query)["state"][0]
         denied = http.get(server.url + "/oauth/callback", params={"error": "access_denied", "state": state})
         assert denied.status_code == 302
         params = parse_qs(urlsplit(denied.headers["location"]).query)
@@ -409,6 +435,52 @@ def test_callback_errors(make_proxy, auth_server):  # noqa: F811
         # The pending login was used up.
         again = http.get(server.url + "/oauth/callback", params={"code": "x", "state": state})
         assert again.status_code == 400
+
+
+def test_a_self_registered_client_gets_no_code_without_the_users_approval(make_proxy, auth_server):  # noqa: F811
+    """The confused-deputy attack: an attacker registers a client with their own redirect URI and sends a user who
+    is signed in upstream a crafted /authorize link. The user sees a consent page naming the client and where it
+    returns to; nothing reaches the attacker unless the user approves in that browser."""
+    server = make_proxy()
+    attacker = register(server, redirect_uris=["https://attacker.example/cb"]).json()
+    with httpx2.Client(timeout=10, follow_redirects=False) as victim:
+        assert auth_server.login(victim, "alice").status_code in (302, 303)
+        page = start_login(victim, server, attacker, redirect_uri="https://attacker.example/cb")
+        assert page.status_code == 200 and "https://attacker.example" in page.text and "Approve" in page.text
+        assert page.headers["x-frame-options"] == "DENY"
+        form = consent_form(page)
+        # A cross-site form post (the attacker's page auto-submitting) carries no SameSite=Lax cookie: refused.
+        forged = httpx2.post(server.url + CONSENT_PATH, data={**form, "decision": "approve"})
+        assert forged.status_code == 403 and "location" not in forged.headers
+        # The attacker approving in their own browser gets the upstream URL; the victim's browser following it
+        # is not the browser that approved: the callback refuses.
+        with httpx2.Client(timeout=10, follow_redirects=False) as own:
+            own_page = start_login(own, server, attacker, redirect_uri="https://attacker.example/cb")
+            upstream = approve(own, server, own_page)
+            assert upstream.status_code == 303
+        back = victim.get(upstream.headers["location"])  # the victim is signed in upstream: auto-approved
+        assert back.status_code in (302, 303) and back.headers["location"].startswith(server.url + "/oauth/callback")
+        refused = victim.get(back.headers["location"])
+        assert refused.status_code == 400 and "another browser" in refused.text
+        # The user saying no sends the client an access_denied, never a code.
+        denied = approve(victim, server, page, decision="deny")
+        assert denied.status_code == 303
+        params = parse_qs(urlsplit(denied.headers["location"]).query)
+        assert params["error"] == ["access_denied"] and "code" not in params
+
+
+def test_clients_the_operator_configured_skip_the_question_but_not_the_browser_binding(
+        make_proxy, auth_server):  # noqa: F811
+    server = make_proxy(clients=[{"client_id": "desk", "name": "Desk", "redirect_uris": [CLIENT_REDIRECT]}])
+    with httpx2.Client(timeout=10, follow_redirects=False) as http:
+        assert auth_server.login(http, "alice").status_code in (302, 303)
+        straight = start_login(http, server, {"client_id": "desk"})
+        assert straight.status_code == 302 and straight.headers["location"].startswith(auth_server.authorize_url)
+        back = http.get(straight.headers["location"])
+        with httpx2.Client(timeout=10, follow_redirects=False) as other:
+            assert other.get(back.headers["location"]).status_code == 400  # another browser
+        done = http.get(back.headers["location"])
+        assert done.status_code == 302 and "code=" in done.headers["location"]
 
 
 def test_upstream_failure_is_server_error(make_proxy, auth_server, caplog):  # noqa: F811
@@ -570,6 +642,9 @@ def test_client_metadata_document_flow(make_proxy, auth_server, metadata_host): 
                          "token_endpoint_auth_method": "private_key_jwt"}),
     ("big", lambda url: {"client_id": url, "redirect_uris": [CLIENT_REDIRECT], "pad": "x" * 70000}),
     ("redirect", lambda url: Response(status_code=302, headers={"Location": url.rsplit("/", 1)[0] + "/ok"})),
+    # Redirect URIs a registration would refuse: a code in cleartext to another host, a script.
+    ("cleartext", lambda url: {"client_id": url, "redirect_uris": [CLIENT_REDIRECT, "http://evil.example/cb"]}),
+    ("script", lambda url: {"client_id": url, "redirect_uris": [CLIENT_REDIRECT, "javascript:alert(1)"]}),
 ])
 def test_bad_client_metadata_documents_are_unknown_clients(make_proxy, auth_server, metadata_host, name, doc):  # noqa: F811
     client_id = f"{metadata_host.url}/clients/{name}"
@@ -678,3 +753,13 @@ def test_open_sign_in_store_hook(tmp_path, monkeypatch):
         assert home.path == tmp_path / "home" / "x.db"
     finally:
         home.close()
+
+
+def test_without_configured_scopes_no_scope_is_granted(make_proxy, auth_server):  # noqa: F811
+    """A client asking for `admin` on a server that configures no scopes gets a token without it."""
+    server = make_proxy()
+    client = register(server, scope="admin mcp:write").json()  # registration takes any scope here
+    assert client["scope"] == "admin mcp:write"
+    tokens = sign_in(server, auth_server, client, extra={"scope": "admin mcp:write"})
+    access = server.verify(tokens["access_token"])
+    assert access is not None and access.scopes == []

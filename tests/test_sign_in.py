@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -375,6 +376,7 @@ class HeadlessBrowser:
         self.auth, self.redirect_uri, self.username = auth, redirect_uri, username
         self.result: Any = None
         self.visits = 0
+        self.consented = 0
 
     async def open(self, authorization_url: str) -> None:
         from mcp.client.auth import AuthorizationCodeResult
@@ -392,6 +394,12 @@ class HeadlessBrowser:
                     self.result = AuthorizationCodeResult(code=query["code"][0], state=query.get("state", [None])[0])
                     return
                 answer = await browser.get(location)
+                if answer.status_code == 200 and answer.url.path == "/oauth/consent":
+                    # The server asks whether this self-registered client may act for the user: approve.
+                    form = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', answer.text))
+                    self.consented += 1
+                    answer = await browser.post(str(answer.url.copy_with(query=None)),
+                                                data={**form, "decision": "approve"})
                 assert answer.status_code in (302, 303), (answer.status_code, answer.text[:300])
                 location = str(answer.headers["location"])
                 if location.startswith("/"):
@@ -441,6 +449,7 @@ def test_issuer_mode_the_sdk_client_signs_in_refreshes_and_survives_a_restart(au
                 first = await tool_call(url, http, "whoami")
                 assert first.structured_content["username"] == "alice"
                 assert browser.visits == 1 and storage.client is not None  # registered, signed in once
+                assert browser.consented == 1  # a self-registered client: the user approved it
                 python = (await tool_call(url, http, "whoami_py")).structured_content
                 assert python["capabilities"] == ["admin-access"] and python["has_external_token"] is True
                 await anyio.sleep(ttl + 0.3)  # the access token expires: the client refreshes, no new login
@@ -510,3 +519,13 @@ def test_sse_transport_requires_the_token_too(auth_server, tmp_path):
             assert stream.status_code == 200
     finally:
         stop_process(process)
+
+
+def test_settings_under_provider_none_are_refused_not_served_open(tmp_path, run_mxcp):
+    root = tmp_path / "p"
+    config = write_project(root, "mxcp: 1\nprojects:\n  demo:\n    profiles:\n      default:\n"
+                                 "        auth: {provider: NONE, oidc: {config_url: 'https://idp', client_id: x}}\n")
+    done = run_mxcp("serve", "--transport", "streamable-http", "--port", str(free_port()), cwd=root,
+                    env={"MXCP_CONFIG": str(config)})
+    assert done.returncode != 0
+    assert "provider is 'none' but the block configures oidc" in done.stderr

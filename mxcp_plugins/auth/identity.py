@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mxcp_core import UserContext
+from mxcp_core import ConfigError, UserContext
 
 # Claims the issuer-mode proxy adds for this server's own use: never shown to policies or endpoints as claims.
 PROVIDER_CLAIM = "mxcp:provider"
@@ -83,6 +83,8 @@ def user_from_token(access: Any, *, provider: str, claim_mappings: Mapping[str, 
     provider = str(raw.get(PROVIDER_CLAIM) or provider)
     claims = {key: value for key, value in raw.items() if key not in _PRIVATE_CLAIMS}
     subject = _text(claims.get("sub")) or access.subject
+    if not subject:
+        raise ConfigError("the access token names no subject (sub): the caller cannot be identified")
     username = next((_text(claims[k]) for k in ("preferred_username", "login", "email") if _text(claims.get(k))),
                     subject)
     role = claims.get("role")

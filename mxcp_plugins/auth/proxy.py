@@ -20,8 +20,10 @@ import base64
 import binascii
 import hashlib
 import ipaddress
+import html
 import json
 import logging
+import math
 import re
 import secrets
 import threading
@@ -57,6 +59,7 @@ from mxcp_core import ProviderConnection, SignInStore
 logger = logging.getLogger("mxcp.auth.proxy")
 
 LOGIN_TTL = 600  # seconds a user has to finish the upstream login
+CONSENT_PATH = "/oauth/consent"
 METADATA_PATH = "/.well-known/oauth-authorization-server"
 
 # Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document)
@@ -90,7 +93,27 @@ def _s256(verifier: str) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
 
 
+def _page(title: str, body: str, *, status: int, raw: bool = False) -> Response:
+    text = body if raw else f"<p>{html.escape(body)}</p>"
+    return HTMLResponse(
+        f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><h1>{html.escape(title)}</h1>{text}",
+        status_code=status,
+        # No framing (clickjacking the Approve button) and no caching of a page tied to one login.
+        headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
+                 "Content-Security-Policy": "frame-ancestors 'none'"},
+    )
+
+
 UNSAFE_REDIRECT_SCHEMES = frozenset({"javascript", "data", "file", "vbscript", "about", "blob", "filesystem"})
+
+
+def _acceptable_redirect(uri: str) -> bool:
+    """https; http on a loopback host; or a native app's private-use scheme (RFC 8252 §7.1: cursor://, vscode://),
+    never one a browser would run or read locally."""
+    scheme = urlsplit(uri).scheme.lower()
+    if not scheme or scheme in UNSAFE_REDIRECT_SCHEMES:
+        return False
+    return scheme != "http" or _is_loopback_http(uri)
 
 
 def _same_resource(a: str | None, b: str | None) -> bool:
@@ -186,6 +209,7 @@ class SignInProxy:
             endpoint=cors_middleware(MetadataHandler(metadata).handle, ["GET", "OPTIONS"]),
             methods=["GET", "OPTIONS"],
         ))
+        routes.append(Route(CONSENT_PATH, endpoint=self._consent, methods=["GET", "POST"]))
         routes.append(Route(self.upstream.callback_path, endpoint=self._callback, methods=["GET"]))
         return routes
 
@@ -251,11 +275,7 @@ class SignInProxy:
 
     async def register_client(self, client_info: OAuthClientInformationFull) -> None:
         for uri in client_info.redirect_uris or []:
-            text = str(uri)
-            scheme = urlsplit(text).scheme.lower()
-            # https; http on a loopback host; or a native app's private-use scheme (RFC 8252 §7.1: cursor://,
-            # vscode://), never one a browser would run or read locally.
-            if scheme == "http" and not _is_loopback_http(text) or scheme in UNSAFE_REDIRECT_SCHEMES or not scheme:
+            if not _acceptable_redirect(str(uri)):
                 raise RegistrationError(
                     "invalid_redirect_uri",
                     "redirect URIs must use https, http on a loopback host, or an app's own scheme",
@@ -330,6 +350,8 @@ class SignInProxy:
         redirect_uris = doc.get("redirect_uris")
         if not isinstance(redirect_uris, list) or not redirect_uris:
             raise ValueError("redirect_uris missing")
+        if not all(isinstance(uri, str) and _acceptable_redirect(uri) for uri in redirect_uris):
+            raise ValueError("a redirect URI is neither https, http on a loopback host, nor an app's own scheme")
         method = doc.get("token_endpoint_auth_method") or "none"
         if method == "private_key_jwt":
             raise ValueError("token_endpoint_auth_method private_key_jwt is not supported")
@@ -352,10 +374,11 @@ class SignInProxy:
         scopes = params.scopes
         if scopes is None:
             scopes = client.scope.split() if client.scope else list(self.scopes)
-        if self.scopes:
-            unknown = [s for s in scopes if s not in self.scopes]
-            if unknown:
-                raise AuthorizeError("invalid_scope", f"unknown scope(s): {' '.join(unknown)}")
+        unknown = [s for s in scopes if s not in self.scopes]
+        if unknown and self.scopes:
+            raise AuthorizeError("invalid_scope", f"unknown scope(s): {' '.join(unknown)}")
+        # With no scopes configured this server grants none: a client cannot mint itself `admin`.
+        scopes = [s for s in scopes if s in self.scopes]
         state = secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(48)
         self.store.put(LOGIN, _hash(state), {
@@ -367,7 +390,14 @@ class SignInProxy:
             "scopes": list(scopes),
             "resource": params.resource,
             "verifier": verifier,
+            "client_name": client.client_name,
         }, expires_at=time.time() + LOGIN_TTL)
+        # Every login passes our consent step first: it binds the login to this browser (a cookie checked at the
+        # callback) and, for clients that registered themselves, asks the user. Without it, a link crafted by
+        # anyone who registered a client would hand them a code for a user already signed in upstream.
+        return construct_redirect_uri(self.base_url + CONSENT_PATH, login=state)
+
+    def _upstream_url(self, state: str, verifier: str) -> str:
         query = {
             "response_type": "code",
             "client_id": self.upstream.client_id,
@@ -379,16 +409,86 @@ class SignInProxy:
         }
         return construct_redirect_uri(str(self.endpoints.authorization_endpoint), **query)
 
+    @property
+    def _cookie_name(self) -> str:
+        return "__Host-mxcp_login" if self.base_url.startswith("https://") else "mxcp_login"
+
+    def _bound(self, response: Response, browser: str) -> Response:
+        response.set_cookie(self._cookie_name, browser, max_age=LOGIN_TTL, path="/", httponly=True,
+                            samesite="lax", secure=self.base_url.startswith("https://"))
+        return response
+
+    async def _consent(self, request: Request) -> Response:
+        """GET: the consent page (or, for a client configured by the operator, straight on); POST: the answer.
+
+        The form carries the value of a SameSite=Lax cookie set with the page: a POST from another site has no
+        cookie, so it cannot approve for the user.
+        """
+        if request.method == "POST":
+            form = await request.form()
+            state, token = str(form.get("login", "")), str(form.get("browser", ""))
+        else:
+            state, token = request.query_params.get("login", ""), ""
+        key = _hash(state) if state else ""
+        login = self.store.get(LOGIN, key) if state else None
+        if login is None:
+            return _page("Sign-in failed", "This login expired or was already used. Start again from your "
+                         "application.", status=400)
+        if request.method == "GET":
+            browser = secrets.token_urlsafe(32)
+            self.store.put(LOGIN, key, {**login, "browser": _hash(browser)}, expires_at=time.time() + LOGIN_TTL)
+            if login["client_id"] in self.static_clients:
+                # A client the operator configured: no question to ask, but the login is still bound to this browser.
+                return self._bound(RedirectResponse(self._upstream_url(state, login["verifier"]), status_code=302,
+                                                    headers={"Cache-Control": "no-store"}), browser)
+            return self._bound(self._consent_page(state, browser, login), browser)
+        cookie = request.cookies.get(self._cookie_name, "")
+        if not token or not cookie or not secrets.compare_digest(cookie, token) \
+                or not secrets.compare_digest(_hash(cookie), login.get("browser") or ""):
+            return _page("Sign-in refused", "This approval did not come from the page this server showed. Start "
+                         "again from your application.", status=403)
+        if form.get("decision") != "approve":
+            self.store.delete(LOGIN, key)
+            url = construct_redirect_uri(login["redirect_uri"], error="access_denied",
+                                         error_description="the user declined", state=login.get("state"))
+            return RedirectResponse(url, status_code=303, headers={"Cache-Control": "no-store"})
+        self.store.put(LOGIN, key, {**login, "approved": True}, expires_at=time.time() + LOGIN_TTL)
+        return RedirectResponse(self._upstream_url(state, login["verifier"]), status_code=303,
+                                headers={"Cache-Control": "no-store"})
+
+    def _consent_page(self, state: str, browser: str, login: Mapping[str, Any]) -> Response:
+        esc = html.escape
+        client = login.get("client_name") or "An application"
+        target = urlsplit(login["redirect_uri"])
+        returns_to = f"{target.scheme}://{target.netloc}" if target.netloc else f"{target.scheme}:"
+        scopes = " ".join(login.get("scopes") or []) or "(none)"
+        body = (
+            f"<p><strong>{esc(client)}</strong> (client id <code>{esc(login['client_id'])}</code>) asks to use "
+            f"<strong>{esc(self.resource_url)}</strong> as you, with the scopes <code>{esc(scopes)}</code>.</p>"
+            f"<p>After you sign in with {esc(self.provider_name)}, you will be sent to "
+            f"<code>{esc(returns_to)}</code>. Approve only if you started this from that application.</p>"
+            f'<form method="post" action="{CONSENT_PATH}">'
+            f'<input type="hidden" name="login" value="{esc(state)}">'
+            f'<input type="hidden" name="browser" value="{esc(browser)}">'
+            '<button type="submit" name="decision" value="approve">Approve</button> '
+            '<button type="submit" name="decision" value="deny">Deny</button></form>'
+        )
+        return _page("Allow access?", body, status=200, raw=True)
+
     async def _callback(self, request: Request) -> Response:
         query = request.query_params
         state = query.get("state")
-        login = self.store.take(LOGIN, _hash(state)) if state else None
-        if login is None:
-            return HTMLResponse(
-                "<!doctype html><title>Sign-in failed</title><h1>Sign-in failed</h1>"
-                "<p>This login expired or was already used. Start again from your application.</p>",
-                status_code=400, headers={"Cache-Control": "no-store"},
-            )
+        login = self.store.get(LOGIN, _hash(state)) if state else None
+        cookie = request.cookies.get(self._cookie_name, "")
+        # Only the browser that went through the consent step may finish its login.
+        if login is None or not login.get("browser") or not cookie \
+                or not secrets.compare_digest(_hash(cookie), login["browser"]) \
+                or not (login.get("approved") or login["client_id"] in self.static_clients):
+            return _page("Sign-in failed", "This login expired, was already used, or was started in another "
+                         "browser. Start again from your application.", status=400)
+        login = self.store.take(LOGIN, _hash(state))
+        if login is None:  # a second callback raced this one
+            return _page("Sign-in failed", "This login was already used.", status=400)
 
         def back(**params: str | None) -> Response:
             url = construct_redirect_uri(login["redirect_uri"], **params, state=login.get("state"))
@@ -533,8 +633,10 @@ class SignInProxy:
         access, refresh = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         base = {"client_id": client_id, "scopes": scopes, "resource": resource, "subject": subject,
                 "claims": dict(claims), "upstream": upstream, "grant": grant}
-        access_expiry = int(now + self.access_ttl)
-        refresh_expiry = int(now + self.refresh_ttl)
+        # Rounded up: a client counts `expires_in` from when it receives the token, so the server must not expire it
+        # earlier (truncating lost up to a second, and a call in that gap got a 401 and a whole new login).
+        access_expiry = math.ceil(now + self.access_ttl)
+        refresh_expiry = math.ceil(now + self.refresh_ttl)
         self.store.put(ACCESS, _hash(access), {**base, "expires_at": access_expiry}, expires_at=access_expiry,
                        grant=grant)
         self.store.put(REFRESH, _hash(refresh), {**base, "expires_at": refresh_expiry}, expires_at=refresh_expiry,

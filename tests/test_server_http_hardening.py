@@ -228,3 +228,16 @@ def test_a_port_in_use_is_one_clear_error(root, run_mxcp):
                         cwd=root)
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_public_url_host_is_accepted_without_listing_it():
+    """Behind a proxy with `base_url`, the Host clients send is the public one: accepted (and its origins)."""
+    from mxcp_core.server.transports import ServeOptions, host_policy
+
+    policy = host_policy(ServeOptions(transport="streamable-http", host="127.0.0.1", port=8000,
+                                      base_url="https://mcp.example.com/"))
+    assert "mcp.example.com" in policy.hosts and "mcp.example.com:*" in policy.hosts
+    assert "https://mcp.example.com" in policy.origins
+    assert "evil.example" not in policy.hosts
+    with_port = host_policy(ServeOptions(host="127.0.0.1", base_url="https://mcp.example.com:8443"))
+    assert "mcp.example.com:8443" in with_port.hosts and "mcp.example.com" not in with_port.hosts

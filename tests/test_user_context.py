@@ -182,6 +182,24 @@ def test_lists_show_each_caller_only_what_it_may_call_in_process(root, user_conf
     assert hidden == "tool 'admin_report' not found" and unknown == "tool 'no_such_tool' not found"
 
 
+def test_a_remote_server_refuses_a_request_without_its_http_request(root, user_config) -> None:
+    """Over HTTP every request carries its HTTP request (and credentials): one without is refused, never run as the
+    local caller the user config names for stdio."""
+    user_config("mxcp: 1\nprojects:\n  demo:\n    profiles:\n      default:\n"
+                "        user_context: {username: local-admin, role: admin}\n")
+    runtime = start_runtime(open_project(root))
+    try:
+        async def main() -> str:
+            async with mcp.Client(create_server(runtime, remote=True)) as client:
+                with pytest.raises(MCPError) as refused:
+                    await client.call_tool("whoami", {})
+                return refused.value.error.message
+
+        assert anyio.run(main) == "the caller could not be identified"
+    finally:
+        runtime.stop()
+
+
 def stdio_session(root: Path, body: Any) -> Any:
     command = mxcp_command()
     params = StdioServerParameters(command=command[0], args=[*command[1:], "serve", "--transport", "stdio"],

@@ -136,18 +136,25 @@ class Catalog:
         return self.resources.get(key) or self.templates[key], found
 
 
-def create_server(runtime: Runtime, *, name: str | None = None) -> Server:
-    """A low-level MCP Server for a started runtime. The caller owns `runtime.start()` and `stop()`."""
+def create_server(runtime: Runtime, *, name: str | None = None, remote: bool = False) -> Server:
+    """A low-level MCP Server for a started runtime. The caller owns `runtime.start()` and `stop()`.
+
+    `remote`: served over HTTP, where every request must carry its HTTP request (and credentials); one that does
+    not is refused rather than run as the local (stdio) caller.
+    """
     catalog = Catalog(runtime)
     scrub = _Scrubber(runtime)
 
     hooks, project = runtime.hooks, runtime.context
     identifies = bool(hooks.pm.hook.identify_caller.get_hookimpls())
     # A stdio server has one caller for its whole life: identified once (a configured identity, say).
-    stdio_user = hooks.identify_caller("stdio", None, project) if identifies else UserContext.anonymous()
+    stdio_user = hooks.identify_caller("stdio", None, project) if identifies and not remote \
+        else UserContext.anonymous()
 
     def caller_of(ctx: ServerRequestContext[Any]) -> UserContext:
         request = ctx.request
+        if request is None and remote:
+            raise MCPError(code=types.INVALID_REQUEST, message="the caller could not be identified")
         if request is None or not identifies:
             return stdio_user if request is None else UserContext.anonymous()
         try:

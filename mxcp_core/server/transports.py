@@ -324,7 +324,7 @@ def serve(project: Project, options: ServeOptions, *, wire: StdioWire | None = N
         try:
             from .app import create_server
 
-            server = create_server(runtime)
+            server = create_server(runtime, remote=options.transport != "stdio")
             if options.transport == "stdio":
                 assert wire is not None
                 if _sign_in_configured(runtime):
@@ -567,7 +567,15 @@ def host_policy(options: ServeOptions) -> HostPolicy:
     names = list(_LOOPBACK_NAMES)
     if exposed and bind not in ("", "0.0.0.0", "::", "[::]"):
         names.append(_as_host_header(bind))
-    for name in map(_as_host_header, options.allowed_hosts):
+    configured = list(options.allowed_hosts)
+    if options.base_url:
+        from urllib.parse import urlsplit
+
+        # The public URL's host is how clients reach this server (through a proxy): accepted without listing it.
+        public = urlsplit(options.base_url).netloc.rpartition("@")[2]
+        if public:
+            configured.append(public)
+    for name in map(_as_host_header, configured):
         if name not in names:
             names.append(name)
     hosts: list[str] = []

@@ -332,6 +332,8 @@ def test_registration_refuses_non_loopback_http_redirects(make_proxy):
     assert response.status_code == 400 and response.json()["error"] == "invalid_redirect_uri"
     assert register(server, redirect_uris=["https://example.com/cb"]).status_code == 201
     assert register(server, redirect_uris=["http://localhost:1234/cb"]).status_code == 201
+    # A consent page must not read "https://claude.ai@attacker.example" as claude.ai: no userinfo.
+    assert register(server, redirect_uris=["https://claude.ai@attacker.example/cb"]).status_code == 400
     # Native apps' own schemes (Cursor, VS Code) register; schemes a browser would run or read do not.
     assert register(server, redirect_uris=["cursor://anysphere.cursor-retrieval/oauth/callback"]).status_code == 201
     for unsafe in ("javascript:alert(1)", "data:text/html,x", "file:///etc/passwd"):
@@ -442,7 +444,7 @@ def test_a_self_registered_client_gets_no_code_without_the_users_approval(make_p
     is signed in upstream a crafted /authorize link. The user sees a consent page naming the client and where it
     returns to; nothing reaches the attacker unless the user approves in that browser."""
     server = make_proxy()
-    attacker = register(server, redirect_uris=["https://attacker.example/cb"]).json()
+    attacker = register(server, redirect_uris=["https://attacker.example/cb"], client_name="Claude").json()
     with httpx2.Client(timeout=10, follow_redirects=False) as victim:
         assert auth_server.login(victim, "alice").status_code in (302, 303)
         page = start_login(victim, server, attacker, redirect_uri="https://attacker.example/cb")
@@ -452,21 +454,49 @@ def test_a_self_registered_client_gets_no_code_without_the_users_approval(make_p
         # A cross-site form post (the attacker's page auto-submitting) carries no SameSite=Lax cookie: refused.
         forged = httpx2.post(server.url + CONSENT_PATH, data={**form, "decision": "approve"})
         assert forged.status_code == 403 and "location" not in forged.headers
-        # The attacker approving in their own browser gets the upstream URL; the victim's browser following it
-        # is not the browser that approved: the callback refuses.
-        with httpx2.Client(timeout=10, follow_redirects=False) as own:
-            own_page = start_login(own, server, attacker, redirect_uri="https://attacker.example/cb")
-            upstream = approve(own, server, own_page)
-            assert upstream.status_code == 303
-        back = victim.get(upstream.headers["location"])  # the victim is signed in upstream: auto-approved
-        assert back.status_code in (302, 303) and back.headers["location"].startswith(server.url + "/oauth/callback")
-        refused = victim.get(back.headers["location"])
-        assert refused.status_code == 400 and "another browser" in refused.text
         # The user saying no sends the client an access_denied, never a code.
         denied = approve(victim, server, page, decision="deny")
         assert denied.status_code == 303
         params = parse_qs(urlsplit(denied.headers["location"]).query)
         assert params["error"] == ["access_denied"] and "code" not in params
+
+
+def test_a_login_approved_in_one_browser_cannot_be_finished_in_another(make_proxy, auth_server):  # noqa: F811
+    """The attacker approves a login of their own client in their own browser and hands the victim (signed in
+    upstream) its consent page and upstream URL: the page is refused (the login belongs to the browser that
+    opened it first), and the upstream round trip ends at a callback that refuses the victim's browser, whatever
+    cookies of other logins it holds."""
+    server = make_proxy()
+    attacker = register(server, redirect_uris=["https://attacker.example/cb"]).json()
+    with httpx2.Client(timeout=10, follow_redirects=False) as own, \
+            httpx2.Client(timeout=10, follow_redirects=False) as victim:
+        own_page = start_login(own, server, attacker, redirect_uri="https://attacker.example/cb")
+        upstream = approve(own, server, own_page)
+        assert upstream.status_code == 303
+        consent_url = str(own_page.url)
+        assert auth_server.login(victim, "alice").status_code in (302, 303)
+        start_login(victim, server, attacker, redirect_uri="https://attacker.example/cb")  # a login of its own
+        assert victim.get(consent_url).status_code == 403  # someone else's login: not shown, not rebound
+        back = victim.get(upstream.headers["location"])  # the victim is signed in upstream: auto-approved
+        assert back.status_code in (302, 303) and back.headers["location"].startswith(server.url + "/oauth/callback")
+        refused = victim.get(back.headers["location"])
+        assert refused.status_code == 400 and "another browser" in refused.text
+        assert "code=" not in refused.headers.get("location", "")
+
+
+def test_two_logins_in_one_browser_do_not_undo_each_other(make_proxy, auth_server):  # noqa: F811
+    server = make_proxy()
+    client = public_client(server)
+    with httpx2.Client(timeout=10, follow_redirects=False) as http:
+        assert auth_server.login(http, "alice").status_code in (302, 303)
+        first, second = start_login(http, server, client, state="a"), start_login(http, server, client, state="b")
+        for page, state in ((first, "a"), (second, "b")):
+            upstream = approve(http, server, page)
+            assert upstream.status_code == 303
+            back = http.get(upstream.headers["location"])
+            done = http.get(back.headers["location"])
+            params = parse_qs(urlsplit(done.headers["location"]).query)
+            assert params["state"] == [state] and params["code"]
 
 
 def test_clients_the_operator_configured_skip_the_question_but_not_the_browser_binding(
@@ -645,6 +675,7 @@ def test_client_metadata_document_flow(make_proxy, auth_server, metadata_host): 
     # Redirect URIs a registration would refuse: a code in cleartext to another host, a script.
     ("cleartext", lambda url: {"client_id": url, "redirect_uris": [CLIENT_REDIRECT, "http://evil.example/cb"]}),
     ("script", lambda url: {"client_id": url, "redirect_uris": [CLIENT_REDIRECT, "javascript:alert(1)"]}),
+    ("userinfo", lambda url: {"client_id": url, "redirect_uris": ["https://claude.ai@evil.example/cb"]}),
 ])
 def test_bad_client_metadata_documents_are_unknown_clients(make_proxy, auth_server, metadata_host, name, doc):  # noqa: F811
     client_id = f"{metadata_host.url}/clients/{name}"

@@ -110,9 +110,10 @@ UNSAFE_REDIRECT_SCHEMES = frozenset({"javascript", "data", "file", "vbscript", "
 def _acceptable_redirect(uri: str) -> bool:
     """https; http on a loopback host; or a native app's private-use scheme (RFC 8252 §7.1: cursor://, vscode://),
     never one a browser would run or read locally."""
-    scheme = urlsplit(uri).scheme.lower()
-    if not scheme or scheme in UNSAFE_REDIRECT_SCHEMES:
-        return False
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if not scheme or scheme in UNSAFE_REDIRECT_SCHEMES or "@" in parts.netloc:
+        return False  # userinfo would let a consent page read "https://trusted.example@evil.example"
     return scheme != "http" or _is_loopback_http(uri)
 
 
@@ -391,6 +392,7 @@ class SignInProxy:
             "resource": params.resource,
             "verifier": verifier,
             "client_name": client.client_name,
+            "expires_at": time.time() + LOGIN_TTL,  # fixed here: nothing later extends a pending login
         }, expires_at=time.time() + LOGIN_TTL)
         # Every login passes our consent step first: it binds the login to this browser (a cookie checked at the
         # callback) and, for clients that registered themselves, asks the user. Without it, a link crafted by
@@ -409,20 +411,32 @@ class SignInProxy:
         }
         return construct_redirect_uri(str(self.endpoints.authorization_endpoint), **query)
 
-    @property
-    def _cookie_name(self) -> str:
-        return "__Host-mxcp_login" if self.base_url.startswith("https://") else "mxcp_login"
+    def _cookie_name(self, state: str) -> str:
+        # One cookie per login, so two logins in one browser do not undo each other.
+        name = f"mxcp_login_{_hash(state)[:16]}"
+        return f"__Host-{name}" if self.base_url.startswith("https://") else name
 
-    def _bound(self, response: Response, browser: str) -> Response:
-        response.set_cookie(self._cookie_name, browser, max_age=LOGIN_TTL, path="/", httponly=True,
+    def _bound(self, response: Response, state: str, browser: str) -> Response:
+        response.set_cookie(self._cookie_name(state), browser, max_age=LOGIN_TTL, path="/", httponly=True,
                             samesite="lax", secure=self.base_url.startswith("https://"))
         return response
+
+    def _browser_of(self, request: Request, state: str, login: Mapping[str, Any]) -> str | None:
+        """The login's cookie as this request carries it, when it is the one the login is bound to."""
+        cookie = request.cookies.get(self._cookie_name(state), "")
+        bound = login.get("browser") or ""
+        return cookie if cookie and bound and secrets.compare_digest(_hash(cookie), bound) else None
+
+    def _save(self, key: str, login: Mapping[str, Any]) -> None:
+        self.store.put(LOGIN, key, login, expires_at=login["expires_at"])
 
     async def _consent(self, request: Request) -> Response:
         """GET: the consent page (or, for a client configured by the operator, straight on); POST: the answer.
 
-        The form carries the value of a SameSite=Lax cookie set with the page: a POST from another site has no
-        cookie, so it cannot approve for the user.
+        The first browser to open a login's page owns it (a cookie only it has; later visitors are refused), and
+        only an approval posted from that browser, carrying the cookie's value in the form (a cross-site POST has
+        no SameSite=Lax cookie), counts. The callback then requires the same cookie: a login approved in one
+        browser cannot be finished in another, so no link sent to a user signed in upstream completes by itself.
         """
         if request.method == "POST":
             form = await request.form()
@@ -431,20 +445,26 @@ class SignInProxy:
             state, token = request.query_params.get("login", ""), ""
         key = _hash(state) if state else ""
         login = self.store.get(LOGIN, key) if state else None
-        if login is None:
+        if login is None or login["expires_at"] <= time.time():
             return _page("Sign-in failed", "This login expired or was already used. Start again from your "
                          "application.", status=400)
+        browser = self._browser_of(request, state, login)
         if request.method == "GET":
-            browser = secrets.token_urlsafe(32)
-            self.store.put(LOGIN, key, {**login, "browser": _hash(browser)}, expires_at=time.time() + LOGIN_TTL)
+            if login.get("browser") and browser is None:
+                return _page("Sign-in refused", "This login was opened in another browser. Start again from your "
+                             "application.", status=403)
+            if browser is None:
+                browser = secrets.token_urlsafe(32)
+                login = {**login, "browser": _hash(browser)}
+                self._save(key, login)
             if login["client_id"] in self.static_clients:
                 # A client the operator configured: no question to ask, but the login is still bound to this browser.
+                login = {**login, "approved": login["browser"]}
+                self._save(key, login)
                 return self._bound(RedirectResponse(self._upstream_url(state, login["verifier"]), status_code=302,
-                                                    headers={"Cache-Control": "no-store"}), browser)
-            return self._bound(self._consent_page(state, browser, login), browser)
-        cookie = request.cookies.get(self._cookie_name, "")
-        if not token or not cookie or not secrets.compare_digest(cookie, token) \
-                or not secrets.compare_digest(_hash(cookie), login.get("browser") or ""):
+                                                    headers={"Cache-Control": "no-store"}), state, browser)
+            return self._bound(self._consent_page(state, browser, login), state, browser)
+        if browser is None or not token or not secrets.compare_digest(browser, token):
             return _page("Sign-in refused", "This approval did not come from the page this server showed. Start "
                          "again from your application.", status=403)
         if form.get("decision") != "approve":
@@ -452,7 +472,7 @@ class SignInProxy:
             url = construct_redirect_uri(login["redirect_uri"], error="access_denied",
                                          error_description="the user declined", state=login.get("state"))
             return RedirectResponse(url, status_code=303, headers={"Cache-Control": "no-store"})
-        self.store.put(LOGIN, key, {**login, "approved": True}, expires_at=time.time() + LOGIN_TTL)
+        self._save(key, {**login, "approved": login["browser"]})  # approved by this browser, and only for it
         return RedirectResponse(self._upstream_url(state, login["verifier"]), status_code=303,
                                 headers={"Cache-Control": "no-store"})
 
@@ -460,7 +480,11 @@ class SignInProxy:
         esc = html.escape
         client = login.get("client_name") or "An application"
         target = urlsplit(login["redirect_uri"])
-        returns_to = f"{target.scheme}://{target.netloc}" if target.netloc else f"{target.scheme}:"
+        # scheme://host[:port] only: userinfo (https://trusted.example@evil.example) is refused at registration, and
+        # never shown.
+        host = f"[{target.hostname}]" if target.hostname and ":" in target.hostname else target.hostname
+        returns_to = f"{target.scheme}://{host}{f':{target.port}' if target.port else ''}" if host \
+            else f"{target.scheme}:"
         scopes = " ".join(login.get("scopes") or []) or "(none)"
         body = (
             f"<p><strong>{esc(client)}</strong> (client id <code>{esc(login['client_id'])}</code>) asks to use "
@@ -479,11 +503,9 @@ class SignInProxy:
         query = request.query_params
         state = query.get("state")
         login = self.store.get(LOGIN, _hash(state)) if state else None
-        cookie = request.cookies.get(self._cookie_name, "")
-        # Only the browser that went through the consent step may finish its login.
-        if login is None or not login.get("browser") or not cookie \
-                or not secrets.compare_digest(_hash(cookie), login["browser"]) \
-                or not (login.get("approved") or login["client_id"] in self.static_clients):
+        # Only the browser that was asked, and approved, may finish its login.
+        if login is None or self._browser_of(request, state, login) is None \
+                or login.get("approved") != login.get("browser"):
             return _page("Sign-in failed", "This login expired, was already used, or was started in another "
                          "browser. Start again from your application.", status=400)
         login = self.store.take(LOGIN, _hash(state))

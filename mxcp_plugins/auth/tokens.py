@@ -133,6 +133,16 @@ def _expiry(claims: Mapping) -> int | None:
 # Discovery
 
 
+def _access_token(token: str, claims: Mapping, audiences: Sequence[str]) -> AccessToken | None:
+    """The verified token as the SDK knows it, when its audience is one of ours (RFC 8707); None otherwise."""
+    resource = _matched_audience(claims.get("aud"), audiences)
+    if resource is None:
+        _refuse("audience")
+        return None
+    return AccessToken(token=token, client_id=_client_id(claims), scopes=list(scopes_of(claims)),
+                       expires_at=_expiry(claims), resource=resource, subject=_subject(claims), claims=dict(claims))
+
+
 async def _get_json(http: httpx2.AsyncClient, url: str, what: str) -> dict[str, Any]:
     """GET a JSON object; SignInError naming `url` for anything else."""
     try:
@@ -418,19 +428,7 @@ class JwtVerifier:
         if claims.get("iss") != self.issuer:  # belt and braces: PyJWT checked it when present
             _refuse("issuer")
             return None
-        resource = _matched_audience(claims.get("aud"), self.audiences)
-        if resource is None:
-            _refuse("audience")
-            return None
-        return AccessToken(
-            token=token,
-            client_id=_client_id(claims),
-            scopes=list(scopes_of(claims)),
-            expires_at=_expiry(claims),
-            resource=resource,
-            subject=_subject(claims),
-            claims=dict(claims),
-        )
+        return _access_token(token, claims, self.audiences)
 
 
 class IntrospectionVerifier:
@@ -546,19 +544,9 @@ class IntrospectionVerifier:
         if answer.get("aud") in (None, "", []):
             log.info("token refused: introspection gave no audience")
             return None
-        resource = _matched_audience(answer.get("aud"), self.audiences)
-        if resource is None:
-            _refuse("audience")
+        access = _access_token(token, answer, self.audiences)
+        if access is None:
             return None
-        access = AccessToken(
-            token=token,
-            client_id=_client_id(answer),
-            scopes=list(scopes_of(answer)),
-            expires_at=_expiry(answer),
-            resource=resource,
-            subject=_subject(answer),
-            claims=dict(answer),
-        )
         self._remember(key, access)
         return access
 

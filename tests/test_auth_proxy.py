@@ -643,7 +643,7 @@ def metadata_host(tmp_path_factory) -> Iterator[SimpleNamespace]:
 
     with serve(lambda port: Starlette(routes=[Route("/{path:path}", document)]),
                certfile=str(certfile), keyfile=str(keyfile)) as port:
-        yield SimpleNamespace(url=f"https://127.0.0.1:{port}", docs=docs, fetches=fetches,
+        yield SimpleNamespace(url=f"https://127.0.0.1:{port}", docs=docs, fetches=fetches, certfile=certfile,
                               ssl=ssl.create_default_context(cadata=pem.decode()))
 
 

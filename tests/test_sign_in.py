@@ -23,8 +23,9 @@ import mcp
 import pytest
 from auth_fixtures import AuthServer, auth_server, fresh_auth_server  # noqa: F401
 from server_helpers import free_port, mxcp_command, serve_env, stop_process, wait_for_port
+from test_auth_proxy import metadata_host  # noqa: F401
 
-__all__ = ["auth_server", "fresh_auth_server"]
+__all__ = ["auth_server", "fresh_auth_server", "metadata_host"]
 
 SITE = """\
 mxcp: 1
@@ -147,14 +148,15 @@ def write_project(root: Path, config: str) -> Path:
 
 
 @contextlib.contextmanager
-def serving(root: Path, config: Path, port: int | None = None,
-            host: str = "127.0.0.1") -> Iterator[tuple[str, subprocess.Popen]]:
+def serving(root: Path, config: Path, port: int | None = None, host: str = "127.0.0.1",
+            env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """`mxcp serve` over streamable HTTP; its stderr goes to `<root>-server.log` (read with `server_log`)."""
     port = port or free_port()
     with open(server_log_path(root), "ab") as log:
         process = subprocess.Popen(
             [*mxcp_command(), "serve", "--transport", "streamable-http", "--host", host, "--port", str(port)],
-            cwd=root, env=serve_env({"MXCP_CONFIG": str(config)}), stdout=subprocess.DEVNULL, stderr=log,
+            cwd=root, env=serve_env({"MXCP_CONFIG": str(config), **(env or {})}), stdout=subprocess.DEVNULL,
+            stderr=log,
         )
     try:
         try:
@@ -411,7 +413,8 @@ class HeadlessBrowser:
         return self.result
 
 
-def sdk_client_auth(url: str, storage: MemoryTokens, browser: HeadlessBrowser) -> Any:
+def sdk_client_auth(url: str, storage: MemoryTokens, browser: HeadlessBrowser,
+                    client_metadata_url: str | None = None) -> Any:
     from mcp.client.auth import OAuthClientProvider
     from mcp.shared.auth import OAuthClientMetadata
 
@@ -419,7 +422,8 @@ def sdk_client_auth(url: str, storage: MemoryTokens, browser: HeadlessBrowser) -
                                    grant_types=["authorization_code", "refresh_token"], response_types=["code"],
                                    token_endpoint_auth_method="none")
     return OAuthClientProvider(server_url=f"{url}/mcp", client_metadata=metadata, storage=storage,
-                               redirect_handler=browser.open, callback_handler=browser.code)
+                               redirect_handler=browser.open, callback_handler=browser.code,
+                               client_metadata_url=client_metadata_url)
 
 
 async def tool_call(url: str, http: httpx2.AsyncClient, tool: str) -> Any:
@@ -529,3 +533,27 @@ def test_settings_under_provider_none_are_refused_not_served_open(tmp_path, run_
                     env={"MXCP_CONFIG": str(config)})
     assert done.returncode != 0
     assert "provider is 'none' but the block configures oidc" in done.stderr
+
+
+def test_issuer_mode_a_client_identified_by_its_metadata_document(auth_server, metadata_host, tmp_path):
+    """The SDK client with a Client ID Metadata Document: its client_id is an https URL the server fetches (here
+    served on 127.0.0.1 with a certificate the server trusts through SSL_CERT_FILE), no registration."""
+    root = tmp_path / "cimd"
+    config = write_project(root, issuer_config(auth_server, tmp_path / "state" / "oauth.db")
+                           + "          allow_private_metadata_hosts: true\n")
+    storage = MemoryTokens()
+    browser = HeadlessBrowser(auth_server, f"http://127.0.0.1:{free_port()}/callback")
+    document = f"{metadata_host.url}/clients/sdk-client.json"
+    metadata_host.docs["/clients/sdk-client.json"] = {
+        "client_id": document, "client_name": "SDK client (metadata document)",
+        "redirect_uris": [browser.redirect_uri], "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"], "token_endpoint_auth_method": "none"}
+    with serving(root, config, env={"SSL_CERT_FILE": str(metadata_host.certfile)}) as (url, _):
+        async def main() -> Any:
+            auth = sdk_client_auth(url, storage, browser, client_metadata_url=document)
+            async with httpx2.AsyncClient(auth=auth, timeout=30) as http:
+                return await tool_call(url, http, "whoami")
+
+        assert anyio.run(main).structured_content["username"] == "alice"
+    assert storage.client.client_id == document  # the URL is the client id: nothing was registered
+    assert browser.consented == 1 and "/clients/sdk-client.json" in metadata_host.fetches

@@ -59,6 +59,8 @@ class ProviderConnection:
     profile: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
     # Extra headers for userinfo/API calls (GitHub wants an Accept header).
     api_headers: Mapping[str, str] = attrs.Factory(dict)
+    # Extra parameters of the provider's authorization URL (Atlassian requires `audience`).
+    authorize_params: Mapping[str, str] = attrs.Factory(dict)
 
 
 @attrs.frozen

@@ -95,13 +95,15 @@ def make_proxy(auth_server, tmp_path: Path) -> Iterator[Callable[..., ProxyServe
     stack = contextlib.ExitStack()
 
     def make(db: Path | None = None, *, verify: Any = True, upstream_secret: str = "mxcp-server-secret",
-             upstream_endpoints: Any = endpoints, port: int = 0, **options: Any) -> ProxyServer:
+             upstream_endpoints: Any = endpoints, port: int = 0, authorize_params: dict[str, str] | None = None,
+             **options: Any) -> ProxyServer:
         own = contextlib.ExitStack()
         stack.callback(own.close)
         store = SqliteSignInStore(db or tmp_path / "signin.db")
         own.callback(store.close)
         upstream = ProviderConnection(client_id="mxcp-server", client_secret=upstream_secret,
-                                      scope="openid profile email", config_url=auth_server.config_url)
+                                      scope="openid profile email", config_url=auth_server.config_url,
+                                      authorize_params=authorize_params or {})
         holder: dict[str, Any] = {}
 
         def app(port: int) -> Starlette:
@@ -794,3 +796,13 @@ def test_without_configured_scopes_no_scope_is_granted(make_proxy, auth_server):
     tokens = sign_in(server, auth_server, client, extra={"scope": "admin mcp:write"})
     access = server.verify(tokens["access_token"])
     assert access is not None and access.scopes == []
+
+
+def test_a_providers_extra_authorization_parameters_reach_its_login(make_proxy, auth_server):  # noqa: F811
+    """Atlassian needs `audience` and `prompt` on its authorization URL; they never replace the protocol's own."""
+    server = make_proxy(authorize_params={"audience": "api.example.com", "prompt": "consent", "state": "forged"})
+    hops: list[str] = []
+    auth = authorize(server, auth_server, public_client(server)["client_id"], hops=hops)
+    upstream = {k: v[0] for k, v in parse_qs(urlsplit(hops[1]).query).items()}
+    assert upstream["audience"] == "api.example.com" and upstream["prompt"] == "consent"
+    assert upstream["state"] != "forged" and auth.code  # the proxy's own state wins, and the login completes

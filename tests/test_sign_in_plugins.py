@@ -209,7 +209,7 @@ def test_two_providers_with_one_name_are_an_error_naming_both(host):
 
 def test_builtin_providers_connect_with_the_originals_keys():
     """Each builtin provider turns its section (the original's keys) into endpoints, without network."""
-    from mxcp_plugins.auth import provider_github, provider_keycloak, provider_salesforce
+    from mxcp_plugins.auth import provider_atlassian, provider_github, provider_keycloak, provider_salesforce
 
     github = provider_github.connect(provider_github.GitHubSettings(client_id="id", client_secret="s"))
     assert github.authorization_endpoint == "https://github.com/login/oauth/authorize"
@@ -222,5 +222,8 @@ def test_builtin_providers_connect_with_the_originals_keys():
     sandbox = provider_salesforce.connect(provider_salesforce.OAuthAppSettings(
         client_id="c", token_url="https://test.salesforce.com/services/oauth2/token"))
     assert sandbox.userinfo_endpoint == "https://test.salesforce.com/services/oauth2/userinfo"
+    atlassian = provider_atlassian.connect(provider_atlassian.OAuthAppSettings(client_id="a"))
+    assert atlassian.authorize_params["audience"] == "api.atlassian.com"
+    assert atlassian.profile({"account_id": "557", "nickname": "ann"})["preferred_username"] == "ann"
     with pytest.raises(ValueError, match="'realm' is required"):
         provider_keycloak.connect(provider_keycloak.KeycloakSettings(client_id="x", server_url="https://sso"))

@@ -28,6 +28,8 @@ def connect(settings: OAuthAppSettings) -> ProviderConnection:
         userinfo_endpoint="https://api.atlassian.com/me",
         callback_path=settings.callback_path or "/atlassian/callback", claim_mappings=settings.claim_mappings,
         profile=profile,
+        # Atlassian's 3LO authorization URL requires both.
+        authorize_params={"audience": "api.atlassian.com", "prompt": "consent"},
     )
 
 

@@ -409,7 +409,8 @@ class SignInProxy:
             "code_challenge": _s256(verifier),
             "code_challenge_method": "S256",
         }
-        return construct_redirect_uri(str(self.endpoints.authorization_endpoint), **query)
+        extra = {k: v for k, v in (self.upstream.authorize_params or {}).items() if k not in query}
+        return construct_redirect_uri(str(self.endpoints.authorization_endpoint), **query, **extra)
 
     def _cookie_name(self, state: str) -> str:
         # One cookie per login, so two logins in one browser do not undo each other.

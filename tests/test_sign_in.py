@@ -557,3 +557,57 @@ def test_issuer_mode_a_client_identified_by_its_metadata_document(auth_server, m
         assert anyio.run(main).structured_content["username"] == "alice"
     assert storage.client.client_id == document  # the URL is the client id: nothing was registered
     assert browser.consented == 1 and "/clients/sdk-client.json" in metadata_host.fetches
+
+
+def test_issuer_mode_refuses_replayed_codes_wrong_verifiers_and_foreign_redirects(auth_server, tmp_path):
+    """The authorization server `mxcp serve` becomes, attacked directly: each refusal has the OAuth status, and
+    the server's log holds none of the codes or tokens involved."""
+    import base64
+    import hashlib
+    import secrets
+
+    root = tmp_path / "attacks"
+    config = write_project(root, issuer_config(auth_server, tmp_path / "state" / "oauth.db"))
+    redirect = f"http://127.0.0.1:{free_port()}/cb"
+    with serving(root, config) as (url, _):
+        client = httpx2.post(f"{url}/register", json={"redirect_uris": [redirect], "client_name": "probe",
+                                                       "token_endpoint_auth_method": "none"}, timeout=10).json()
+        browser = HeadlessBrowser(auth_server, redirect)
+
+        def code_for(verifier: str, state: str) -> str:
+            challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+            query = httpx2.QueryParams({"response_type": "code", "client_id": client["client_id"],
+                                        "redirect_uri": redirect, "state": state, "code_challenge": challenge,
+                                        "code_challenge_method": "S256", "scope": "mcp:read"})
+            anyio.run(browser.open, f"{url}/authorize?{query}")
+            return browser.result.code
+
+        def exchange(code: str, verifier: str) -> httpx2.Response:
+            return httpx2.post(f"{url}/token", data={"grant_type": "authorization_code", "code": code,
+                                                     "redirect_uri": redirect, "client_id": client["client_id"],
+                                                     "code_verifier": verifier}, timeout=10)
+
+        verifier = secrets.token_urlsafe(48)
+        code = code_for(verifier, "one")
+        first = exchange(code, verifier)
+        assert first.status_code == 200
+        replayed = exchange(code, verifier)
+        assert replayed.status_code == 400 and replayed.json()["error"] == "invalid_grant"
+        # A replayed code revokes what the first exchange issued.
+        assert post_initialize(url, first.json()["access_token"]).status_code == 401
+
+        other = secrets.token_urlsafe(48)
+        wrong = exchange(code_for(other, "two"), secrets.token_urlsafe(48))
+        assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
+
+        foreign = httpx2.get(f"{url}/authorize", params={
+            "response_type": "code", "client_id": client["client_id"], "redirect_uri": "http://127.0.0.1:1/evil",
+            "state": "x", "code_challenge": "a" * 43, "code_challenge_method": "S256"}, timeout=10)
+        assert foreign.status_code == 400 and "location" not in foreign.headers
+        plain = httpx2.get(f"{url}/authorize", params={
+            "response_type": "code", "client_id": client["client_id"], "redirect_uri": redirect, "state": "x",
+            "code_challenge": "a" * 43, "code_challenge_method": "plain"}, timeout=10)
+        assert "code=" not in plain.headers.get("location", "") and "error" in plain.headers.get("location", "x")
+    log = server_log(root)
+    for secret in (code, first.json()["access_token"], first.json()["refresh_token"], verifier):
+        assert secret not in log

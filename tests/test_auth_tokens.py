@@ -609,7 +609,7 @@ def test_introspection_cache_is_bounded(auth_server):  # noqa: F811
                                              cache_size=2)
             for token in tokens:
                 assert await verifier.verify_token(token) is not None
-            assert len(verifier._cache) == 2
+            assert len(verifier.verified) == 2
             assert await verifier.verify_token(tokens[0]) is not None  # evicted: asked again
             assert verifier.requests == 4
             assert await verifier.verify_token(tokens[2]) is not None  # still cached
@@ -722,3 +722,35 @@ def test_no_log_record_contains_a_token(auth_server, caplog):  # noqa: F811
             for part in token.split("."):  # no JWT segment either (the signature, the payload)
                 if len(part) > 20:
                     assert part not in text
+
+
+def test_a_verified_jwt_is_remembered_until_its_cache_time_or_expiry(auth_server):  # noqa: F811
+    """Clients send the same token with every request: its signature is checked once per cache period."""
+    token = auth_server.mint(claims(auth_server))
+    soon = auth_server.mint(claims(auth_server, exp=int(time.time()) + 1))
+
+    async def main():
+        async with http_client(Requests()) as http:
+            verifier = jwt_verifier(auth_server, http)
+            checks = []
+            real = verifier._verify
+
+            async def counted(value):
+                checks.append(value)
+                return await real(value)
+
+            verifier._verify = counted
+            for _ in range(50):
+                assert (await verifier.verify_token(token)).subject == "user-alice"
+            assert len(checks) == 1
+            assert await verifier.verify_token("x" + token) is None  # another string: checked (and refused)
+            assert await verifier.verify_token(soon) is not None
+            await anyio.sleep(1.2)
+            await verifier.verify_token(soon)  # past its exp: the remembered answer is dropped, checked again
+            assert checks.count(soon) == 2
+            short = JwtVerifier(issuer=auth_server.issuer, jwks=verifier.jwks, audiences=(RESOURCE,),
+                                cache_seconds=0)
+            await short.verify_token(token)
+            assert len(short.verified) == 0  # caching off
+
+    run(main)

@@ -350,11 +350,57 @@ def looks_like_jws(token: str) -> bool:
     return _unverified_header(token) is not None
 
 
+class VerifiedTokens:
+    """Tokens verified lately, by sha256: each kept for min(`seconds`, its expiry), at most `size` of them (LRU).
+
+    Clients send the same token with every request; verifying it once per `seconds` spares the signature check
+    (or the provider round trip). The price: a token the provider stops vouching for (revoked, its key withdrawn)
+    stays accepted that long at most.
+    """
+
+    def __init__(self, seconds: float, size: int) -> None:
+        self.seconds, self.size = seconds, size
+        self._entries: collections.OrderedDict[str, tuple[float, AccessToken]] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> AccessToken | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        deadline, access = entry
+        if time.monotonic() >= deadline or (access.expires_at is not None and access.expires_at <= time.time()):
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return access
+
+    def put(self, key: str, access: AccessToken) -> None:
+        lifetime = self.seconds
+        if access.expires_at is not None:
+            lifetime = min(lifetime, access.expires_at - time.time())
+        if lifetime <= 0 or self.size <= 0:
+            return
+        self._entries[key] = (time.monotonic() + lifetime, access)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
+def _token_key(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 class JwtVerifier:
-    """Verifies JWT access tokens signed by the provider's keys (see the module docstring for the rules)."""
+    """Verifies JWT access tokens signed by the provider's keys (see the module docstring for the rules).
+
+    A token verified once is remembered for `cache_seconds` (at most until it expires): see `VerifiedTokens`.
+    """
 
     def __init__(self, *, issuer: str, jwks: JwksCache, audiences: Sequence[str], leeway: float = 30.0,
-                 required_claims: Sequence[str] = ("exp", "iss", "aud")) -> None:
+                 required_claims: Sequence[str] = ("exp", "iss", "aud"), cache_seconds: float = 60.0,
+                 cache_size: int = 10_000) -> None:
         if not issuer:
             raise SignInError("JWT verification needs an issuer")
         if not audiences:
@@ -369,11 +415,21 @@ class JwtVerifier:
         self._audience_forms = tuple(
             dict.fromkeys(form for a in self.audiences for form in (a, a.rstrip("/"), a.rstrip("/") + "/"))
         )
+        self.verified = VerifiedTokens(cache_seconds, cache_size)
 
     def __repr__(self) -> str:
         return f"JwtVerifier(issuer={self.issuer!r}, audiences={self.audiences!r})"
 
     async def verify_token(self, token: str) -> AccessToken | None:
+        key = _token_key(token)
+        access = self.verified.get(key)
+        if access is None:
+            access = await self._verify(token)
+            if access is not None:
+                self.verified.put(key, access)
+        return access
+
+    async def _verify(self, token: str) -> AccessToken | None:
         header = _unverified_header(token)
         if header is None:
             _refuse("not a JWS")
@@ -449,9 +505,7 @@ class IntrospectionVerifier:
         self._http = http
         self.audiences = tuple(dict.fromkeys(audiences))
         self.issuer = issuer
-        self.cache_seconds = cache_seconds
-        self.cache_size = cache_size
-        self._cache: collections.OrderedDict[str, tuple[float, AccessToken]] = collections.OrderedDict()
+        self.verified = VerifiedTokens(cache_seconds, cache_size)
         self.requests = 0  # introspection requests made, for monitoring and tests
 
     def __repr__(self) -> str:
@@ -463,28 +517,6 @@ class IntrospectionVerifier:
         except Exception as exc:  # never let a provider problem escape as an exception
             log.info("token refused: introspection error (%s)", type(exc).__name__)
             return None
-
-    def _cached(self, key: str) -> AccessToken | None:
-        entry = self._cache.get(key)
-        if entry is None:
-            return None
-        deadline, access = entry
-        if time.monotonic() >= deadline or (access.expires_at is not None and access.expires_at <= time.time()):
-            del self._cache[key]
-            return None
-        self._cache.move_to_end(key)
-        return access
-
-    def _remember(self, key: str, access: AccessToken) -> None:
-        lifetime = self.cache_seconds
-        if access.expires_at is not None:
-            lifetime = min(lifetime, access.expires_at - time.time())
-        if lifetime <= 0 or self.cache_size <= 0:
-            return
-        self._cache[key] = (time.monotonic() + lifetime, access)
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
 
     async def _introspect(self, token: str) -> dict[str, Any] | None:
         data = {"token": token, "token_type_hint": "access_token"}
@@ -516,8 +548,8 @@ class IntrospectionVerifier:
         return answer
 
     async def _verify(self, token: str) -> AccessToken | None:
-        key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
-        cached = self._cached(key)
+        key = _token_key(token)
+        cached = self.verified.get(key)
         if cached is not None:
             return cached
         answer = await self._introspect(token)
@@ -547,7 +579,7 @@ class IntrospectionVerifier:
         access = _access_token(token, answer, self.audiences)
         if access is None:
             return None
-        self._remember(key, access)
+        self.verified.put(key, access)
         return access
 
 

@@ -5,8 +5,12 @@ Built on the mcp SDK's authorization-server pieces: `create_auth_routes` serves 
 /revoke and the RFC 8414 metadata, and validates what it can (PKCE S256, redirect_uri match, code expiry, client
 authentication, scope subsets). `SignInProxy` is the `OAuthAuthorizationServerProvider` behind them:
 
-    client --/authorize--> proxy --302--> upstream login --302--> proxy callback --302--> client redirect_uri?code
+    client --/authorize--> proxy --302--> consent page --approve--> upstream login --302--> proxy callback
+        --302--> client redirect_uri?code
     client --/token (code + PKCE verifier)--> proxy: opaque access + refresh token
+
+The consent page asks the user about clients that registered themselves (operator-configured ones go straight
+on) and binds the login to the browser that opened it: the callback only completes in that browser.
 
 State lives in a `SignInStore` (see mxcp_core.sign_in): pending logins, our authorization codes, access and
 refresh tokens, registered clients. Codes and tokens are stored under the sha256 of their value only; the
@@ -19,8 +23,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import ipaddress
 import html
+import ipaddress
 import json
 import logging
 import math
@@ -158,7 +162,7 @@ class SignInProxy:
     `endpoints` is the upstream's resolved metadata (anything with `authorization_endpoint`, `token_endpoint`,
     `userinfo_endpoint` (may be None) and `issuer`). `clients` are static clients from the configuration
     (`client_id`, `name`, `client_secret` (absent: public client), `redirect_uris`, `grant_types`, `scopes`).
-    `scopes` are the scopes this server grants (empty: any scope a client registered with).
+    `scopes` are the scopes this server grants (empty: none, whatever a client registered with).
     """
 
     def __init__(self, *, store: SignInStore, upstream: ProviderConnection, endpoints: Any, provider_name: str,

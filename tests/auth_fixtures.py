@@ -59,7 +59,6 @@ import json
 import os
 import queue
 import secrets
-import signal
 import subprocess
 import sys
 import threading
@@ -73,6 +72,7 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import httpx2
 import pytest
+from server_helpers import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 20.0
@@ -187,7 +187,7 @@ class AuthServer:
         except queue.Empty:
             line = ""
         if not line.startswith("READY "):
-            self._kill(proc)
+            stop_process(proc)
             raise RuntimeError(
                 f"authorization server did not become ready within {READY_TIMEOUT:.0f}s "
                 f"(exit code {proc.returncode}, stdout {line!r}); stderr:\n{self.stderr()}"
@@ -199,24 +199,12 @@ class AuthServer:
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is not None:
-            self._kill(proc)
+            stop_process(proc)
 
     def restart(self) -> None:
         """Stop and start on the same port and state dir: the keys survive, tokens, codes and sessions do not."""
         self.stop()
         self.start()
-
-    @staticmethod
-    def _kill(proc: subprocess.Popen[str]) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
 
     def stderr(self) -> str:
         try:

@@ -72,6 +72,24 @@ def _refuse(reason: str) -> None:
     log.info("token refused: %s", reason)
 
 
+# Why PyJWT refused a token, for the log line (the first matching class; subclasses come first).
+_DECODE_REFUSALS: tuple[tuple[type[Exception], str], ...] = (
+    (jwt.ExpiredSignatureError, "expired"),
+    (jwt.ImmatureSignatureError, "not yet valid"),
+    (jwt.InvalidAudienceError, "audience"),
+    (jwt.InvalidIssuerError, "issuer"),
+    (jwt.InvalidSignatureError, "signature"),
+    (jwt.InvalidAlgorithmError, "algorithm"),
+)
+
+
+def _decode_refusal(exc: Exception) -> str:
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return "audience" if exc.claim == "aud" else f"missing {exc.claim}"
+    return next((reason for kind, reason in _DECODE_REFUSALS if isinstance(exc, kind)),
+                f"invalid ({type(exc).__name__})")
+
+
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -457,29 +475,8 @@ class JwtVerifier:
                 options={"require": list(self.required_claims), "verify_signature": True, "verify_exp": True,
                          "verify_nbf": True, "verify_iat": True, "verify_aud": True, "verify_iss": True},
             )
-        except jwt.ExpiredSignatureError:
-            _refuse("expired")
-            return None
-        except jwt.ImmatureSignatureError:
-            _refuse("not yet valid")
-            return None
-        except jwt.MissingRequiredClaimError as exc:
-            _refuse("audience" if exc.claim == "aud" else f"missing {exc.claim}")
-            return None
-        except jwt.InvalidAudienceError:
-            _refuse("audience")
-            return None
-        except jwt.InvalidIssuerError:
-            _refuse("issuer")
-            return None
-        except jwt.InvalidSignatureError:
-            _refuse("signature")
-            return None
-        except jwt.InvalidAlgorithmError:
-            _refuse("algorithm")
-            return None
         except jwt.InvalidTokenError as exc:
-            _refuse(f"invalid ({type(exc).__name__})")
+            _refuse(_decode_refusal(exc))
             return None
         if claims.get("iss") != self.issuer:  # belt and braces: PyJWT checked it when present
             _refuse("issuer")

@@ -21,6 +21,7 @@ imports (the mcp SDK, httpx2) happen only when a server with sign-in starts.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,8 +29,13 @@ import attrs
 
 from mxcp_core import ConfigError, ConfigSection, hookimpl
 
+log = logging.getLogger(__name__)
+
 SECTION = "auth"
 STATE_KEY = "sign_in"
+# Keys of `auth:` only the issuer mode reads (verifier mode has no clients, store or tokens of its own).
+ISSUER_KEYS = ("clients", "persistence", "access_token_ttl", "refresh_token_ttl", "dynamic_registration",
+               "client_metadata_documents", "allow_private_metadata_hosts")
 
 
 @attrs.define
@@ -123,6 +129,11 @@ def plan(project: Any, providers: Mapping[str, Any]) -> SignInPlan | None:
     if name not in raw:
         raise ConfigError(f"provider '{name}' needs its settings in '{SECTION}.{name}'", file=file,
                           key_path=f"{where}.{name}")
+    unused = [key for key in ISSUER_KEYS if key in base] if settings.mode == "verifier" else []
+    if unused:
+        # Said, not refused: the original's configs may carry them, and verifier mode enforces sign-in without.
+        log.warning("%s: %s: %s only apply to mode issuer; this server runs in mode verifier and does not use them",
+                    file, where, ", ".join(unused))
     app = structure_config(raw[name], provider.settings, file=file, root_path=f"{where}.{name}")
     return SignInPlan(settings, provider, app, where)
 

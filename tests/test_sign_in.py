@@ -611,3 +611,12 @@ def test_issuer_mode_refuses_replayed_codes_wrong_verifiers_and_foreign_redirect
     log = server_log(root)
     for secret in (code, first.json()["access_token"], first.json()["refresh_token"], verifier):
         assert secret not in log
+
+
+def test_issuer_only_settings_in_verifier_mode_are_named_not_silently_ignored(auth_server, tmp_path):
+    root = tmp_path / "p"
+    config = write_project(root, verifier_config(auth_server) + "          persistence: {type: sqlite}\n"
+                                                                 "          access_token_ttl: 60\n")
+    with serving(root, config) as (url, _):
+        assert post_initialize(url, None).status_code == 401  # served, and signed in all the same
+    assert "persistence, access_token_ttl only apply to mode issuer" in server_log(root)

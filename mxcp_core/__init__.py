@@ -22,6 +22,7 @@ from .records import (
     PromptDefinition,
     ResourceDefinition,
     RuntimeView,
+    SecretLoad,
     SecretValue,
     SourceSpec,
     ToolDefinition,
@@ -96,8 +97,8 @@ __all__ = [
     "hookimpl", "hookspec",
     "ConfigError", "ExecutionError", "MxcpError", "NotFoundError", "ValidationError", "suggest",
     "ConfigSection", "EndpointCall", "EndpointDefinition", "Executor", "InvalidEndpoint", "Problem",
-    "ProjectContext", "PromptDefinition", "ResourceDefinition", "RuntimeView", "SecretValue", "SourceSpec",
-    "ToolDefinition", "UserContext",
+    "ProjectContext", "PromptDefinition", "ResourceDefinition", "RuntimeView", "SecretLoad", "SecretValue",
+    "SourceSpec", "ToolDefinition", "UserContext",
 ]
 __all__ += list(_LAZY)
 

@@ -482,9 +482,23 @@ def interpolate(value: Any, *, file: Path, key_path: str, environ: Mapping[str, 
 
 
 def resolve_references(
-    value: Any, resolver: Callable[[str], Any], *, file: Path, key_path: str, subject: str
+    value: Any,
+    resolver: Callable[[str], Any],
+    *,
+    file: Path,
+    key_path: str,
+    subject: str,
+    on_error: Callable[[ConfigError], None] | None = None,
 ) -> Any:
-    """Resolve `scheme://...` strings (not ordinary URLs) through `resolver`; unknown schemes are errors."""
+    """Resolve `scheme://...` strings (not ordinary URLs) through `resolver`; unknown schemes are errors.
+
+    An error is raised, or with `on_error` passed to it and the value left as None (to report every failure).
+    """
+
+    def fail(error: ConfigError) -> None:
+        if on_error is None:
+            raise error
+        on_error(error)
 
     def walk(node: Any, path: str, container: Any, key: Any) -> Any:
         if isinstance(node, str):
@@ -495,22 +509,22 @@ def resolve_references(
             try:
                 resolved = resolver(node)
             except ConfigError as exc:
-                if exc.file is not None:
-                    raise
                 # A provider knows what went wrong, not where: add the file, line and key path.
-                raise ConfigError(f"{subject}: {exc.message}", file=file, line=line, key_path=path) from None
+                fail(exc if exc.file is not None else
+                     ConfigError(f"{subject}: {exc.message}", file=file, line=line, key_path=path))
+                return None
             if resolved is None:
                 from .features import SCHEME_PLUGINS
 
                 plugin = SCHEME_PLUGINS.get(match.group(1).lower())
                 hint = f"plugin '{plugin}' resolves them; is it disabled?" if plugin else (
                     "is the plugin for it installed and enabled?")
-                raise ConfigError(
+                fail(ConfigError(
                     f"{subject}: no plugin resolves references of scheme '{match.group(1)}://' ({hint})",
                     file=file,
                     line=line,
                     key_path=path,
-                )
+                ))
             return resolved
         if isinstance(node, Mapping):
             items = {k: walk(v, f"{path}.{k}", node, k) for k, v in node.items()}
@@ -611,13 +625,21 @@ def read_user_file(path: Path | None = None) -> tuple[LineDict, Path]:
 
 
 def prepare_user_projects(
-    raw: LineDict, project: str, profile: str, file: Path, resolver: Callable[[str], Any] | None = None
+    raw: LineDict,
+    project: str,
+    profile: str,
+    file: Path,
+    resolver: Callable[[str], Any] | None = None,
+    on_error: Callable[[ConfigError], None] | None = None,
 ) -> LineDict:
-    """`raw` with the active project's active profile interpolated and its references resolved (no other)."""
+    """`raw` with the active project's active profile interpolated and its references resolved (no other).
+
+    A reference that fails raises, or with `on_error` is passed to it (see `resolve_references`).
+    """
     prepared = _like(raw)
     prepared.update(raw)
     if isinstance(raw.get("projects"), Mapping):
-        prepared["projects"] = _prepare_projects(raw["projects"], project, profile, file, resolver)
+        prepared["projects"] = _prepare_projects(raw["projects"], project, profile, file, resolver, on_error)
     return prepared
 
 
@@ -796,6 +818,7 @@ def _prepare_projects(
     profile: str,
     file: Path,
     resolver: Callable[[str], Any] | None,
+    on_error: Callable[[ConfigError], None] | None = None,
 ) -> Any:
     out = LineDict()
     out.line, out.key_lines = getattr(projects, "line", None), getattr(projects, "key_lines", {})
@@ -815,7 +838,7 @@ def _prepare_projects(
             active = interpolate(profiles[key], file=file, key_path=key_path)
             _check_unique_secret_names(active, file, key_path)
             if resolver is not None and isinstance(active, Mapping):
-                active = _resolve_profile_references(active, resolver, file, key_path)
+                active = _resolve_profile_references(active, resolver, file, key_path, on_error)
             profiles_out[key] = active if active is not None else LineDict()
         body_out["profiles"] = profiles_out
         out[name] = body_out
@@ -841,7 +864,11 @@ def _check_unique_secret_names(active: Any, file: Path, key_path: str) -> None:
 
 
 def _resolve_profile_references(
-    active: Mapping[str, Any], resolver: Callable[[str], Any], file: Path, key_path: str
+    active: Mapping[str, Any],
+    resolver: Callable[[str], Any],
+    file: Path,
+    key_path: str,
+    on_error: Callable[[ConfigError], None] | None = None,
 ) -> Any:
     """Resolve references secret by secret, so an error names the secret it belongs to."""
     out = LineDict(active)
@@ -855,12 +882,13 @@ def _resolve_profile_references(
                 secrets.append(
                     resolve_references(
                         secret, resolver, file=file, key_path=f"{key_path}.secrets[{index}]",
-                        subject=f"secret '{name}'",
+                        subject=f"secret '{name}'", on_error=on_error,
                     )
                 )
             out[key] = secrets
         else:
             out[key] = resolve_references(
-                value, resolver, file=file, key_path=f"{key_path}.{key}", subject=f"'{key_path}.{key}'"
+                value, resolver, file=file, key_path=f"{key_path}.{key}", subject=f"'{key_path}.{key}'",
+                on_error=on_error,
             )
     return out

@@ -22,6 +22,7 @@ from .records import (
     EndpointCall,
     EndpointDefinition,
     Executor,
+    ProjectContext,
     ResourceDefinition,
     UserContext,
 )
@@ -172,6 +173,8 @@ class Runtime:
         self._active_calls: set[EndpointCall] = set()
         # Why the runtime cannot serve (its last reload failed to start it again): /health answers 503 with it.
         self.unavailable: str | None = None
+        # Why the last reload could not read the user config again (the previous one is still in use).
+        self.config_problem: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -595,23 +598,31 @@ class Runtime:
             raise ExecutionError(f"no executor for language '{definition.language}'") from None
 
     # -- reload --------------------------------------------------------------------------------
-    def reload(self, payload: Callable[[], Any] | None = None, description: str = "") -> None:
-        """Schedule: drain calls, shut down, run the payload with exclusive access, start again."""
+    def reload(self, payload: Callable[[], Any] | None = None, description: str = "", *, config: bool = False) -> None:
+        """Schedule: drain calls, shut down, run the payload with exclusive access, start again.
+
+        With `config` (SIGHUP), the user config is read again first and its references resolved afresh, so a
+        rotated secret is picked up; should that fail, the server goes on with the configuration it had.
+        """
         thread = threading.Thread(
-            target=self._reload_now, args=(payload, description), name="mxcp-reload", daemon=True
+            target=self._reload_now, args=(payload, description, config), name="mxcp-reload", daemon=True
         )
         with self._reload_lock:
             self._reloads = [t for t in self._reloads if t.is_alive()]
             self._reloads.append(thread)
         thread.start()
 
-    def _reload_now(self, payload: Callable[[], Any] | None, description: str) -> None:
+    def _reload_now(self, payload: Callable[[], Any] | None, description: str, config: bool = False) -> None:
         about = f" ({description})" if description else ""
+        # Read before draining: resolving references may wait on a secret store, and calls go on meanwhile.
+        fresh = self._reread_config(about) if config else None
         deadline = self.context.site.limits.reload_deadline
         with self.gate.exclusive(deadline=deadline, overdue=self._interrupt_active_calls):
             log.info("reload started%s", about)
             self._run_hook_logged(self.hooks.on_shutdown, "on_shutdown")
             self.database.close()
+            if fresh is not None:
+                self._use_context(fresh)
             if payload is not None:
                 self.database.paused = True
                 try:
@@ -634,6 +645,25 @@ class Runtime:
                 log.error("reload failed%s: %s; calls are refused until a reload succeeds", about, problem)
             else:
                 log.info("reload finished%s", about)
+
+    def _reread_config(self, about: str) -> ProjectContext | None:
+        from .project import reread_user_config
+
+        try:
+            fresh = reread_user_config(self.project)
+        except MxcpError as exc:
+            self.config_problem = redaction.mask(str(exc))
+            log.error("reload%s kept the previous configuration: %s", about, self.config_problem)
+            return None
+        self.config_problem = None
+        return fresh
+
+    def _use_context(self, fresh: ProjectContext) -> None:
+        """Serve with `fresh` (same project and site, the user config read again): secrets, DuckDB secrets."""
+        self.project.context = fresh
+        self.context = fresh
+        self.database.project = fresh
+        redaction.register_secrets(fresh.secrets())
 
     def _restart(self) -> str | None:
         """Open the database and run on_init; on failure, undo both and say why."""

@@ -18,6 +18,7 @@ from .records import (
     Problem,
     PromptDefinition,
     ResourceDefinition,
+    SecretLoad,
     SecretValue,
     ToolDefinition,
     UserContext,
@@ -88,8 +89,17 @@ class Hooks:
         self._isolated("register_functions", conn=conn, project=project)
 
     # -- secrets -------------------------------------------------------------------------------
-    def resolve_secret(self, reference: str, project: ProjectContext | None) -> SecretValue | None:
-        return self.pm.hook.resolve_secret(reference=reference, project=project)
+    def resolve_secret(
+        self, reference: str, project: ProjectContext | None, load: SecretLoad | None = None
+    ) -> SecretValue | None:
+        """`load` groups the references read together (one per project load or reload); a fresh one by default."""
+        if load is not None:
+            return self.pm.hook.resolve_secret(reference=reference, project=project, load=load)
+        load = SecretLoad()
+        try:
+            return self.pm.hook.resolve_secret(reference=reference, project=project, load=load)
+        finally:
+            load.close()
 
     # -- endpoints -----------------------------------------------------------------------------
     def tools(self, project: ProjectContext) -> tuple[list[ToolDefinition], list[InvalidEndpoint]]:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         ResourceDefinition,
         EndpointDefinition,
         Problem,
+        SecretLoad,
         SecretValue,
         ToolDefinition,
         UserContext,
@@ -56,7 +57,7 @@ def register_functions(conn: duckdb.DuckDBPyConnection, project: ProjectContext)
 
 
 @hookspec(firstresult=True)
-def resolve_secret(reference: str, project: ProjectContext | None) -> SecretValue | None:
+def resolve_secret(reference: str, project: ProjectContext | None, load: SecretLoad) -> SecretValue | None:
     """Resolve a value reference such as `file://token.txt`; None when this plugin does not own the scheme."""
 
 

@@ -34,6 +34,7 @@ from .records import (
     ProjectContext,
     PromptDefinition,
     ResourceDefinition,
+    SecretLoad,
     ToolDefinition,
 )
 
@@ -74,6 +75,8 @@ class Project:
     hooks: Hooks
     _registry: EndpointRegistry | None = None
     _executors: dict[str, Executor] | None = None
+    # References of the user config's active profile that resolved in the last load (`validate` reports it).
+    references_resolved: int = 0
 
     @property
     def root(self) -> Path:
@@ -217,11 +220,14 @@ def open_project(
     strict_plugins: bool | None = None,
     extra_plugins: Iterable[tuple[str, Any]] = (),
     host: PluginHost | None = None,
+    reference_problems: list[ConfigError] | None = None,
 ) -> Project:
     """Find mxcp-site.yml from `start`, load plugins and configuration for the active profile.
 
     The core's keys are read first (they say which plugins are disabled), then the plugins are loaded (or `host`,
     already loaded by the CLI, is used), then each plugin's sections are structured into its own classes.
+    With `reference_problems`, references of the user config that fail to resolve are collected there rather than
+    stopping the load (`mxcp validate` reports them all).
     """
     site_file = find_site_file(start)
     root = site_file.parent
@@ -269,26 +275,77 @@ def open_project(
         settings=settings,
         sections=declared,
     )
+    project = Project(context=context, host=host, hooks=hooks)
+    project.context = _with_user_config(project, sections, reference_problems)
+    return project
+
+
+USER_SCOPES = ("user", "user_profile")
+
+
+def reread_user_config(project: Project) -> ProjectContext:
+    """The project's context with the user config read again and its references resolved afresh (a reload).
+
+    The site config is kept as loaded. Raises ConfigError (the previous context stays untouched) when the file or
+    a reference fails; the caller decides whether to swap the result in.
+    """
+    host = project.host
+    sections = SectionRegistry(claimed=project.hooks.config_sections(), disabled=frozenset(host.disabled))
+    site_only = {key: value for key, value in project.context.settings.items() if key[0] not in USER_SCOPES}
+    return _with_user_config(project, sections, None, base=attrs.evolve(project.context, settings=site_only))
+
+
+def _with_user_config(
+    project: Project,
+    sections: SectionRegistry,
+    reference_problems: list[ConfigError] | None,
+    base: ProjectContext | None = None,
+) -> ProjectContext:
+    """`base` (the project's context) with the user config read, its references resolved in one SecretLoad.
+
+    With `reference_problems`, a reference that fails is recorded there (and left empty) instead of stopping the
+    load, so `validate` reports every one; the project's `references_resolved` counts those that resolved.
+    """
+    hooks = project.hooks
+    context = base if base is not None else project.context
+    load = SecretLoad()
+    project.references_resolved = 0
 
     def resolver(reference: str) -> Any:
-        found = hooks.resolve_secret(reference=reference, project=context)
+        found = hooks.resolve_secret(reference=reference, project=context, load=load)
         if found is None:
             return None
         # What a reference resolves to is a secret wherever it is used: masked from now on, errors included.
         redaction.masker.add(redaction.secret_values(found.value))
+        project.references_resolved += 1
         return found.value
 
-    # Errors about the user config describe values by their kind only: they may be secrets.
-    with values_unquoted(), _masked_errors(), _references_from("user"):
-        # The top-level sections first: a secret provider may read its own (`vault:`) while resolving.
-        raw_user, user_file = read_user_file()
-        settings = {**settings, **sections.settle("user", raw_user, file=user_file, key_path="")}
-        context = attrs.evolve(context, settings=settings)
-        prepared = prepare_user_projects(raw_user, site.project, active_profile, user_file, resolver)
-        user = structure_user_config(prepared, user_file)
-        settings = {**settings, **sections.settle_user_profiles(prepared, site.project, active_profile, user_file)}
-    context = attrs.evolve(context, user=user, settings=settings)
-    return Project(context=context, host=host, hooks=hooks)
+    def failed(problem: ConfigError) -> None:
+        assert reference_problems is not None
+        reference_problems.append(_masked(problem))
+
+    on_error = failed if reference_problems is not None else None
+    settings = dict(context.settings)
+    site = context.site
+    try:
+        # Errors about the user config describe values by their kind only: they may be secrets.
+        with values_unquoted(), _masked_errors(), _references_from("user"):
+            # The top-level sections first: a secret provider may read its own (`vault:`) while resolving.
+            raw_user, user_file = read_user_file()
+            settings = {**settings, **sections.settle("user", raw_user, file=user_file, key_path="")}
+            context = attrs.evolve(context, settings=settings)
+            prepared = prepare_user_projects(raw_user, site.project, context.profile, user_file, resolver, on_error)
+            try:
+                user = structure_user_config(prepared, user_file)
+            except ConfigError:
+                if reference_problems:
+                    return context  # the references that failed are the cause; validate reports them
+                raise
+            settings = {**settings, **sections.settle_user_profiles(prepared, site.project, context.profile,
+                                                                    user_file)}
+    finally:
+        load.close()
+    return attrs.evolve(context, user=user, settings=settings)
 
 
 def _fit_host(host: PluginHost, site_disabled: Iterable[str], site_file: Path) -> None:
@@ -311,10 +368,17 @@ def _masked_errors() -> Iterator[None]:
     try:
         yield
     except ConfigError as exc:
-        masked = redaction.mask(exc.message)
-        if masked == exc.message:
+        masked = _masked(exc)
+        if masked is exc:
             raise
-        raise ConfigError(masked, file=exc.file, line=exc.line, key_path=exc.key_path) from None
+        raise masked from None
+
+
+def _masked(exc: ConfigError) -> ConfigError:
+    masked = redaction.mask(exc.message)
+    if masked == exc.message:
+        return exc
+    return ConfigError(masked, file=exc.file, line=exc.line, key_path=exc.key_path)
 
 
 # -- files the project points at ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The attrs records that hooks take and return: the vocabulary shared by the core and every plugin."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
@@ -54,6 +55,32 @@ class SecretValue:
     """The value a `resolve_secret` provider found for a reference (a string, or a mapping)."""
 
     value: Any = attrs.field(repr=False)
+
+
+@attrs.define(eq=False)
+class SecretLoad:
+    """One reading of the configuration's references: opening a project, or a reload (SIGHUP) reading them afresh.
+
+    `resolve_secret` providers keep what they share across the references of one load in `cache`, under their
+    own plugin name (a client, a login, a secret already read, so that `vault://db#user` and `vault://db#password`
+    come from one version of the secret). A reload starts a new load, so nothing read before survives it.
+    `on_close` registers a function the core calls once the load is over (to close a client's connections).
+    """
+
+    cache: dict[str, Any] = attrs.Factory(dict)
+    _closers: list[Callable[[], Any]] = attrs.Factory(list)
+
+    def on_close(self, close: Callable[[], Any]) -> None:
+        self._closers.append(close)
+
+    def close(self) -> None:
+        """Run the registered closers (each once; one failing does not keep the others from running)."""
+        closers, self._closers = self._closers, []
+        for close in reversed(closers):
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - closing a client after the load must not fail the load
+                logging.getLogger(__name__).debug("closing after a secret load failed", exc_info=True)
 
 
 @attrs.frozen

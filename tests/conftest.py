@@ -28,6 +28,8 @@ OWN = "mxcp-pluggy"  # the distribution whose entry points are the builtins
 MXCP_ENV = (
     "MXCP_CONFIG", "MXCP_PROFILE", "MXCP_DISABLE_PLUGINS", "MXCP_STRICT_PLUGINS", "MXCP_DUCKDB_PATH",
     "MXCP_READONLY", "MXCP_AUDIT_ENABLED", "MXCP_DEBUG",
+    # and those the secret-store plugins read
+    "VAULT_ADDR", "VAULT_TOKEN", "VAULT_NAMESPACE", "VAULT_CACERT", "OP_SERVICE_ACCOUNT_TOKEN",
 )
 
 

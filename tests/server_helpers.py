@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 SECRET_VALUE = "s3cr3t-token-98765"
 
@@ -262,3 +266,38 @@ def stop_process(process: subprocess.Popen) -> None:
     for stream in (process.stdout, process.stderr, process.stdin):
         if stream is not None:
             stream.close()
+
+
+def run_http(url: str, body: Callable[[Any], Any]) -> Any:
+    """`await body(client)` with an MCP client (the SDK's) connected to `url`."""
+    import anyio
+    import mcp
+
+    async def main() -> Any:
+        async with mcp.Client(url) as client:
+            return await body(client)
+
+    return anyio.run(main)
+
+
+def text(result: Any) -> str:
+    return result.content[0].text
+
+
+def health(base: str) -> tuple[int, dict[str, Any]]:
+    """GET /health: the status code and the JSON body."""
+    try:
+        with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")

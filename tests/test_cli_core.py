@@ -47,7 +47,8 @@ def test_json_output_of_each_command(run_mxcp, tmp_path, third_party_plugins):
     assert listed == {"endpoints": [{"kind": "tool", "name": "hello_world", "description": "Say hello to someone.",
                                      "language": "sql", "origin": "tools/hello_world.yml", "tags": ["example"]}],
                       "invalid": []}
-    assert ok_json(run_mxcp("validate", "--json-output", cwd=demo)) == {"checked": 1, "problems": [], "valid": True}
+    assert ok_json(run_mxcp("validate", "--json-output", cwd=demo)) == {
+        "checked": 1, "references": {"resolved": 0, "failed": 0}, "problems": [], "valid": True}
     plugins = ok_json(run_mxcp("plugins", "--json-output", cwd=demo))
     assert {"core", "endpoint_discovery", "executor_sql"} <= {p["name"] for p in plugins["plugins"]}
     assert plugins["failed"] == [] and plugins["disabled"] == third_party_plugins

@@ -8,8 +8,6 @@ import json
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import mcp
 import pytest
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from server_helpers import http_server, mxcp_command, serve_env
+from server_helpers import health, http_server, mxcp_command, run_http, serve_env, text, wait_for
 
 SITE = "mxcp: 1\nproject: demo\nprofile: default\n"
 
@@ -104,26 +102,6 @@ def project(make_project, user_config, tmp_path):
         return make_project(tmp_path / "proj", {**FILES, "mxcp-site.yml": SITE + site_extra})
 
     return make
-
-
-def run_http(url: str, body: Any) -> Any:
-    async def main() -> Any:
-        async with mcp.Client(url) as client:
-            return await body(client)
-
-    return anyio.run(main)
-
-
-def text(result: Any) -> str:
-    return result.content[0].text
-
-
-def health(base: str) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 # -- 3. sys.exit() fails the call, never the server -------------------------------------------------------
@@ -239,16 +217,6 @@ def test_a_full_pool_and_queue_answer_server_busy_at_once(project):
 
 
 # -- 8. a reload that cannot start again: refused calls, /health 503, the next reload retries ---------------
-
-
-def wait_for(predicate, timeout: float = 15) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def test_a_failed_reload_refuses_calls_reports_503_and_the_next_reload_retries(project):

@@ -25,9 +25,15 @@ class GlobalState:
     host: PluginHost | None = None
 
 
-def load(profile: str | None = None, readonly: bool | None = None, start: Path | None = None) -> Project:
-    """Open the project the command acts on, on the invocation's plugin host."""
-    return open_project(start, profile=profile, readonly=readonly or None, host=GlobalState.host)
+def load(
+    profile: str | None = None,
+    readonly: bool | None = None,
+    start: Path | None = None,
+    reference_problems: list[Any] | None = None,
+) -> Project:
+    """Open the project the command acts on, on the invocation's plugin host (see open_project)."""
+    return open_project(start, profile=profile, readonly=readonly or None, host=GlobalState.host,
+                        reference_problems=reference_problems)
 
 
 def plural(count: int, word: str) -> str:

@@ -60,20 +60,28 @@ def validate(
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Check every endpoint's structure and references; exits 1 on any error."""
+    """Check every endpoint's structure and references, and that every secret reference of the user config
+    resolves (vault://, op://, file://, ...); exits 1 on any error."""
+    from ..records import Problem
     from ..validation import validate_project
 
     with reporting_errors(json_output, debug):
-        project = load(profile)
-        problems = validate_project(project, only=name)
+        failed_references: list[Any] = []
+        project = load(profile, reference_problems=failed_references)
+        problems = [Problem(message=f"{e.key_path}: {e.message}" if e.key_path else e.message,
+                            file=f"{e.file}:{e.line}" if e.file and e.line else e.file)
+                    for e in failed_references]
+        problems += validate_project(project, only=name)
         errors = [p for p in problems if p.severity == "error"]
         registry = project.endpoints()
         checked = len([e for e in registry.all() if name is None or e.key == name]) + len(
             [b for b in registry.invalid if name is None or b.name == name])
         if name is not None and checked == 0 and not problems:
             fail(f"endpoint '{name}' not found", json_output)
+        references = {"resolved": project.references_resolved, "failed": len(failed_references)}
         result = {
             "checked": checked,
+            "references": references,
             "problems": [attrs.asdict(p) for p in problems],
             "valid": not errors,
         }
@@ -87,10 +95,12 @@ def validate(
             for problem in problems:
                 colour = "red" if problem.severity == "error" else "yellow"
                 out.print(f"[{colour}]{problem.severity}[/] {escape(problem.format())}", highlight=False)
+            resolved = plural(references["resolved"], "secret reference")
             if errors:
-                out.print(f"[bold red]{plural(len(errors), 'problem')} found[/] in {plural(checked, 'endpoint')}")
+                out.print(f"[bold red]{plural(len(errors), 'problem')} found[/] in {plural(checked, 'endpoint')}"
+                          f" ({resolved} resolved, {references['failed']} failed)")
             else:
-                console().print(f"[green]✓[/] {plural(checked, 'endpoint')} valid")
+                console().print(f"[green]✓[/] {plural(checked, 'endpoint')} valid, {resolved} resolved")
         if errors:
             raise typer.Exit(1)
 

@@ -1,8 +1,8 @@
 """Running the server: stdio, streamable HTTP and SSE; signals; start-up checks; stdout kept for the protocol.
 
 The caller owns the runtime: `serve()` starts it, runs one transport until the client leaves or a signal asks
-to stop, then stops it (on_shutdown hooks run). SIGHUP reloads (`Runtime.reload`): calls in flight finish,
-calls arriving meanwhile wait, none fails.
+to stop, then stops it (on_shutdown hooks run). SIGHUP reloads (`Runtime.reload`): the user config and its
+secrets are read again, calls in flight finish, calls arriving meanwhile wait, none fails.
 """
 from __future__ import annotations
 
@@ -345,8 +345,8 @@ async def _watch_signals(runtime: Runtime, stop: Callable[[], None]) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
-                log.warning("SIGHUP: reloading")
-                runtime.reload(description="SIGHUP")
+                log.warning("SIGHUP: reloading (the user config and its secrets are read again)")
+                runtime.reload(description="SIGHUP", config=True)
             else:
                 stop()
                 return
@@ -464,6 +464,9 @@ def build_http_app(server: Any, runtime: Runtime, options: ServeOptions, sign_in
                 "reloads": runtime.reload_count}
         if reason:
             body["reason"] = reason
+        if runtime.config_problem:
+            # Still serving, with the configuration it had: say why the new one was not taken.
+            body["config_problem"] = runtime.config_problem
         # 503 takes a replica whose reload failed out of a load balancer's rotation until a reload succeeds.
         return JSONResponse(body, status_code=200 if healthy else 503)
 

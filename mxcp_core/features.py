@@ -54,8 +54,9 @@ ORIGINAL_SECTIONS: tuple[OriginalSection, ...] = (
     OriginalSection("site", "dbt", None, _disabled, purpose="dbt integration"),
     OriginalSection("site_profile", "audit", "audit", _disabled, security=True, purpose="the audit log"),
     OriginalSection("site_profile", "drift", "drift", _all_null, purpose="drift snapshots"),
-    OriginalSection("user", "vault", None, _disabled, security=True, purpose="vault:// secret references"),
-    OriginalSection("user", "onepassword", None, _disabled, security=True, purpose="op:// secret references"),
+    OriginalSection("user", "vault", "secrets_vault", _disabled, security=True, purpose="vault:// secret references"),
+    OriginalSection("user", "onepassword", "secrets_onepassword", _disabled, security=True,
+                    purpose="op:// secret references"),
     OriginalSection("user", "telemetry", None, _disabled, purpose="OpenTelemetry export"),
     OriginalSection("user", "logging", None, purpose="log files"),
     OriginalSection("user", "models", None, purpose="LLM models for evals"),
@@ -69,7 +70,10 @@ ORIGINAL_SECTIONS: tuple[OriginalSection, ...] = (
 # Languages of the original's endpoints and the executors that run them.
 LANGUAGE_PLUGINS: Mapping[str, str] = {"sql": "executor_sql", "python": "executor_python"}
 # Reference schemes of the user config and their resolvers.
-SCHEME_PLUGINS: Mapping[str, str] = {"env": "secrets_env", "file": "secrets_file", "keyring": "secrets_keyring"}
+SCHEME_PLUGINS: Mapping[str, str] = {
+    "env": "secrets_env", "file": "secrets_file", "keyring": "secrets_keyring", "vault": "secrets_vault",
+    "op": "secrets_onepassword",
+}
 # Sign-in providers (`auth.provider`) and the builtin offering each.
 SIGN_IN_PROVIDER_PLUGINS: Mapping[str, str] = {
     name: f"auth_{name}" for name in ("oidc", "keycloak", "google", "github", "atlassian", "salesforce")

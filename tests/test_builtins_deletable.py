@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mxcp_core import ConfigError, MxcpError, Phase, Runtime, open_project, run_tests, validate_project
+from mxcp_core import ConfigError, MxcpError, Phase, Runtime, SecretLoad, open_project, run_tests, validate_project
 from mxcp_core import features
 from mxcp_core.plugin_manager import load_plugins
 from mxcp_core.testing import build_project
@@ -161,12 +161,13 @@ def test_languages_schemes_keys_commands_and_functions_belong_to_the_plugins_nam
         assert language in {e.language for found in executors(project=None) for e in found}, plugin
     context = open_project(make_project(tmp_path / "p")).context
     for scheme, plugin in features.SCHEME_PLUGINS.items():
-        implementation = host.plugin(plugin)
+        resolve = host.pm.subset_hook_caller(
+            "resolve_secret", remove_plugins=[p for n, p in host.pm.list_name_plugin() if n != plugin and p])
         try:
-            assert implementation.resolve_secret(reference=f"{scheme}://x/y", project=context) is not None
+            assert resolve(reference=f"{scheme}://x/y/z", project=context, load=SecretLoad()) is not None
         except ConfigError:
             pass  # owned, and not resolvable here: either way the scheme is this plugin's
-        assert implementation.resolve_secret(reference="other-scheme://x", project=context) is None
+        assert resolve(reference="other-scheme://x", project=context, load=SecretLoad()) is None
     for key, plugin in features.ENDPOINT_KEY_PLUGINS.items():
         assert host.hooks.config_sections()[("endpoint", key)][0] == plugin
     for provider, plugin in features.SIGN_IN_PROVIDER_PLUGINS.items():

@@ -158,20 +158,27 @@ def test_sections_of_inactive_profiles_are_not_held_against_a_disabled_plugin(ma
         open_project(root, profile="prod", disabled_plugins=["audit"])
 
 
-def test_unimplemented_sections_warn_once_and_security_ones_are_refused(make_project, user_config, tmp_path, caplog):
+def test_unimplemented_sections_warn_once_and_security_ones_are_refused(
+        make_project, user_config, tmp_path, caplog, monkeypatch):
+    from mxcp_core import features
+
+    # Every security section of the original has a builtin now; one without stands for a future one.
+    sentry = features.OriginalSection("user", "sentry", None, features._disabled, security=True,
+                                      purpose="a guard of the original's")
+    monkeypatch.setattr(features, "ORIGINAL_SECTIONS", (*features.ORIGINAL_SECTIONS, sentry))
     root = make_project(tmp_path / "p")
-    user_config("mxcp: 1\nmodels: {default: gpt}\ntelemetry: {enabled: true}\nvault: {enabled: false}\n"
+    user_config("mxcp: 1\nmodels: {default: gpt}\ntelemetry: {enabled: true}\nsentry: {enabled: false}\n"
                 "projects:\n  demo:\n    profiles:\n      default:\n        auth: {provider: none}\n")
     with caplog.at_level(logging.WARNING):
         open_project(root)
     warned = [r.getMessage() for r in caplog.records if "not implemented in this version" in r.getMessage()]
     assert len(warned) == 2 and "section 'models'" in warned[0] and "section 'telemetry'" in warned[1]
 
-    path = user_config("mxcp: 1\nvault: {enabled: true, address: 'http://127.0.0.1:8200'}\n")
+    path = user_config("mxcp: 1\nsentry: {enabled: true, address: 'http://127.0.0.1:8200'}\n")
     with pytest.raises(ConfigError) as caught:
         open_project(root)
-    assert (caught.value.file, caught.value.line, caught.value.key_path) == (str(path), 2, "vault")
-    assert "section 'vault'" in caught.value.message
+    assert (caught.value.file, caught.value.line, caught.value.key_path) == (str(path), 2, "sentry")
+    assert "section 'sentry'" in caught.value.message
     assert "guards access, so it is refused rather than ignored" in caught.value.message
     # `auth` is the sign_in plugin's now: a project with it loads, and its sign-in is enforced when serving.
     user_config("mxcp: 1\nprojects:\n  demo:\n    profiles:\n      default:\n"

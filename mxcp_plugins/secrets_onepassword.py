@@ -11,15 +11,17 @@ and reads each reference once. Errors name the reference and what went wrong, ne
 """
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from mxcp_core import ConfigError, ConfigSection, Seconds, SecretValue, hookimpl
+
+if TYPE_CHECKING:
+    import asyncio
+    import threading
 
 PREFIX = "op://"
 SECTION = "onepassword"
@@ -142,6 +144,8 @@ class OnePasswordSession:
         return self._client
 
     def _run(self, make: Callable[[], Awaitable[Any]], doing: str) -> Any:
+        # Imported here: every command loads this plugin, few resolve an op:// reference.
+        import asyncio
         import concurrent.futures
 
         future = asyncio.run_coroutine_threadsafe(_awaited(make), self._own_loop())
@@ -160,6 +164,9 @@ class OnePasswordSession:
         return text.replace(self._token, "[token]") if self._token else text
 
     def _own_loop(self) -> asyncio.AbstractEventLoop:
+        import asyncio
+        import threading
+
         if self._loop is None:
             loop = asyncio.new_event_loop()
             self._thread = threading.Thread(target=loop.run_forever, name="mxcp-onepassword", daemon=True)

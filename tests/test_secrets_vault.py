@@ -333,7 +333,8 @@ def test_serving_with_vault_secrets_picks_up_a_rotation_on_sighup_and_fails_clea
     bao = fresh_openbao
     bao.put_kv2("app", {"password": "pass-one"})
     bao.put_kv2("web", {"token": "web-token-one", "proxy": "http://proxy-one:3128"})
-    root = make_project(tmp_path / "served", SERVED)
+    site = "mxcp: 1\nproject: demo\nprofile: default\nprofiles:\n  default:\n    audit: {enabled: true}\n"
+    root = make_project(tmp_path / "served", {**SERVED, "mxcp-site.yml": site})
     user_config(served_config(bao.address))
     env = {"VAULT_TOKEN": ROOT_TOKEN}
 
@@ -377,8 +378,10 @@ def test_serving_with_vault_secrets_picks_up_a_rotation_on_sighup_and_fails_clea
         process.wait(timeout=15)
         log = process.stderr.read().decode()
     assert "kept the previous configuration" in log
+    audit = (root / "audit" / "logs-default.jsonl").read_text()
+    assert audit.count('"operation_status": "success"') >= 6  # the calls above were audited
     for value in ("pass-one", "pass-two", "web-token-one", "web-token-two", ROOT_TOKEN):
-        assert value not in log
+        assert value not in log and value not in audit
 
     # Starting without Vault: one clear message naming the secret and the reference, and no server.
     started = subprocess.run(

@@ -481,6 +481,10 @@ def interpolate(value: Any, *, file: Path, key_path: str, environ: Mapping[str, 
     return walk(value, key_path, None, None)
 
 
+# What a resolver returns for a reference no plugin owns (None is a value: a key that holds null).
+NOT_RESOLVED: Any = object()
+
+
 def resolve_references(
     value: Any,
     resolver: Callable[[str], Any],
@@ -491,6 +495,8 @@ def resolve_references(
     on_error: Callable[[ConfigError], None] | None = None,
 ) -> Any:
     """Resolve `scheme://...` strings (not ordinary URLs) through `resolver`; unknown schemes are errors.
+
+    `resolver` returns the value, or NOT_RESOLVED when no plugin owns the scheme.
 
     An error is raised, or with `on_error` passed to it and the value left as None (to report every failure).
     """
@@ -513,7 +519,7 @@ def resolve_references(
                 fail(exc if exc.file is not None else
                      ConfigError(f"{subject}: {exc.message}", file=file, line=line, key_path=path))
                 return None
-            if resolved is None:
+            if resolved is NOT_RESOLVED:
                 from .features import SCHEME_PLUGINS
 
                 plugin = SCHEME_PLUGINS.get(match.group(1).lower())
@@ -525,6 +531,7 @@ def resolve_references(
                     line=line,
                     key_path=path,
                 ))
+                return None
             return resolved
         if isinstance(node, Mapping):
             items = {k: walk(v, f"{path}.{k}", node, k) for k, v in node.items()}

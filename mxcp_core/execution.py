@@ -175,6 +175,8 @@ class Runtime:
         self.unavailable: str | None = None
         # Why the last reload could not read the user config again (the previous one is still in use).
         self.config_problem: str | None = None
+        self._config_requests = 0  # reloads asked to read the user config, numbered in order
+        self._config_applied = 0  # the newest of them whose reading was applied (or refused)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -604,25 +606,33 @@ class Runtime:
         With `config` (SIGHUP), the user config is read again first and its references resolved afresh, so a
         rotated secret is picked up; should that fail, the server goes on with the configuration it had.
         """
-        thread = threading.Thread(
-            target=self._reload_now, args=(payload, description, config), name="mxcp-reload", daemon=True
-        )
         with self._reload_lock:
             self._reloads = [t for t in self._reloads if t.is_alive()]
+            self._config_requests += 1
+            thread = threading.Thread(target=self._reload_now, name="mxcp-reload", daemon=True,
+                                      args=(payload, description, self._config_requests if config else 0))
             self._reloads.append(thread)
         thread.start()
 
-    def _reload_now(self, payload: Callable[[], Any] | None, description: str, config: bool = False) -> None:
+    def _reload_now(self, payload: Callable[[], Any] | None, description: str, config_request: int = 0) -> None:
+        """`config_request` (0: none): the number of this reload among those that read the user config."""
         about = f" ({description})" if description else ""
         # Read before draining: resolving references may wait on a secret store, and calls go on meanwhile.
-        fresh = self._reread_config(about) if config else None
+        fresh, problem = self._reread_config() if config_request else (None, None)
         deadline = self.context.site.limits.reload_deadline
         with self.gate.exclusive(deadline=deadline, overdue=self._interrupt_active_calls):
             log.info("reload started%s", about)
             self._run_hook_logged(self.hooks.on_shutdown, "on_shutdown")
             self.database.close()
-            if fresh is not None:
-                self._use_context(fresh)
+            # Two reloads close together may finish reading out of order: an older reading never replaces a
+            # newer one (it could hold a secret rotated since).
+            if config_request > self._config_applied:
+                self._config_applied = config_request
+                self.config_problem = problem
+                if fresh is not None:
+                    self._use_context(fresh)
+                else:
+                    log.error("reload%s kept the previous configuration: %s", about, problem)
             if payload is not None:
                 self.database.paused = True
                 try:
@@ -646,17 +656,16 @@ class Runtime:
             else:
                 log.info("reload finished%s", about)
 
-    def _reread_config(self, about: str) -> ProjectContext | None:
+    def _reread_config(self) -> tuple[ProjectContext | None, str | None]:
+        """The context with the user config read again, or why it could not be (the previous one stays)."""
         from .project import reread_user_config
 
         try:
-            fresh = reread_user_config(self.project)
-        except MxcpError as exc:
-            self.config_problem = redaction.mask(str(exc))
-            log.error("reload%s kept the previous configuration: %s", about, self.config_problem)
-            return None
-        self.config_problem = None
-        return fresh
+            return reread_user_config(self.project), None
+        except Exception as exc:  # noqa: BLE001 - a plugin's bug while reading must not stop the reload itself
+            if not isinstance(exc, MxcpError):
+                log.debug("reading the user config again failed", exc_info=True)
+            return None, redaction.mask(str(exc) or type(exc).__name__)
 
     def _use_context(self, fresh: ProjectContext) -> None:
         """Serve with `fresh` (same project and site, the user config read again): secrets, DuckDB secrets."""

@@ -13,6 +13,7 @@ import attrs
 
 from . import redaction
 from .config import (
+    NOT_RESOLVED,
     SectionRegistry,
     UserConfig,
     find_site_file,
@@ -77,6 +78,8 @@ class Project:
     _executors: dict[str, Executor] | None = None
     # References of the user config's active profile that resolved in the last load (`validate` reports it).
     references_resolved: int = 0
+    # The user config file the last load read (None: there was none); a reload refuses to lose it.
+    user_config_file: Path | None = None
 
     @property
     def root(self) -> Path:
@@ -220,14 +223,14 @@ def open_project(
     strict_plugins: bool | None = None,
     extra_plugins: Iterable[tuple[str, Any]] = (),
     host: PluginHost | None = None,
-    reference_problems: list[ConfigError] | None = None,
+    problems: LoadProblems | None = None,
 ) -> Project:
     """Find mxcp-site.yml from `start`, load plugins and configuration for the active profile.
 
     The core's keys are read first (they say which plugins are disabled), then the plugins are loaded (or `host`,
     already loaded by the CLI, is used), then each plugin's sections are structured into its own classes.
-    With `reference_problems`, references of the user config that fail to resolve are collected there rather than
-    stopping the load (`mxcp validate` reports them all).
+    With `problems`, references of the user config that fail to resolve are collected there rather than stopping
+    the load (`mxcp validate` reports them all).
     """
     site_file = find_site_file(start)
     root = site_file.parent
@@ -276,55 +279,79 @@ def open_project(
         sections=declared,
     )
     project = Project(context=context, host=host, hooks=hooks)
-    project.context = _with_user_config(project, sections, reference_problems)
+    project.context = _with_user_config(project, sections, problems)
     return project
 
 
 USER_SCOPES = ("user", "user_profile")
 
 
+@attrs.define
+class LoadProblems:
+    """What `mxcp validate` collects rather than stopping at the first: every secret reference that failed, and
+    the first other error of the user config (which a failed reference would otherwise hide)."""
+
+    references: list[ConfigError] = attrs.Factory(list)
+    config: list[ConfigError] = attrs.Factory(list)
+
+    def all(self) -> list[ConfigError]:
+        return [*self.references, *self.config]
+
+
 def reread_user_config(project: Project) -> ProjectContext:
     """The project's context with the user config read again and its references resolved afresh (a reload).
 
     The site config is kept as loaded. Raises ConfigError (the previous context stays untouched) when the file or
-    a reference fails; the caller decides whether to swap the result in.
+    a reference fails, when the file read at start is gone, or when a section its plugin applies at start only
+    (`ConfigSection.reloadable`, e.g. `auth`) would change; the caller decides whether to swap the result in.
     """
     host = project.host
+    before = project.user_config_file
+    if before is not None and not before.exists():
+        raise ConfigError("the user config read at start no longer exists (restore it, or restart the server "
+                          "to run without one)", file=before)
     sections = SectionRegistry(claimed=project.hooks.config_sections(), disabled=frozenset(host.disabled))
     site_only = {key: value for key, value in project.context.settings.items() if key[0] not in USER_SCOPES}
-    return _with_user_config(project, sections, None, base=attrs.evolve(project.context, settings=site_only))
+    fresh = _with_user_config(project, sections, None, base=attrs.evolve(project.context, settings=site_only))
+    for key, (plugin, section) in sections.claimed.items():
+        if key[0] in USER_SCOPES and not section.reloadable and (
+                fresh.settings.get(key) != project.context.settings.get(key)):
+            raise ConfigError(f"section '{key[1]}' changed, and plugin '{plugin}' applies it at start only: "
+                              "restart the server to apply it", file=project.user_config_file)
+    return fresh
 
 
 def _with_user_config(
     project: Project,
     sections: SectionRegistry,
-    reference_problems: list[ConfigError] | None,
+    problems: LoadProblems | None,
     base: ProjectContext | None = None,
 ) -> ProjectContext:
     """`base` (the project's context) with the user config read, its references resolved in one SecretLoad.
 
-    With `reference_problems`, a reference that fails is recorded there (and left empty) instead of stopping the
-    load, so `validate` reports every one; the project's `references_resolved` counts those that resolved.
+    With `problems`, a reference that fails is recorded there (and left empty) instead of stopping the load, so
+    `validate` reports every one; the project's `references_resolved` counts those that resolved.
     """
     hooks = project.hooks
     context = base if base is not None else project.context
     load = SecretLoad()
-    project.references_resolved = 0
+    resolved = 0
 
     def resolver(reference: str) -> Any:
+        nonlocal resolved
         found = hooks.resolve_secret(reference=reference, project=context, load=load)
         if found is None:
-            return None
+            return NOT_RESOLVED
         # What a reference resolves to is a secret wherever it is used: masked from now on, errors included.
         redaction.masker.add(redaction.secret_values(found.value))
-        project.references_resolved += 1
+        resolved += 1
         return found.value
 
     def failed(problem: ConfigError) -> None:
-        assert reference_problems is not None
-        reference_problems.append(_masked(problem))
+        assert problems is not None
+        problems.references.append(_masked(problem))
 
-    on_error = failed if reference_problems is not None else None
+    on_error = failed if problems is not None else None
     settings = dict(context.settings)
     site = context.site
     try:
@@ -332,17 +359,24 @@ def _with_user_config(
         with values_unquoted(), _masked_errors(), _references_from("user"):
             # The top-level sections first: a secret provider may read its own (`vault:`) while resolving.
             raw_user, user_file = read_user_file()
+            project.user_config_file = user_file if user_file.exists() else None
             settings = {**settings, **sections.settle("user", raw_user, file=user_file, key_path="")}
             context = attrs.evolve(context, settings=settings)
             prepared = prepare_user_projects(raw_user, site.project, context.profile, user_file, resolver, on_error)
+            project.references_resolved = resolved
             try:
                 user = structure_user_config(prepared, user_file)
-            except ConfigError:
-                if reference_problems:
-                    return context  # the references that failed are the cause; validate reports them
-                raise
-            settings = {**settings, **sections.settle_user_profiles(prepared, site.project, context.profile,
-                                                                    user_file)}
+                settings = {**settings, **sections.settle_user_profiles(prepared, site.project, context.profile,
+                                                                        user_file)}
+            except ConfigError as exc:
+                if not (problems and problems.references):
+                    raise
+                # Left empty, a failed reference may fail its section's structure too: that is the same problem.
+                failed_paths = [p.key_path or "" for p in problems.references]
+                if not any((exc.key_path or "") == path or (exc.key_path or "").startswith(path + ".")
+                           for path in failed_paths):
+                    problems.config.append(_masked(exc))
+                return context
     finally:
         load.close()
     return attrs.evolve(context, user=user, settings=settings)

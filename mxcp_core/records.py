@@ -27,13 +27,16 @@ class ConfigSection:
     key of the original's that no loaded plugin declares (`policies`) makes its endpoints invalid rather than
     served without it. `schema` is an attrs class (or a type such as
     `list[str]`) that the core's converter structures the section into, with errors naming the file, line and
-    key path.
+    key path. A section of the user config (`user`, `user_profile`) is read again on each reload (SIGHUP);
+    `reloadable=False` says the plugin applies it at start only, so a reload that would change it is refused
+    (the server keeps the configuration it has and says to restart) rather than silently not applied.
     """
 
     name: str
     schema: Any
     scope: str = attrs.field(default="site", validator=attrs.validators.in_(CONFIG_SCOPES))
     description: str = ""
+    reloadable: bool = True
 
     def default(self) -> Any:
         """The value of an absent section: the schema built without arguments ([] / {} for collections)."""

@@ -138,9 +138,12 @@ def register_secrets(secrets: Iterable[Any]) -> None:
 
 
 def secret_values(parameters: Any) -> Iterable[str]:
-    """Every string inside a secret's parameters (nested mappings and lists included)."""
+    """Every string inside a secret's parameters (nested mappings and lists included), and every number as text
+    would show it (a numeric password from a vault is a secret too)."""
     if isinstance(parameters, str):
         yield parameters
+    elif isinstance(parameters, (int, float)) and not isinstance(parameters, bool):
+        yield str(parameters)
     elif isinstance(parameters, Mapping):
         for value in parameters.values():
             yield from secret_values(value)

@@ -110,8 +110,16 @@ class OnePasswordSession:
         return found
 
     def close(self) -> None:
+        import asyncio
+        import concurrent.futures
+
         loop, self._loop = self._loop, None
         if loop is not None and self._thread is not None:
+            # A read given up after the timeout is still a task: cancel it and let it end before the loop does.
+            try:
+                asyncio.run_coroutine_threadsafe(_cancel_pending(), loop).result(timeout=5)
+            except (concurrent.futures.TimeoutError, RuntimeError):
+                pass
             loop.call_soon_threadsafe(loop.stop)
             self._thread.join(timeout=5)
             if not self._thread.is_alive():
@@ -177,3 +185,12 @@ class OnePasswordSession:
 
 async def _awaited(make: Callable[[], Awaitable[Any]]) -> Any:
     return await make()
+
+
+async def _cancel_pending() -> None:
+    import asyncio
+
+    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)

@@ -86,7 +86,8 @@ class SignInPlan:
 
 @hookimpl
 def config_sections():
-    return [ConfigSection(SECTION, dict[str, Any], scope="user_profile",
+    # The server's sign-in is built when it starts: a reload that changes it is refused, never half-applied.
+    return [ConfigSection(SECTION, dict[str, Any], scope="user_profile", reloadable=False,
                           description="sign-in for HTTP serving (mode, provider and its settings, authorization)")]
 
 

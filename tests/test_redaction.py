@@ -58,8 +58,15 @@ def test_filter_masks_message_arguments_and_traceback(masker: redaction.SecretMa
 
 
 def test_nested_secret_parameters_are_all_collected() -> None:
-    values = set(redaction.secret_values({"a": "x1", "b": {"c": ["y2", {"d": "z3"}]}, "n": 5}))
-    assert values == {"x1", "y2", "z3"}
+    values = set(redaction.secret_values({"a": "x1", "b": {"c": ["y2", {"d": "z3"}]}, "n": 5, "on": True}))
+    assert values == {"x1", "y2", "z3", "5"}  # numbers as text shows them; booleans are not secrets
+
+
+def test_a_numeric_secret_is_masked_in_text() -> None:
+    masker = redaction.SecretMasker()
+    masker.add(redaction.secret_values({"pin": 84736251, "port": 5, "ratio": 0.12345}))
+    assert masker.mask("refused 84736251 at ratio 0.12345 on port 5") == (
+        "refused [REDACTED] at ratio [REDACTED] on port 5")  # too short to be a secret: "5" is left alone
 
 
 def test_cli_error_and_server_log_mask_the_secret(make_project, user_config, run_mxcp, tmp_path) -> None:

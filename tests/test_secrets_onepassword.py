@@ -27,6 +27,7 @@ class ServiceDouble:
         self.sign_ins: list[str] = []
         self.reads: list[str] = []
         self.delay = 0.0
+        self.delays: list[float] = []  # for the next reads, one each; then `delay`
 
     async def authenticate(self, token: str) -> ServiceDouble:
         self.sign_ins.append(token)
@@ -38,13 +39,15 @@ class ServiceDouble:
 
     async def resolve(self, reference: str) -> str:
         self.reads.append(reference)
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if reference in self.errors:
-            raise Exception(self.errors[reference])  # the SDK raises plain Exception with 1Password's message
-        if reference not in self.values:
+        value, error = self.values.get(reference), self.errors.get(reference)  # what the service holds now
+        delay = self.delays.pop(0) if self.delays else self.delay
+        if delay:
+            await asyncio.sleep(delay)
+        if error is not None:
+            raise Exception(error)  # the SDK raises plain Exception with 1Password's message
+        if value is None:
             raise Exception("error resolving secret reference: no item matched the secret reference query")
-        return self.values[reference]
+        return value
 
 
 @pytest.fixture
@@ -164,3 +167,20 @@ def test_a_reload_reads_a_rotated_secret_and_a_failed_one_keeps_the_old(service,
         assert runtime.context.secret("warehouse")["key"] == "api-key-2"
         assert "not shared with this service account" in runtime.config_problem
         assert runtime.health == (True, None)  # still serving, with what it had
+
+
+def test_an_older_reading_never_replaces_a_newer_one(service, open_with):
+    """Two SIGHUPs close together: the first reading is slow and holds the value from before a rotation."""
+    import time
+
+    project = open_with(op_config("{key: 'op://Prod/API/credential'}"))
+    with Runtime(project) as runtime:
+        service.values["op://Prod/API/credential"] = "api-key-2"
+        service.delays = [1.0]
+        runtime.reload(description="first", config=True)
+        time.sleep(0.3)  # the first reload has read api-key-2 and is waiting on the service
+        service.values["op://Prod/API/credential"] = "api-key-3"
+        runtime.reload(description="second", config=True)
+        runtime.wait_for_reloads(timeout=30)
+        assert service.reads.count("op://Prod/API/credential") == 3
+        assert runtime.context.secret("warehouse")["key"] == "api-key-3"

@@ -5,6 +5,8 @@ Everything here is real: the server, its policies, AppRole, namespaces, TLS, and
 """
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import signal
 import socket
@@ -81,15 +83,39 @@ def failure(open_with, text: str, token: str | None = ROOT_TOKEN) -> str:
 # -- reading ------------------------------------------------------------------------------------------------
 def test_kv2_and_kv1_mounts_are_detected_and_read_with_a_token(openbao, open_with):
     project = open_with(vault_config(openbao.address, (
-        "{user: 'vault://secret/db#user', password: 'vault://secret/data/db#password', "
+        "{user: 'vault://secret/db#user', password: 'vault://secret//db/#password', "
         "whole: 'vault://secret/db', api_key: 'vault://kv1/app#api_key', port: 5432}")))
     assert dict(project.context.secret("db")) == {
-        "user": "alice", "password": "s3cret-v2-pass",  # `secret/data/db` is the API path of the same secret
+        "user": "alice", "password": "s3cret-v2-pass",  # empty segments are dropped: the same secret
         "whole": {"user": "alice", "password": "s3cret-v2-pass"},
         "api_key": "kv1-api-key",
         "port": 5432,
     }
     assert project.references_resolved == 4
+
+
+def test_values_keep_their_json_types_and_numbers_are_masked(openbao, open_with):
+    from mxcp_core import mask
+
+    openbao.put_kv2("typed", {"pin": 84736251, "nothing": None, "nested": {"a": [1, "two"]}, "on": True})
+    project = open_with(vault_config(openbao.address, (
+        "{pin: 'vault://secret/typed#pin', nothing: 'vault://secret/typed#nothing', "
+        "nested: 'vault://secret/typed#nested', flag: 'vault://secret/typed#on'}")))
+    assert dict(project.context.secret("db")) == {"pin": 84736251, "nothing": None, "nested": {"a": [1, "two"]},
+                                                  "flag": True}
+    assert project.references_resolved == 4  # a key holding null is a value, not a reference nobody resolves
+    assert mask("the warehouse refused 84736251") == "the warehouse refused [REDACTED]"
+
+
+def test_the_path_is_the_one_vault_kv_get_takes(openbao, open_with):
+    """`secret/data/x` is the secret `data/x` (as `bao kv get secret/data/x` reads it), never silently `x`."""
+    openbao.put_kv2("data/nested", {"k": "under-data"})
+    openbao.put_kv2("nested", {"k": "top-level"})
+    project = open_with(vault_config(openbao.address, "{a: 'vault://secret/data/nested#k'}"))
+    assert project.context.secret("db")["a"] == "under-data"
+    message = failure(open_with, vault_config(openbao.address, "{a: 'vault://secret/data/db#user'}"))
+    assert "no secret at 'data/db'" in message and "leaves out 'data/'" in message
+    assert "vault://secret/db" in message
 
 
 def test_each_secret_is_read_once_per_load(openbao, open_with):
@@ -177,15 +203,17 @@ def test_a_stopped_server_is_unreachable(open_with):
     assert f"Vault at http://127.0.0.1:{port} is unreachable" in message and "secret 'db'" in message
 
 
-def test_a_server_that_never_answers_times_out(open_with):
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections and never answers: what a hung server looks like on the wire."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
+    listener.listen(16)
+    listener.settimeout(0.1)
     accepted: list[socket.socket] = []
     stop = threading.Event()
 
     def accept() -> None:
-        listener.settimeout(0.2)
         while not stop.is_set():
             try:
                 accepted.append(listener.accept()[0])  # read nothing, answer nothing
@@ -195,16 +223,96 @@ def test_a_server_that_never_answers_times_out(open_with):
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        port = listener.getsockname()[1]
-        message = failure(open_with, vault_config(f"http://127.0.0.1:{port}", "{a: 'vault://secret/db#user'}",
-                                                  vault_extra="  timeout: 0.5\n"))
+        yield listener.getsockname()[1]
     finally:
         stop.set()
         thread.join()
         listener.close()
         for conn in accepted:
             conn.close()
+
+
+def test_a_server_that_never_answers_times_out(open_with):
+    with silent_server() as port:
+        message = failure(open_with, vault_config(f"http://127.0.0.1:{port}", "{a: 'vault://secret/db#user'}",
+                                                  vault_extra="  timeout: 0.5\n"))
     assert "did not answer within 0.5s" in message and "vault.timeout" in message
+
+
+def test_a_server_that_never_answers_costs_one_timeout_not_one_per_secret(open_with):
+    import time
+
+    with silent_server() as port:
+        started = time.monotonic()
+        message = failure(open_with, vault_config(f"http://127.0.0.1:{port}", (
+            "{a: 'vault://secret/one#x', b: 'vault://secret/two#x', c: 'vault://secret/three#x'}"),
+            vault_extra="  timeout: 0.5\n"))
+        elapsed = time.monotonic() - started
+    assert "did not answer within 0.5s" in message
+    assert elapsed < 1.4, elapsed  # three secrets, one wait
+
+
+class Canned(http.server.BaseHTTPRequestHandler):
+    """Answers every request with the class's `status` and `body`; `{token}` becomes the X-Vault-Token sent."""
+
+    status = 200
+    body = "<html>Welcome to the intranet</html>"
+    content_type = "text/html"
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        payload = self.body.replace("{token}", self.headers.get("X-Vault-Token", "")).encode()
+        self.send_response(self.status)
+        self.send_header("Content-Type", self.content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def canned_server(**answer: object) -> Iterator[str]:
+    handler = type("Answer", (Canned,), answer)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_an_address_that_is_not_a_vault_server(open_with):
+    with canned_server() as address:
+        message = failure(open_with, vault_config(address, "{a: 'vault://secret/db#user'}"))
+    assert "did not answer like a Vault server" in message and "vault.address" in message
+    assert "secret 'db'" in message and "vault://secret/db#user" in message
+
+
+def test_a_server_echoing_the_token_in_its_error_never_shows_it(open_with):
+    with canned_server(status=500, content_type="application/json",
+                       body='{"errors": ["internal error: token {token} broke"]}') as address:
+        message = failure(open_with, vault_config(address, "{a: 'vault://secret/db#user'}"),
+                          token="sup3r-secret-token")
+    assert "internal error: token [token] broke" in message and "sup3r-secret-token" not in message
+
+
+def test_an_approle_login_is_revoked_when_the_load_ends(openbao, open_with, monkeypatch):
+    role_id, secret_id = openbao.approle("mxcp-app", "reader")
+    monkeypatch.setenv("TEST_ROLE_ID", role_id)
+    monkeypatch.setenv("TEST_SECRET_ID", secret_id)
+
+    def live_tokens() -> int:
+        return len(openbao.api("LIST", "auth/token/accessors")["data"]["keys"])
+
+    before = live_tokens()
+    for _ in range(3):
+        open_with(vault_config(openbao.address, "{password: 'vault://secret/db#password'}", vault_extra=(
+            "  approle: {role_id: '${TEST_ROLE_ID}', secret_id: '${TEST_SECRET_ID}'}\n")), token=None)
+    assert live_tokens() == before
 
 
 def test_tls_with_the_servers_ca_file(open_with, tmp_path):
@@ -234,7 +342,8 @@ def test_no_token_variable_is_named(openbao, open_with):
     assert "environment variable MY_VAULT_TOKEN (vault.token_env) is not set" in message
 
 
-@pytest.mark.parametrize("reference", ["vault://db", "vault://secret/db#", "vault://#key"])
+@pytest.mark.parametrize("reference", ["vault://db", "vault://secret/db#", "vault://#key",
+                                       "vault://secret/../sys/mounts#x", "vault://secret/./db#user"])
 def test_malformed_references(openbao, open_with, reference):
     message = failure(open_with, vault_config(openbao.address, f"{{a: '{reference}'}}"))
     assert "is not a Vault reference: expected vault://mount/path#key" in message

@@ -62,3 +62,38 @@ def test_serve_refuses_or_skips_a_table_nothing_creates(make_project, tmp_path) 
         assert runtime.call("tool", "count_rows") == 1
     finally:
         runtime.stop()
+
+
+# -- secret references of the user config ------------------------------------------------------------------
+REFERENCES = """\
+mxcp: 1
+projects:
+  demo:
+    profiles:
+      default:
+        secrets:
+          - {name: a, type: custom, parameters: {token: "env://TEST_TOKEN_A"}}
+          - {name: b, type: custom, parameters: {token: "env://TEST_UNSET_B"}}
+          - {name: c, type: custom, paramters: {token: x}}
+        plugin:
+          config:
+            udf: {api_key: "env://TEST_UNSET_UDF"}
+"""
+
+
+def test_validate_lists_every_failed_reference_and_the_config_error_behind_them(
+        make_project, user_config, run_mxcp, tmp_path):
+    """A failed reference leaves its value empty: its section's error is the same problem, any other is its own."""
+    root = make_project(tmp_path / "p")
+    path = user_config(REFERENCES)
+    checked = run_mxcp("validate", "--json-output", cwd=root, env={"TEST_TOKEN_A": "token-a"})
+    assert checked.returncode == 1
+    result = json.loads(checked.stdout)["result"]
+    assert result["references"] == {"resolved": 1, "failed": 2}
+    messages = [problem["message"] for problem in result["problems"]]
+    assert any("secrets[1].parameters.token" in m and "TEST_UNSET_B" in m for m in messages)
+    assert any("plugin.config.udf.api_key" in m and "TEST_UNSET_UDF" in m for m in messages)
+    assert any("unknown key 'paramters'" in m for m in messages)
+    assert len(messages) == 3, messages
+    assert all(problem["file"].startswith(str(path)) for problem in result["problems"])
+    assert "token-a" not in checked.stdout

@@ -29,11 +29,10 @@ def load(
     profile: str | None = None,
     readonly: bool | None = None,
     start: Path | None = None,
-    reference_problems: list[Any] | None = None,
+    problems: Any = None,
 ) -> Project:
-    """Open the project the command acts on, on the invocation's plugin host (see open_project)."""
-    return open_project(start, profile=profile, readonly=readonly or None, host=GlobalState.host,
-                        reference_problems=reference_problems)
+    """Open the project the command acts on, on the invocation's plugin host (`problems`: see open_project)."""
+    return open_project(start, profile=profile, readonly=readonly or None, host=GlobalState.host, problems=problems)
 
 
 def plural(count: int, word: str) -> str:

@@ -62,15 +62,16 @@ def validate(
 ) -> None:
     """Check every endpoint's structure and references, and that every secret reference of the user config
     resolves (vault://, op://, file://, ...); exits 1 on any error."""
+    from ..project import LoadProblems
     from ..records import Problem
     from ..validation import validate_project
 
     with reporting_errors(json_output, debug):
-        failed_references: list[Any] = []
-        project = load(profile, reference_problems=failed_references)
+        config_problems = LoadProblems()
+        project = load(profile, problems=config_problems)
         problems = [Problem(message=f"{e.key_path}: {e.message}" if e.key_path else e.message,
                             file=f"{e.file}:{e.line}" if e.file and e.line else e.file)
-                    for e in failed_references]
+                    for e in config_problems.all()]
         problems += validate_project(project, only=name)
         errors = [p for p in problems if p.severity == "error"]
         registry = project.endpoints()
@@ -78,7 +79,7 @@ def validate(
             [b for b in registry.invalid if name is None or b.name == name])
         if name is not None and checked == 0 and not problems:
             fail(f"endpoint '{name}' not found", json_output)
-        references = {"resolved": project.references_resolved, "failed": len(failed_references)}
+        references = {"resolved": project.references_resolved, "failed": len(config_problems.references)}
         result = {
             "checked": checked,
             "references": references,

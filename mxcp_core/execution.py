@@ -177,12 +177,15 @@ class Runtime:
         self.config_problem: str | None = None
         self._config_requests = 0  # reloads asked to read the user config, numbered in order
         self._config_applied = 0  # the newest of them whose reading was applied (or refused)
+        self._reading: set[threading.Thread] = set()  # reload threads not yet past reading the user config
+        self._stopping = False
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
         """Enter the runtime's phase: the database alone, then executors (checking), then on_init (serving)."""
         if self._started:
             return
+        self._stopping = False
         # Whatever is logged from now on (tracebacks of user code included) masks this profile's secret values.
         redaction.register_secrets(self.context.secrets())
         if self.phase is not Phase.DATABASE:
@@ -224,6 +227,10 @@ class Runtime:
         """Wait for scheduled reloads, run on_shutdown (when serving), stop executors, close the database."""
         if not self._started:
             return
+        with self._reload_lock:
+            # A reload still reading the user config (a secret store may take its whole timeout) is abandoned:
+            # it gives up when its reading ends. One that went on to reopen the database is waited for.
+            self._stopping = True
         self.wait_for_reloads()
         if self.phase is Phase.SERVING:
             self._run_hook(self.hooks.on_shutdown)
@@ -607,11 +614,14 @@ class Runtime:
         rotated secret is picked up; should that fail, the server goes on with the configuration it had.
         """
         with self._reload_lock:
+            if self._stopping:
+                return
             self._reloads = [t for t in self._reloads if t.is_alive()]
             self._config_requests += 1
             thread = threading.Thread(target=self._reload_now, name="mxcp-reload", daemon=True,
                                       args=(payload, description, self._config_requests if config else 0))
             self._reloads.append(thread)
+            self._reading.add(thread)
         thread.start()
 
     def _reload_now(self, payload: Callable[[], Any] | None, description: str, config_request: int = 0) -> None:
@@ -619,6 +629,11 @@ class Runtime:
         about = f" ({description})" if description else ""
         # Read before draining: resolving references may wait on a secret store, and calls go on meanwhile.
         fresh, problem = self._reread_config() if config_request else (None, None)
+        with self._reload_lock:
+            self._reading.discard(threading.current_thread())
+            if self._stopping:
+                log.info("reload%s abandoned: the server is stopping", about)
+                return
         deadline = self.context.site.limits.reload_deadline
         with self.gate.exclusive(deadline=deadline, overdue=self._interrupt_active_calls):
             log.info("reload started%s", about)
@@ -707,7 +722,7 @@ class Runtime:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._reload_lock:
-                pending = [t for t in self._reloads if t.is_alive()]
+                pending = [t for t in self._reloads if t.is_alive() and not (self._stopping and t in self._reading)]
             if not pending:
                 return
             for thread in pending:

@@ -101,6 +101,10 @@ class Hooks:
         finally:
             load.close()
 
+    def check_reload(self, project: ProjectContext, fresh: ProjectContext) -> list[str]:
+        """Why plugins refuse to take the user config read again (none: take it)."""
+        return [str(reason) for reason in self.pm.hook.check_reload(project=project, fresh=fresh) if reason]
+
     # -- endpoints -----------------------------------------------------------------------------
     def tools(self, project: ProjectContext) -> tuple[list[ToolDefinition], list[InvalidEndpoint]]:
         return self._collect("provide_tool", ToolDefinition, project)

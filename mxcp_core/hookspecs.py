@@ -62,6 +62,11 @@ def resolve_secret(reference: str, project: ProjectContext | None, load: SecretL
 
 
 @hookspec
+def check_reload(project: ProjectContext, fresh: ProjectContext) -> str | None:
+    """A reload read the user config again (`fresh`): why it cannot be taken while serving, or None to take it."""
+
+
+@hookspec
 def provide_tool(project: ProjectContext) -> Iterable[ToolDefinition] | None:
     """Tools this plugin contributes to the project."""
 

@@ -78,8 +78,6 @@ class Project:
     _executors: dict[str, Executor] | None = None
     # References of the user config's active profile that resolved in the last load (`validate` reports it).
     references_resolved: int = 0
-    # The user config file the last load read (None: there was none); a reload refuses to lose it.
-    user_config_file: Path | None = None
 
     @property
     def root(self) -> Path:
@@ -302,22 +300,20 @@ def reread_user_config(project: Project) -> ProjectContext:
     """The project's context with the user config read again and its references resolved afresh (a reload).
 
     The site config is kept as loaded. Raises ConfigError (the previous context stays untouched) when the file or
-    a reference fails, when the file read at start is gone, or when a section its plugin applies at start only
-    (`ConfigSection.reloadable`, e.g. `auth`) would change; the caller decides whether to swap the result in.
+    a reference fails, when the file read at start is gone, or when a plugin refuses the change (`check_reload`:
+    sign-in is set up when a server starts); the caller decides whether to swap the result in.
     """
     host = project.host
-    before = project.user_config_file
+    before = project.context.user_config_file
     if before is not None and not before.exists():
         raise ConfigError("the user config read at start no longer exists (restore it, or restart the server "
                           "to run without one)", file=before)
     sections = SectionRegistry(claimed=project.hooks.config_sections(), disabled=frozenset(host.disabled))
     site_only = {key: value for key, value in project.context.settings.items() if key[0] not in USER_SCOPES}
     fresh = _with_user_config(project, sections, None, base=attrs.evolve(project.context, settings=site_only))
-    for key, (plugin, section) in sections.claimed.items():
-        if key[0] in USER_SCOPES and not section.reloadable and (
-                fresh.settings.get(key) != project.context.settings.get(key)):
-            raise ConfigError(f"section '{key[1]}' changed, and plugin '{plugin}' applies it at start only: "
-                              "restart the server to apply it", file=project.user_config_file)
+    refusals = project.hooks.check_reload(project=project.context, fresh=fresh)
+    if refusals:
+        raise ConfigError("; ".join(refusals), file=fresh.user_config_file)
     return fresh
 
 
@@ -359,9 +355,9 @@ def _with_user_config(
         with values_unquoted(), _masked_errors(), _references_from("user"):
             # The top-level sections first: a secret provider may read its own (`vault:`) while resolving.
             raw_user, user_file = read_user_file()
-            project.user_config_file = user_file if user_file.exists() else None
             settings = {**settings, **sections.settle("user", raw_user, file=user_file, key_path="")}
-            context = attrs.evolve(context, settings=settings)
+            context = attrs.evolve(context, settings=settings,
+                                   user_config_file=user_file if user_file.exists() else None)
             prepared = prepare_user_projects(raw_user, site.project, context.profile, user_file, resolver, on_error)
             project.references_resolved = resolved
             try:

@@ -27,16 +27,14 @@ class ConfigSection:
     key of the original's that no loaded plugin declares (`policies`) makes its endpoints invalid rather than
     served without it. `schema` is an attrs class (or a type such as
     `list[str]`) that the core's converter structures the section into, with errors naming the file, line and
-    key path. A section of the user config (`user`, `user_profile`) is read again on each reload (SIGHUP);
-    `reloadable=False` says the plugin applies it at start only, so a reload that would change it is refused
-    (the server keeps the configuration it has and says to restart) rather than silently not applied.
+    key path. Sections of the user config (`user`, `user_profile`) are read again on each reload (SIGHUP): a
+    plugin that applies its section at start only refuses a change through `check_reload`.
     """
 
     name: str
     schema: Any
     scope: str = attrs.field(default="site", validator=attrs.validators.in_(CONFIG_SCOPES))
     description: str = ""
-    reloadable: bool = True
 
     def default(self) -> Any:
         """The value of an absent section: the schema built without arguments ([] / {} for collections)."""
@@ -192,6 +190,8 @@ class ProjectContext:
     # Plugins' sections of the active configuration, by (scope, name), and the declarations behind them.
     settings: Mapping[tuple[str, str], Any] = attrs.field(factory=dict, repr=False)
     sections: Mapping[tuple[str, str], ConfigSection] = attrs.field(factory=dict, repr=False)
+    # The user config file read (None: there was none), so a reload can tell a file that vanished.
+    user_config_file: Path | None = None
     # Objects plugins expose to endpoint code by name (`mxcp.runtime.plugins.get`), e.g. UDF plugin instances.
     plugin_objects: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
     # Per-project state plugins keep under their own key (parsed files, loaded modules): it lives and dies

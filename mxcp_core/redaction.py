@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -62,7 +63,11 @@ def _escaped(text: str) -> set[str]:
 def _replace(text: str, forms: tuple[str, ...]) -> str:
     for form in forms:
         if form in text:
-            text = text.replace(form, MASK)
+            if _is_number_text(form):
+                # A number is masked where it stands alone, never inside a longer one (5432 in 154320).
+                text = re.sub(rf"(?<![0-9.]){re.escape(form)}(?!\.?[0-9])", MASK, text)
+            else:
+                text = text.replace(form, MASK)
     return text
 
 
@@ -77,6 +82,7 @@ class SecretMasker:
     def __init__(self) -> None:
         self._secrets: frozenset[str] = frozenset()
         self._values: tuple[str, ...] = ()  # every encoding of every secret, longest first
+        self._numbers: frozenset[str] = frozenset()  # secrets that are numbers: masked as numbers in data too
         self._lock = threading.Lock()
 
     def add(self, values: Iterable[str]) -> None:
@@ -85,6 +91,7 @@ class SecretMasker:
             with self._lock:
                 self._secrets |= fresh
                 self._values = _longest_first({form for v in self._secrets for form in encodings(v)})
+                self._numbers = frozenset(v for v in self._secrets if _is_number_text(v))
 
     def mask(self, text: str, extra: Iterable[str] = ()) -> str:
         """`text` with every secret value, and each of `extra`, replaced by the mask in each of its encodings."""
@@ -93,8 +100,8 @@ class SecretMasker:
     def mask_data(self, value: Any, extra: Iterable[str] = ()) -> Any:
         """A JSON-shaped `value` with every string in it (mapping keys too) masked as `mask` masks text."""
         forms = self._forms(extra)
-        # A sensitive number echoed back as a number (not inside a string) is hidden too.
-        numbers = {v for v in extra if v and _is_number_text(v)}
+        # A secret or sensitive number echoed back as a number (not inside a string) is hidden too.
+        numbers = {v for v in extra if v and _is_number_text(v)} | self._numbers
 
         def walk(item: Any) -> Any:
             if isinstance(item, str):

@@ -173,8 +173,8 @@ class VaultSession:
             if located.version == 2:
                 hint = " (or its latest version is deleted or destroyed)"
                 if located.inner.startswith("data/"):
-                    hint += (f"; on a KV v2 mount the path leaves out 'data/', as `vault kv get` does: "
-                             f"{PREFIX}{located.mount}{located.inner[len('data/'):]}")
+                    hint += (f"; on a KV v2 mount the path leaves out 'data/', as `vault kv get` takes it: "
+                             f"'{located.mount}{located.inner[len('data/'):]}'")
             raise ConfigError(f"no secret at '{located.inner}' in the KV v{located.version} mount "
                               f"'{located.mount}' of {self.where}{hint}") from None
         except hvac.exceptions.Forbidden:
@@ -316,7 +316,9 @@ class VaultSession:
         elif isinstance(exc, hvac.exceptions.VaultDown):
             message = f"Vault at {self.address} is sealed or down"
         else:
-            return f"{doing} on {self.where} failed: {type(exc).__name__}"
+            # Neither an HTTP failure nor a Vault error: an answer hvac could not read (an HTML page, say).
+            return (f"{self.where} did not answer like a Vault server while {doing} (is vault.address right? "
+                    f"{type(exc).__name__})")
         self._unreachable = ConfigError(message)
         return message
 

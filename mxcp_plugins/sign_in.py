@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 SECTION = "auth"
 STATE_KEY = "sign_in"
+STARTED_KEY = "sign_in_started"  # the auth block an HTTP server started with (None: none)
 # Keys of `auth:` only the issuer mode reads (verifier mode has no clients, store or tokens of its own).
 ISSUER_KEYS = ("clients", "persistence", "access_token_ttl", "refresh_token_ttl", "dynamic_registration",
                "client_metadata_documents", "allow_private_metadata_hosts")
@@ -86,8 +87,7 @@ class SignInPlan:
 
 @hookimpl
 def config_sections():
-    # The server's sign-in is built when it starts: a reload that changes it is refused, never half-applied.
-    return [ConfigSection(SECTION, dict[str, Any], scope="user_profile", reloadable=False,
+    return [ConfigSection(SECTION, dict[str, Any], scope="user_profile",
                           description="sign-in for HTTP serving (mode, provider and its settings, authorization)")]
 
 
@@ -150,6 +150,8 @@ def _connect(active: SignInPlan) -> Any:
 
 @hookimpl
 def http_sign_in(project, base_url, resource_url, providers, open_store):
+    # What the HTTP server started with (sign-in or none): a reload may not change it (see check_reload).
+    project.state[STARTED_KEY] = _in_force(project.plugin_config(SECTION, scope="user_profile"))
     active = plan(project, providers)
     if active is None:
         return None
@@ -162,6 +164,34 @@ def http_sign_in(project, base_url, resource_url, providers, open_store):
     from .auth.assemble import issuer_sign_in
 
     return issuer_sign_in(active, connection, base_url=base_url, resource_url=resource_url, open_store=open_store)
+
+
+@hookimpl
+def check_reload(project, fresh):
+    """Sign-in is built when an HTTP server starts: a reload that would change it is refused, never left unapplied
+    (an `auth:` block added on SIGHUP would otherwise be taken and the server stay open). stdio and `mxcp run`
+    have no sign-in: any change is fine there."""
+    if STARTED_KEY not in project.state:
+        return None
+    if _in_force(fresh.plugin_config(SECTION, scope="user_profile")) == project.state[STARTED_KEY]:
+        return None
+    return ("the sign-in settings (auth:, or a secret they reference) changed; sign-in is set up when the "
+            "server starts: restart the server to apply them")
+
+
+def _in_force(section: Any) -> Any:
+    """The `auth:` block as it matters: None for no block, an empty one, or `provider: none` alone."""
+    if not section or (str(section.get("provider", "none")).lower() == "none" and set(section) <= {"provider"}):
+        return None
+    return _plain(section)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 @hookimpl(tryfirst=True)  # a token's identity outranks any configured one

@@ -16,6 +16,7 @@ not in plugins/) are the Python environment's, not the project's, and are import
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import logging
@@ -91,6 +92,7 @@ class ProjectPlugins:
 
     folder: Path
     prefix: str
+    configs: dict[str, dict[str, Any]] = attrs.Factory(dict)  # the user config's plugin configs they were built with
     modules: dict[str, ModuleType] = attrs.Factory(dict)
     seed_modules: list[tuple[str, ModuleType]] = attrs.Factory(list)
     functions: list[UdfFunction] = attrs.Factory(list)
@@ -252,14 +254,24 @@ _lock = threading.Lock()
 
 
 def plugins_for(project: ProjectContext) -> ProjectPlugins:
-    """The project's plugins, loaded on first use and kept in the project's own state."""
+    """The project's plugins, loaded on first use and kept in the project's own state.
+
+    A reload that brings other plugin configs (a rotated API key in the user config) builds them again with those:
+    the database is reopened then, and the instances' functions are registered anew.
+    """
+    configs = project.plugin_config("plugin", scope="user_profile").config
     with _lock:
         found = project.state.get(STATE_KEY)
         if found is not None:
-            return found
+            if found.configs == configs:
+                return found
+            for name in found.exposed:
+                project.plugin_objects.pop(name, None)
+            found.unload()
+            del project.state[STATE_KEY]
         folder = project.path("plugins")
         digest = hashlib.sha1(f"{folder}:{id(project.state)}".encode()).hexdigest()[:10]
-        found = ProjectPlugins(folder=folder, prefix=f"{PRIVATE_PREFIX}{digest}_")
+        found = ProjectPlugins(folder=folder, prefix=f"{PRIVATE_PREFIX}{digest}_", configs=copy.deepcopy(configs))
         try:
             found.load(project)
         except BaseException:

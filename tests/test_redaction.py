@@ -62,11 +62,15 @@ def test_nested_secret_parameters_are_all_collected() -> None:
     assert values == {"x1", "y2", "z3", "5"}  # numbers as text shows them; booleans are not secrets
 
 
-def test_a_numeric_secret_is_masked_in_text() -> None:
+def test_a_numeric_secret_is_masked_in_text_and_data_but_never_inside_another_number() -> None:
     masker = redaction.SecretMasker()
-    masker.add(redaction.secret_values({"pin": 84736251, "port": 5, "ratio": 0.12345}))
+    masker.add(redaction.secret_values({"pin": 84736251, "port": 5, "ratio": 0.12345, "year": 2026}))
     assert masker.mask("refused 84736251 at ratio 0.12345 on port 5") == (
         "refused [REDACTED] at ratio [REDACTED] on port 5")  # too short to be a secret: "5" is left alone
+    assert masker.mask("read 120260 rows in 2026 batches, 2026.5 average, v1.2026") == (
+        "read 120260 rows in [REDACTED] batches, 2026.5 average, v1.2026")
+    assert masker.mask_data({"out": 84736251, "rows": 120260, "text": "pin=84736251"}) == (
+        {"out": "[REDACTED]", "rows": 120260, "text": "pin=[REDACTED]"})
 
 
 def test_cli_error_and_server_log_mask_the_secret(make_project, user_config, run_mxcp, tmp_path) -> None:

@@ -1,12 +1,14 @@
 """A reload with `config=True` (SIGHUP) reads the user config again: what it takes, and what it refuses."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import attrs
 import pytest
 
-from mxcp_core import Runtime, open_project
+from mxcp_core import Runtime, hookimpl, open_project
+from server_helpers import health, http_server, run_http, text, wait_for
 
 SECRETS = """\
 mxcp: 1
@@ -17,6 +19,22 @@ projects:
         secrets:
           - {{name: api, type: custom, parameters: {{token: "{token}"}}}}
 {extra}"""
+
+
+TOKEN_TOOL = """\
+mxcp: 1
+tool:
+  name: token
+  language: python
+  source: {file: ../python/token.py}
+  return: {type: string}
+"""
+TOKEN_CODE = """\
+from mxcp.runtime import config
+
+def token() -> str:
+    return config.get_secret("api")["token"]
+"""
 
 
 def config(token: str, extra: str = "") -> str:
@@ -57,15 +75,56 @@ def test_a_changed_secret_is_taken(served):
     assert runtime.project.context is runtime.context and runtime.database.project is runtime.context
 
 
-def test_a_sign_in_block_added_on_reload_is_refused_not_ignored(served):
-    """Sign-in is set up when the server starts: taking the block without applying it would serve open."""
+def test_without_http_sign_in_an_auth_block_on_reload_is_taken(served):
+    """stdio and `mxcp run` have no sign-in: adding an `auth:` block changes nothing there, so nothing blocks."""
     served.user_file.write_text(config("token-two", extra=(
         "        auth: {provider: github, github: {client_id: x, client_secret: y}}\n")))
     served.reload_config()
-    assert "section 'auth' changed" in served.runtime.config_problem and "restart the server" in served.runtime.config_problem
-    assert "sign_in" in served.runtime.config_problem
-    assert served.token() == "token-one"  # nothing of that reading was taken
-    assert served.runtime.health == (True, None)
+    assert served.runtime.config_problem is None and served.token() == "token-two"
+
+
+def test_http_sign_in_added_on_sighup_is_refused_not_left_unapplied(make_project, user_config, tmp_path):
+    """An open HTTP server given an `auth:` block on SIGHUP must not take it and stay open: it keeps what it has,
+    says to restart, and a restart then signs callers in."""
+    path = user_config(config("token-one"))
+    root = make_project(tmp_path / "p", {"tools/token.yml": TOKEN_TOOL, "python/token.py": TOKEN_CODE})
+    with http_server(root) as (base, process):
+        assert text(run_http(f"{base}/mcp", lambda client: client.call_tool("token", {}))) == "token-one"
+        path.write_text(config("token-two", extra=(
+            "        auth: {provider: github, github: {client_id: x, client_secret: y}}\n")))
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: health(base)[1].get("reloads") == 1)
+        problem = health(base)[1]["config_problem"]
+        assert "sign-in settings" in problem and "restart the server" in problem
+        # Still the configuration it started with: open, and the old secret.
+        assert text(run_http(f"{base}/mcp", lambda client: client.call_tool("token", {}))) == "token-one"
+
+        path.write_text(config("token-three"))  # the block removed again: the next reload is taken
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: health(base)[1].get("reloads") == 2)
+        assert "config_problem" not in health(base)[1]
+        assert text(run_http(f"{base}/mcp", lambda client: client.call_tool("token", {}))) == "token-three"
+
+
+class Pinned:
+    """A plugin that applies the secret `api` at start only, so it refuses a reload that changes it."""
+
+    @hookimpl
+    def check_reload(self, project, fresh):
+        if fresh.secret("api") != project.secret("api"):
+            return "secret 'api' is pinned by the test plugin"
+        return None
+
+
+def test_a_plugin_refuses_a_reload_through_check_reload(make_project, user_config, tmp_path):
+    path = user_config(config("token-one"))
+    runtime = Runtime(open_project(make_project(tmp_path / "p"), extra_plugins=[("pinned", Pinned())]))
+    with runtime:
+        path.write_text(config("token-two"))
+        runtime.reload(description="test", config=True)
+        runtime.wait_for_reloads(timeout=30)
+        assert runtime.config_problem.endswith("secret 'api' is pinned by the test plugin")
+        assert runtime.context.secret("api")["token"] == "token-one"
 
 
 def test_a_user_config_gone_since_start_is_refused(served):
@@ -89,3 +148,34 @@ def test_a_reload_without_config_does_not_read_it(served):
     served.runtime.reload(description="reload_duckdb")  # what reload_duckdb() from endpoint code asks for
     served.runtime.wait_for_reloads(timeout=30)
     assert served.token() == "token-one"
+
+
+UDF_PLUGIN = """\
+from mxcp.plugins import MXCPBasePlugin, udf
+
+
+class MXCPPlugin(MXCPBasePlugin):
+    def __init__(self, config):
+        super().__init__(config)
+        self.key = config.get("api_key", "")
+
+    @udf
+    def key_tail(self) -> str:
+        return self.key[-3:]
+"""
+
+
+def test_udf_plugin_instances_are_built_again_with_a_rotated_config(make_project, user_config, tmp_path):
+    """A UDF plugin's config (an API key from the user config) rotated on reload reaches its functions."""
+    site = ("mxcp: 1\nproject: demo\nprofile: default\n"
+            "plugin:\n  - {name: keys, module: keyplug, config: kcfg}\n")
+    root = make_project(tmp_path / "p", {"mxcp-site.yml": site, "plugins/keyplug.py": UDF_PLUGIN})
+    plugin_config = "        plugin:\n          config:\n            kcfg: {{api_key: {key}}}\n"
+    path = user_config(config("token-one", extra=plugin_config.format(key="key-one")))
+    with Runtime(open_project(root)) as runtime:
+        assert runtime.database.connection.execute("SELECT key_tail_keys()").fetchone() == ("one",)
+        path.write_text(config("token-one", extra=plugin_config.format(key="key-two")))
+        runtime.reload(description="test", config=True)
+        runtime.wait_for_reloads(timeout=30)
+        assert runtime.config_problem is None
+        assert runtime.database.connection.execute("SELECT key_tail_keys()").fetchone() == ("two",)

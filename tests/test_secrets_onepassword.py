@@ -184,3 +184,17 @@ def test_an_older_reading_never_replaces_a_newer_one(service, open_with):
         runtime.wait_for_reloads(timeout=30)
         assert service.reads.count("op://Prod/API/credential") == 3
         assert runtime.context.secret("warehouse")["key"] == "api-key-3"
+
+
+def test_stopping_does_not_wait_for_a_reload_still_reading_from_the_service(service, open_with):
+    import time
+
+    runtime = Runtime(open_with(op_config("{key: 'op://Prod/API/credential'}")))
+    runtime.start()
+    service.delay = 3
+    runtime.reload(description="slow", config=True)
+    time.sleep(0.2)
+    started = time.monotonic()
+    runtime.stop()
+    assert time.monotonic() - started < 2  # the reading is abandoned; its thread gives up when it ends
+    assert not runtime.started

@@ -267,6 +267,8 @@ class Canned(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
+    do_POST = do_PUT = do_GET  # noqa: N815 - a login is a POST; the page answers it all the same
+
     def log_message(self, *args: object) -> None:
         pass
 
@@ -290,6 +292,13 @@ def test_an_address_that_is_not_a_vault_server(open_with):
         message = failure(open_with, vault_config(address, "{a: 'vault://secret/db#user'}"))
     assert "did not answer like a Vault server" in message and "vault.address" in message
     assert "secret 'db'" in message and "vault://secret/db#user" in message
+
+
+def test_an_approle_login_at_an_address_that_is_not_a_vault_server(open_with):
+    with canned_server() as address:
+        message = failure(open_with, vault_config(address, "{a: 'vault://secret/db#user'}",
+                                                  vault_extra="  approle: {role_id: r, secret_id: s}\n"), token=None)
+    assert "did not answer like a Vault server while logging in with AppRole" in message
 
 
 def test_a_server_echoing_the_token_in_its_error_never_shows_it(open_with):

@@ -18,7 +18,9 @@ import textwrap
 from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 
 DEFAULT_SITE = "mxcp: 1\nproject: demo\nprofile: default\n"
@@ -97,6 +99,45 @@ def user_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[st
         return path
 
     return write
+
+
+@attrs.define
+class TokenProject:
+    """A project whose user config a test writes, opened with a token in `token_env` (`token=None`: unset).
+
+    Calling it opens the project; `error(...)` is the text of the ConfigError opening it raises instead.
+    """
+
+    root: Path
+    write_config: Callable[[str], Path]
+    monkeypatch: pytest.MonkeyPatch
+    token_env: str
+    token: str | None
+
+    def __call__(self, text: str, token: Any = "default") -> Any:
+        from mxcp_core import open_project
+
+        self.write_config(text)
+        token = self.token if token == "default" else token
+        if token is None:
+            self.monkeypatch.delenv(self.token_env, raising=False)
+        else:
+            self.monkeypatch.setenv(self.token_env, token)
+        return open_project(self.root)
+
+    def error(self, text: str, token: Any = "default") -> str:
+        from mxcp_core import ConfigError
+
+        with pytest.raises(ConfigError) as caught:
+            self(text, token)
+        return str(caught.value)
+
+
+@pytest.fixture
+def token_project(make_project, user_config, monkeypatch, tmp_path) -> Callable[[str, str | None], TokenProject]:
+    """`token_project("VAULT_TOKEN", "root")`: see TokenProject (the project is `demo`, profile `default`)."""
+    root = make_project(tmp_path / "p")
+    return lambda token_env, token: TokenProject(root, user_config, monkeypatch, token_env, token)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from executor_helpers import python_tool
 from mxcp_core import Runtime, hookimpl, open_project
 from server_helpers import health, http_server, run_http, text, wait_for
 
@@ -21,14 +22,7 @@ projects:
 {extra}"""
 
 
-TOKEN_TOOL = """\
-mxcp: 1
-tool:
-  name: token
-  language: python
-  source: {file: ../python/token.py}
-  return: {type: string}
-"""
+TOKEN_TOOL = python_tool("token", "token.py", returns="{type: string}")
 TOKEN_CODE = """\
 from mxcp.runtime import config
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from mxcp_core import ConfigError, Runtime, open_project
+from mxcp_core import Runtime
 from mxcp_plugins import secrets_onepassword
 
 TOKEN = "ops_test-token-never-shown"
@@ -64,22 +64,9 @@ def op_config(parameters: str, *, section: str = "onepassword: {enabled: true}\n
 
 
 @pytest.fixture
-def open_with(make_project, user_config, monkeypatch, tmp_path):
-    root = make_project(tmp_path / "p")
-
-    def open_(text: str, token: str | None = TOKEN):
-        user_config(text)
-        if token is not None:
-            monkeypatch.setenv("OP_SERVICE_ACCOUNT_TOKEN", token)
-        return open_project(root)
-
-    return open_
-
-
-def failure(open_with, text: str, token: str | None = TOKEN) -> str:
-    with pytest.raises(ConfigError) as caught:
-        open_with(text, token)
-    return str(caught.value)
+def open_with(token_project):
+    """`open_with(user_config_text, token=...)` opens the project (OP_SERVICE_ACCOUNT_TOKEN: TOKEN by default)."""
+    return token_project("OP_SERVICE_ACCOUNT_TOKEN", TOKEN)
 
 
 def test_references_resolve_with_one_sign_in_and_one_read_each_per_load(service, open_with):
@@ -94,7 +81,7 @@ def test_references_resolve_with_one_sign_in_and_one_read_each_per_load(service,
 
 
 def test_the_sdk_parser_refuses_a_malformed_reference_before_signing_in(service, open_with):
-    message = failure(open_with, op_config("{password: 'op://Prod/Warehouse'}"))
+    message = open_with.error(op_config("{password: 'op://Prod/Warehouse'}"))
     assert "'op://Prod/Warehouse' is not a 1Password secret reference" in message
     assert "secret 'warehouse'" in message and "invalid format" in message
     assert service.sign_ins == []
@@ -102,44 +89,44 @@ def test_the_sdk_parser_refuses_a_malformed_reference_before_signing_in(service,
 
 def test_the_real_sdk_refuses_a_malformed_token_without_showing_it(open_with):
     pytest.importorskip("onepassword")
-    message = failure(open_with, op_config("{password: 'op://Prod/Warehouse/password'}"), token="ops_not-base64!")
+    message = open_with.error(op_config("{password: 'op://Prod/Warehouse/password'}"), token="ops_not-base64!")
     assert "1Password refused signing in" in message and "service account token" in message
     assert "ops_not-base64!" not in message and "op://Prod/Warehouse/password" in message
 
 
 def test_a_missing_item_is_one_clear_error(service, open_with):
-    message = failure(open_with, op_config("{password: 'op://Prod/Nothing/password'}"))
+    message = open_with.error(op_config("{password: 'op://Prod/Nothing/password'}"))
     assert "secret 'warehouse'" in message and "op://Prod/Nothing/password" in message
     assert "no item matched" in message
 
 
 def test_an_error_echoing_the_token_does_not_show_it(service, open_with):
     service.errors["op://Prod/API/credential"] = f"token {TOKEN} may not read vault Prod"
-    message = failure(open_with, op_config("{key: 'op://Prod/API/credential'}"))
+    message = open_with.error(op_config("{key: 'op://Prod/API/credential'}"))
     assert TOKEN not in message and "token [token] may not read vault Prod" in message
 
 
 def test_a_service_that_does_not_answer_times_out(service, open_with):
     service.delay = 5
-    message = failure(open_with, op_config("{key: 'op://Prod/API/credential'}",
+    message = open_with.error(op_config("{key: 'op://Prod/API/credential'}",
                                            section="onepassword: {enabled: true, timeout: 0.2}\n"))
     assert "did not answer within 0.2s" in message and "onepassword.timeout" in message
 
 
 def test_no_token_names_the_variable(service, open_with):
-    message = failure(open_with, op_config("{key: 'op://Prod/API/credential'}",
+    message = open_with.error(op_config("{key: 'op://Prod/API/credential'}",
                                            section="onepassword: {enabled: true, token_env: OP_TOKEN_TEAM}\n"))
     assert "environment variable OP_TOKEN_TEAM (onepassword.token_env) is not set" in message
 
 
 def test_references_need_the_section_enabled(service, open_with):
-    message = failure(open_with, op_config("{key: 'op://Prod/API/credential'}", section=""))
+    message = open_with.error(op_config("{key: 'op://Prod/API/credential'}", section=""))
     assert "onepassword.enabled is not true" in message
 
 
 def test_without_the_sdk_the_error_names_the_extra(open_with, monkeypatch):
     monkeypatch.setitem(sys.modules, "onepassword", None)
-    message = failure(open_with, op_config("{key: 'op://Prod/API/credential'}"))
+    message = open_with.error(op_config("{key: 'op://Prod/API/credential'}"))
     assert "pip install 'mxcp-pluggy[onepassword]'" in message
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from mxcp_core import ConfigError, open_project
+from executor_helpers import python_tool, tool
 from server_helpers import free_port, health, http_server, mxcp_command, run_http, serve_env, text, wait_for
 from openbao_server import ROOT_TOKEN, OpenBao, seed
 
@@ -57,27 +57,9 @@ def vault_config(address: str, parameters: str, *, vault_extra: str = "", secret
 
 
 @pytest.fixture
-def project_root(make_project, tmp_path):
-    return make_project(tmp_path / "p")
-
-
-@pytest.fixture
-def open_with(project_root, user_config, monkeypatch):
-    """`open_with(config_text, token=...)`: the project opened with that user config (VAULT_TOKEN set)."""
-
-    def open_(text: str, token: str | None = ROOT_TOKEN):
-        user_config(text)
-        if token is not None:
-            monkeypatch.setenv("VAULT_TOKEN", token)
-        return open_project(project_root)
-
-    return open_
-
-
-def failure(open_with, text: str, token: str | None = ROOT_TOKEN) -> str:
-    with pytest.raises(ConfigError) as caught:
-        open_with(text, token)
-    return str(caught.value)
+def open_with(token_project):
+    """`open_with(user_config_text, token=...)` opens the project (VAULT_TOKEN: the root token by default)."""
+    return token_project("VAULT_TOKEN", ROOT_TOKEN)
 
 
 # -- reading ------------------------------------------------------------------------------------------------
@@ -113,7 +95,7 @@ def test_the_path_is_the_one_vault_kv_get_takes(openbao, open_with):
     openbao.put_kv2("nested", {"k": "top-level"})
     project = open_with(vault_config(openbao.address, "{a: 'vault://secret/data/nested#k'}"))
     assert project.context.secret("db")["a"] == "under-data"
-    message = failure(open_with, vault_config(openbao.address, "{a: 'vault://secret/data/db#user'}"))
+    message = open_with.error(vault_config(openbao.address, "{a: 'vault://secret/data/db#user'}"))
     assert "no secret at 'data/db'" in message and "leaves out 'data/'" in message
     assert "'secret/db'" in message
 
@@ -140,7 +122,7 @@ def test_approle_login_with_ids_from_the_environment_and_a_file(openbao, open_wi
 
 def test_a_refused_approle_login_is_one_clear_error(openbao, open_with):
     role_id, _ = openbao.approle("mxcp-app", "reader")
-    message = failure(open_with, vault_config(openbao.address, "{password: 'vault://secret/db#password'}",
+    message = open_with.error(vault_config(openbao.address, "{password: 'vault://secret/db#password'}",
                                               vault_extra=f"  approle: {{role_id: {role_id}, secret_id: wrong}}\n"),
                       token=None)
     assert "secret 'db'" in message and "vault://secret/db#password" in message
@@ -158,7 +140,7 @@ def test_kv_versions_set_per_mount_are_used(openbao, open_with):
                                      vault_extra="  kv_mounts: {secret: 2, kv1/: 1}\n"))
     assert dict(project.context.secret("db")) == {"a": "alice", "b": "kv1-api-key"}
     # Told the wrong version, the plugin reads where that version keeps the secret, and finds nothing there.
-    message = failure(open_with, vault_config(openbao.address, "{b: 'vault://kv1/app#api_key'}",
+    message = open_with.error(vault_config(openbao.address, "{b: 'vault://kv1/app#api_key'}",
                                               vault_extra="  kv_mounts: {kv1: 2}\n"))
     assert "no secret at 'app' in the KV v2 mount 'kv1/'" in message
 
@@ -166,32 +148,32 @@ def test_kv_versions_set_per_mount_are_used(openbao, open_with):
 # -- failures: one clear error naming the secret and the reference, never a value or the token ---------------
 def test_a_path_the_policy_denies(openbao, open_with):
     token = openbao.token("reader")
-    message = failure(open_with, vault_config(openbao.address, "{key: 'vault://secret/private#key'}"), token=token)
+    message = open_with.error(vault_config(openbao.address, "{key: 'vault://secret/private#key'}"), token=token)
     assert "secret 'db'" in message and "vault://secret/private#key" in message
     assert "permission denied" in message and "policies of the token in VAULT_TOKEN" in message
     assert token not in message and "never-readable" not in message
 
 
 def test_an_invalid_token_is_named_as_such(openbao, open_with):
-    message = failure(open_with, vault_config(openbao.address, "{key: 'vault://secret/db#user'}"),
+    message = open_with.error(vault_config(openbao.address, "{key: 'vault://secret/db#user'}"),
                       token="s.not-a-real-token")
     assert "invalid or expired" in message and "s.not-a-real-token" not in message
 
 
 def test_a_missing_key_names_the_keys_there_but_no_value(openbao, open_with):
-    message = failure(open_with, vault_config(openbao.address, "{key: 'vault://secret/db#pasword'}"))
+    message = open_with.error(vault_config(openbao.address, "{key: 'vault://secret/db#pasword'}"))
     assert "has no key 'pasword' (its keys: password, user)" in message
     assert "s3cret-v2-pass" not in message and "alice" not in message
     assert "projects.demo.profiles.default.secrets[0].parameters.key" in message
 
 
 def test_a_missing_path(openbao, open_with):
-    message = failure(open_with, vault_config(openbao.address, "{key: 'vault://secret/nothing-here#x'}"))
+    message = open_with.error(vault_config(openbao.address, "{key: 'vault://secret/nothing-here#x'}"))
     assert "no secret at 'nothing-here' in the KV v2 mount 'secret/'" in message
 
 
 def test_a_path_outside_any_kv_mount(openbao, open_with):
-    message = failure(open_with, vault_config(openbao.address, "{key: 'vault://cubbyhole/x#y'}"))
+    message = open_with.error(vault_config(openbao.address, "{key: 'vault://cubbyhole/x#y'}"))
     assert "of type 'cubbyhole'" in message and "not a KV secrets engine" in message
 
 
@@ -199,7 +181,7 @@ def test_a_stopped_server_is_unreachable(open_with):
     with socket.socket() as s:  # a port nothing listens on: what a stopped server leaves behind
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    message = failure(open_with, vault_config(f"http://127.0.0.1:{port}", "{a: 'vault://secret/db#user'}"))
+    message = open_with.error(vault_config(f"http://127.0.0.1:{port}", "{a: 'vault://secret/db#user'}"))
     assert f"Vault at http://127.0.0.1:{port} is unreachable" in message and "secret 'db'" in message
 
 
@@ -234,7 +216,7 @@ def silent_server() -> Iterator[int]:
 
 def test_a_server_that_never_answers_times_out(open_with):
     with silent_server() as port:
-        message = failure(open_with, vault_config(f"http://127.0.0.1:{port}", "{a: 'vault://secret/db#user'}",
+        message = open_with.error(vault_config(f"http://127.0.0.1:{port}", "{a: 'vault://secret/db#user'}",
                                                   vault_extra="  timeout: 0.5\n"))
     assert "did not answer within 0.5s" in message and "vault.timeout" in message
 
@@ -244,7 +226,7 @@ def test_a_server_that_never_answers_costs_one_timeout_not_one_per_secret(open_w
 
     with silent_server() as port:
         started = time.monotonic()
-        message = failure(open_with, vault_config(f"http://127.0.0.1:{port}", (
+        message = open_with.error(vault_config(f"http://127.0.0.1:{port}", (
             "{a: 'vault://secret/one#x', b: 'vault://secret/two#x', c: 'vault://secret/three#x'}"),
             vault_extra="  timeout: 0.5\n"))
         elapsed = time.monotonic() - started
@@ -289,14 +271,14 @@ def canned_server(**answer: object) -> Iterator[str]:
 
 def test_an_address_that_is_not_a_vault_server(open_with):
     with canned_server() as address:
-        message = failure(open_with, vault_config(address, "{a: 'vault://secret/db#user'}"))
+        message = open_with.error(vault_config(address, "{a: 'vault://secret/db#user'}"))
     assert "did not answer like a Vault server" in message and "vault.address" in message
     assert "secret 'db'" in message and "vault://secret/db#user" in message
 
 
 def test_an_approle_login_at_an_address_that_is_not_a_vault_server(open_with):
     with canned_server() as address:
-        message = failure(open_with, vault_config(address, "{a: 'vault://secret/db#user'}",
+        message = open_with.error(vault_config(address, "{a: 'vault://secret/db#user'}",
                                                   vault_extra="  approle: {role_id: r, secret_id: s}\n"), token=None)
     assert "did not answer like a Vault server while logging in with AppRole" in message
 
@@ -304,7 +286,7 @@ def test_an_approle_login_at_an_address_that_is_not_a_vault_server(open_with):
 def test_a_server_echoing_the_token_in_its_error_never_shows_it(open_with):
     with canned_server(status=500, content_type="application/json",
                        body='{"errors": ["internal error: token {token} broke"]}') as address:
-        message = failure(open_with, vault_config(address, "{a: 'vault://secret/db#user'}"),
+        message = open_with.error(vault_config(address, "{a: 'vault://secret/db#user'}"),
                           token="sup3r-secret-token")
     assert "internal error: token [token] broke" in message and "sup3r-secret-token" not in message
 
@@ -332,7 +314,7 @@ def test_tls_with_the_servers_ca_file(open_with, tmp_path):
         project = open_with(vault_config(server.address, "{p: 'vault://secret/db#password'}",
                                          vault_extra=f"  ca_cert: {server.ca_cert}\n"))
         assert project.context.secret("db")["p"] == "over-tls"
-        message = failure(open_with, vault_config(server.address, "{p: 'vault://secret/db#password'}"))
+        message = open_with.error(vault_config(server.address, "{p: 'vault://secret/db#password'}"))
         assert "TLS verification failed" in message and "vault.ca_cert" in message
     finally:
         server.stop()
@@ -342,11 +324,11 @@ def test_tls_with_the_servers_ca_file(open_with, tmp_path):
 def test_references_need_the_section_enabled(openbao, open_with):
     text = ("mxcp: 1\nprojects:\n  demo:\n    profiles:\n      default:\n        secrets:\n"
             "          - {name: db, type: custom, parameters: {a: 'vault://secret/db#user'}}\n")
-    assert "vault.enabled is not true" in failure(open_with, text)
+    assert "vault.enabled is not true" in open_with.error(text)
 
 
 def test_no_token_variable_is_named(openbao, open_with):
-    message = failure(open_with, vault_config(openbao.address, "{a: 'vault://secret/db#user'}",
+    message = open_with.error(vault_config(openbao.address, "{a: 'vault://secret/db#user'}",
                                               vault_extra="  token_env: MY_VAULT_TOKEN\n"))
     assert "environment variable MY_VAULT_TOKEN (vault.token_env) is not set" in message
 
@@ -354,35 +336,35 @@ def test_no_token_variable_is_named(openbao, open_with):
 @pytest.mark.parametrize("reference", ["vault://db", "vault://secret/db#", "vault://#key",
                                        "vault://secret/../sys/mounts#x", "vault://secret/./db#user"])
 def test_malformed_references(openbao, open_with, reference):
-    message = failure(open_with, vault_config(openbao.address, f"{{a: '{reference}'}}"))
+    message = open_with.error(vault_config(openbao.address, f"{{a: '{reference}'}}"))
     assert "is not a Vault reference: expected vault://mount/path#key" in message
 
 
 def test_bad_section_values_name_the_key(openbao, open_with):
-    message = failure(open_with, vault_config(openbao.address, "{a: 'vault://secret/db#user'}",
+    message = open_with.error(vault_config(openbao.address, "{a: 'vault://secret/db#user'}",
                                               vault_extra="  kv_mounts: {secret: 3}\n"))
     assert "vault.kv_mounts.secret: 3 not in literal" in message
 
 
 def test_without_hvac_the_error_names_the_extra(openbao, open_with, monkeypatch):
     monkeypatch.setitem(sys.modules, "hvac", None)  # what a missing package looks like to `import hvac`
-    message = failure(open_with, vault_config(openbao.address, "{a: 'vault://secret/db#user'}"))
+    message = open_with.error(vault_config(openbao.address, "{a: 'vault://secret/db#user'}"))
     assert "pip install 'mxcp-pluggy[vault]'" in message and "secret 'db'" in message
 
 
 def test_vault_section_with_the_plugin_disabled_is_refused(openbao, open_with, monkeypatch):
     monkeypatch.setenv("MXCP_DISABLE_PLUGINS", "secrets_vault")
-    message = failure(open_with, vault_config(openbao.address, "{a: plain}"))
+    message = open_with.error(vault_config(openbao.address, "{a: plain}"))
     assert "secrets_vault" in message and "disabled" in message
 
 
 # -- mxcp validate ------------------------------------------------------------------------------------------
-def test_validate_reports_every_reference_that_fails_with_json_output(openbao, project_root, user_config, run_mxcp):
+def test_validate_reports_every_reference_that_fails_with_json_output(openbao, open_with, user_config, run_mxcp):
     path = user_config(vault_config(openbao.address, (
         "{user: 'vault://secret/db#user', missing_key: 'vault://secret/db#nope', "
         "missing_path: 'vault://secret/gone#x', kv1: 'vault://kv1/app#api_key'}")))
     env = {"VAULT_TOKEN": ROOT_TOKEN}
-    checked = run_mxcp("validate", "--json-output", cwd=project_root, env=env)
+    checked = run_mxcp("validate", "--json-output", cwd=open_with.root, env=env)
     assert checked.returncode == 1
     result = json.loads(checked.stdout)["result"]
     assert result["references"] == {"resolved": 2, "failed": 2} and result["valid"] is False
@@ -394,7 +376,7 @@ def test_validate_reports_every_reference_that_fails_with_json_output(openbao, p
     assert "s3cret-v2-pass" not in checked.stdout and ROOT_TOKEN not in checked.stdout
 
     user_config(vault_config(openbao.address, "{user: 'vault://secret/db#user', kv1: 'vault://kv1/app#api_key'}"))
-    fine = run_mxcp("validate", cwd=project_root, env=env)
+    fine = run_mxcp("validate", cwd=open_with.root, env=env)
     assert fine.returncode == 0 and "2 secret references resolved" in fine.stdout
 
 
@@ -409,30 +391,11 @@ SERVED = {
         def leak() -> str:
             raise ValueError("the warehouse refused " + get_secret("app")["password"])
     """,
-    "tools/app_password.yml": """
-        mxcp: 1
-        tool:
-          name: app_password
-          language: python
-          source: {file: ../python/secret_tools.py}
-          return: {type: string}
-    """,
-    "tools/leak.yml": """
-        mxcp: 1
-        tool:
-          name: leak
-          language: python
-          source: {file: ../python/secret_tools.py}
-          return: {type: string}
-    """,
+    "tools/app_password.yml": python_tool("app_password", "secret_tools.py", returns="{type: string}"),
+    "tools/leak.yml": python_tool("leak", "secret_tools.py", returns="{type: string}"),
     # DuckDB shows an http secret's proxy in clear (its token redacted): what the database was given.
-    "tools/web_secret.yml": """
-        mxcp: 1
-        tool:
-          name: web_secret
-          return: {type: string}
-          source: {code: "SELECT secret_string FROM duckdb_secrets() WHERE name = 'web'"}
-    """,
+    "tools/web_secret.yml": tool("web_secret", 'code: "SELECT secret_string FROM duckdb_secrets() WHERE name = \'web\'"',
+                                 returns="{type: string}"),
 }
 
 

@@ -60,8 +60,11 @@ def validate(
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Check every endpoint's structure and references, and that every secret reference of the user config
-    resolves (vault://, op://, file://, ...); exits 1 on any error."""
+    """Check every endpoint and every secret reference; exits 1 on any error.
+
+    Endpoints: structure, references, SQL prepared against the database, Python functions and their parameters.
+    Secrets: every reference of the user config's active profile resolves (vault://, op://, file://, ...).
+    """
     from ..project import LoadProblems
     from ..records import Problem
     from ..validation import validate_project

@@ -622,19 +622,10 @@ class SignInProxy:
 
     async def load_authorization_code(self, client: OAuthClientInformationFull,
                                       authorization_code: str) -> AuthorizationCode | None:
-        key = _hash(authorization_code)
-        record = self.store.get(CODE, key)
-        if record is not None:
-            return self._code_from(record, authorization_code) if record["client_id"] == client.client_id else None
-        used = self.store.get(USED_CODE, key)
-        if used is None or used["client_id"] != client.client_id:
-            return None
-        # A replayed code (RFC 6749 §4.1.2): revoke what the first exchange issued, whatever comes next. The code
+        # A replayed code (RFC 6749 §4.1.2) revokes what the first exchange issued, whatever comes next. The code
         # is still answered so that the exchange reports "already used".
-        if self.store.delete_grant(used["grant"]):
-            logger.warning("sign-in: authorization code replayed by client %s; grant %s revoked",
-                           client.client_id, used["grant"])
-        return self._code_from(used, authorization_code)
+        record = self._live_or_revoked(client, authorization_code, CODE, USED_CODE, "authorization code replayed")
+        return self._code_from(record, authorization_code) if record is not None else None
 
     async def exchange_authorization_code(self, client: OAuthClientInformationFull,
                                           authorization_code: AuthorizationCode) -> OAuthToken:
@@ -679,19 +670,24 @@ class SignInProxy:
                             subject=record.get("subject"))
 
     async def load_refresh_token(self, client: OAuthClientInformationFull, refresh_token: str) -> RefreshToken | None:
-        key = _hash(refresh_token)
-        record = self.store.get(REFRESH, key)
-        if record is not None:
-            return self._refresh_from(record, refresh_token) if record["client_id"] == client.client_id else None
-        rotated = self.store.get(ROTATED, key)
-        if rotated is None or rotated["client_id"] != client.client_id:
-            return None
         # Refresh token reuse (RFC 9700 §4.14.2): a rotated token came back, so one of its holders is not the
-        # client. Revoke the whole grant; the exchange that follows answers invalid_grant.
-        if self.store.delete_grant(rotated["grant"]):
-            logger.warning("sign-in: rotated refresh token reused by client %s; grant %s revoked",
-                           client.client_id, rotated["grant"])
-        return self._refresh_from(rotated, refresh_token)
+        # client. The whole grant is revoked; the exchange that follows answers invalid_grant.
+        record = self._live_or_revoked(client, refresh_token, REFRESH, ROTATED, "rotated refresh token reused")
+        return self._refresh_from(record, refresh_token) if record is not None else None
+
+    def _live_or_revoked(self, client: OAuthClientInformationFull, token: str, live: str, spent: str,
+                         misuse: str) -> Mapping[str, Any] | None:
+        """The client's record of `token`: live, or already spent (a replay, which revokes its whole grant)."""
+        key = _hash(token)
+        record = self.store.get(live, key)
+        if record is not None:
+            return record if record["client_id"] == client.client_id else None
+        record = self.store.get(spent, key)
+        if record is None or record["client_id"] != client.client_id:
+            return None
+        if self.store.delete_grant(record["grant"]):
+            logger.warning("sign-in: %s by client %s; grant %s revoked", misuse, client.client_id, record["grant"])
+        return record
 
     async def exchange_refresh_token(self, client: OAuthClientInformationFull, refresh_token: RefreshToken,
                                      scopes: list[str]) -> OAuthToken:

@@ -24,7 +24,9 @@ ENTRY_POINT_GROUP = "mxcp"
 # The host's own implementation of `call_endpoint` runs every call; without it nothing works.
 ESSENTIAL_PLUGINS = frozenset({"core"})
 # Hooks through which a plugin guards calls: a plugin implementing one is never skipped for failing elsewhere.
-GUARD_HOOKS = frozenset({"call_endpoint", "check_endpoint", "endpoint_visible", "identify_caller", "resolve_secret"})
+# Sign-in (`http_sign_in`) and refusing reloads (`check_reload`) guard too: skipped, they would serve open.
+GUARD_HOOKS = frozenset({"call_endpoint", "check_endpoint", "endpoint_visible", "identify_caller", "resolve_secret",
+                         "http_sign_in", "check_reload"})
 BUILTIN_PREFIX = "mxcp_plugins"
 
 
@@ -99,8 +101,8 @@ class PluginHost:
     def report_failure(self, name: str, reason: str) -> None:
         """A loaded plugin failed in a hook whose failure can be isolated: skip it (fatal in strict mode).
 
-        Not a plugin that guards calls (a wrapper, visibility, identity, checks, secrets): skipping it would serve
-        without its guard, so its failure stops the start, whatever the mode."""
+        Not a plugin that guards calls (a wrapper, visibility, identity, sign-in, checks, secrets, reload refusals):
+        skipping it would serve without its guard, so its failure stops the start, whatever the mode."""
         plugin = self.pm.get_plugin(name)
         guards = sorted({caller.name for caller in self.pm.get_hookcallers(plugin) or []} & GUARD_HOOKS) \
             if plugin is not None else []

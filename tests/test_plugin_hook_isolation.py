@@ -198,3 +198,27 @@ def test_a_plugin_that_guards_calls_is_never_skipped_when_it_fails(make_dist, ma
     assert done.returncode == 1 and done.stdout == "" and "Traceback" not in done.stderr
     assert ("plugin 'acme_guard' failed: on_init failed: OSError: cannot reach the policy server; it guards calls "
             "(call_endpoint), so nothing is served without it") in done.stderr
+
+
+SIGN_IN_BROKEN_INIT = """
+from mxcp_core import hookimpl
+
+
+@hookimpl
+def on_init(runtime):
+    raise OSError("cannot reach the token service")
+
+@hookimpl
+def http_sign_in(project, base_url, resource_url, providers, open_store):
+    return None
+"""
+
+
+def test_a_sign_in_plugin_is_never_skipped_when_it_fails(make_dist, make_project, run_mxcp, tmp_path):
+    """A plugin that signs HTTP callers in guards calls as well: skipped, the server would be open."""
+    folder = make_dist("acme-sign-in", {"acme_sign_in": SIGN_IN_BROKEN_INIT}, {"acme_sign_in": "acme_sign_in"})
+    root = make_project(tmp_path / "p", {"tools/open.yml": 'mxcp: 1\ntool: {name: open, return: {type: integer}, '
+                                                           'source: {code: "SELECT 1"}}\n'})
+    done = run_mxcp("run", "tool", "open", cwd=root, pythonpath=[folder])
+    assert done.returncode == 1 and done.stdout == ""
+    assert "plugin 'acme_sign_in' failed" in done.stderr and "it guards calls (http_sign_in)" in done.stderr

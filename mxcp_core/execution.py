@@ -5,6 +5,7 @@ import contextlib
 import contextvars
 import enum
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -177,8 +178,13 @@ class Runtime:
         self.config_problem: str | None = None
         self._config_requests = 0  # reloads asked to read the user config, numbered in order
         self._config_applied = 0  # the newest of them whose reading was applied (or refused)
-        self._reading: set[threading.Thread] = set()  # reload threads not yet past reading the user config
+        self._reading: set[threading.Thread] = set()  # reload threads not yet past reading the project
         self._stopping = False
+        # Reloads that re-read the project refuse a new set with an invalid endpoint (serve --ignore-errors: skip it).
+        self.refuse_invalid = not skip_invalid
+        # Bumped each time a reload swaps in new definitions: the server rebuilds its lists when it changes.
+        self.generation = 0
+        self._reload_listeners: list[Callable[[], None]] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -326,14 +332,15 @@ class Runtime:
         raise NotFoundError(f"{kind} '{name}' not found{suggest(name, known)}")
 
     def _lookup(self, kind: str, name: str) -> tuple[CompiledEndpoint, dict[str, Any]] | None:
-        compiled = self.compiled.get((kind, name))
+        served = self.compiled  # one reading: a reload may swap in new definitions meanwhile
+        compiled = served.get((kind, name))
         if compiled is not None:
             return compiled, {}
         if kind == "resource":
             for definition, matcher in self._templates:
                 values = matcher.match(name)
-                if values is not None:
-                    return self.compiled[("resource", definition.key)], values
+                if values is not None and ("resource", definition.key) in served:
+                    return served[("resource", definition.key)], values
         return None
 
     # -- calls ---------------------------------------------------------------------------------
@@ -382,6 +389,9 @@ class Runtime:
                 raise ExecutionError("call cancelled before it started")
             if self.unavailable:
                 raise ExecutionError(f"the server cannot run calls: {self.unavailable}")
+            if call.compiled is not None and self.compiled.get((call.endpoint.kind, call.endpoint.key)) \
+                    is not call.compiled:
+                self._refit(call)
             try:
                 return self.hooks.call_endpoint(call=call)
             except MxcpError as exc:
@@ -393,6 +403,21 @@ class Runtime:
                 if masked == text:
                     raise
                 raise type(exc)(masked) from None
+
+    def _refit(self, call: EndpointCall) -> None:
+        """A call prepared before a reload swapped the definitions runs on the new ones (it had not started)."""
+        kind, key = call.endpoint.kind, call.endpoint.key
+        current = self.compiled.get((kind, key))
+        if current is None:
+            raise NotFoundError(f"{kind} '{key}' is no longer served: the definitions were reloaded while the call "
+                                "waited")
+        if current.definition.parameters != call.endpoint.parameters:
+            try:
+                call.arguments = current.parameters.validate(call.arguments)
+            except ValidationError as exc:
+                raise ValidationError(f"{kind} '{key}' changed its parameters while the call waited for a reload: "
+                                      f"{exc}") from None
+        call.endpoint, call.compiled = current.definition, current
 
     @contextmanager
     def _tracked(self, call: EndpointCall) -> Iterator[None]:
@@ -610,8 +635,9 @@ class Runtime:
     def reload(self, payload: Callable[[], Any] | None = None, description: str = "", *, config: bool = False) -> None:
         """Schedule: drain calls, shut down, run the payload with exclusive access, start again.
 
-        With `config` (SIGHUP), the user config is read again first and its references resolved afresh, so a
-        rotated secret is picked up; should that fail, the server goes on with the configuration it had.
+        With `config` (SIGHUP, `serve --watch`), the project is read again first: the site and user config, their
+        secrets, and every endpoint file, checked completely. Only a valid new set is swapped in; otherwise the
+        server goes on with the definitions and configuration it had, and says why (`config_problem`).
         """
         with self._reload_lock:
             if self._stopping:
@@ -624,30 +650,40 @@ class Runtime:
             self._reading.add(thread)
         thread.start()
 
+    def add_reload_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (from the reload's thread) after each reload that swapped in new definitions."""
+        self._reload_listeners.append(listener)
+
     def _reload_now(self, payload: Callable[[], Any] | None, description: str, config_request: int = 0) -> None:
-        """`config_request` (0: none): the number of this reload among those that read the user config."""
+        """`config_request` (0: none): the number of this reload among those that read the project again."""
         about = f" ({description})" if description else ""
-        # Read before draining: resolving references may wait on a secret store, and calls go on meanwhile.
-        fresh, problem = self._reread_config() if config_request else (None, None)
+        # Read and check before draining: resolving references may wait on a secret store, and parsing a large
+        # project takes a while; calls go on meanwhile.
+        staged, problem = self._stage() if config_request else (None, None)
         with self._reload_lock:
             self._reading.discard(threading.current_thread())
             if self._stopping:
                 log.info("reload%s abandoned: the server is stopping", about)
                 return
         deadline = self.context.site.limits.reload_deadline
+        swapped = False
         with self.gate.exclusive(deadline=deadline, overdue=self._interrupt_active_calls):
             log.info("reload started%s", about)
-            self._run_hook_logged(self.hooks.on_shutdown, "on_shutdown")
-            self.database.close()
             # Two reloads close together may finish reading out of order: an older reading never replaces a
-            # newer one (it could hold a secret rotated since).
-            if config_request > self._config_applied:
+            # newer one (it could hold a secret rotated since, or an endpoint file edited since).
+            newest = config_request > self._config_applied
+            if newest:
                 self._config_applied = config_request
-                self.config_problem = problem
-                if fresh is not None:
-                    self._use_context(fresh)
-                else:
-                    log.error("reload%s kept the previous configuration: %s", about, problem)
+                if staged is None:
+                    self.config_problem = problem
+                    log.error("reload%s kept the previous definitions and configuration: %s", about, problem)
+            swap = staged if newest else None
+            self._run_hook_logged(self.hooks.on_shutdown, "on_shutdown")
+            modules = dict(sys.modules) if swap is not None else {}
+            if swap is not None:
+                self._stop_executors()
+            self.database.close()
+            previous = self._install(swap) if swap is not None else None
             if payload is not None:
                 self.database.paused = True
                 try:
@@ -657,42 +693,107 @@ class Runtime:
                     log.exception("reload payload failed%s", about)
                 finally:
                     self.database.paused = False
-            problem = self._restart()
+            problem = self._restart(executors=swap is not None)
+            if swap is not None and problem is None:
+                problem = self._check_served_bodies()
+                if problem is not None:  # started, but some body is invalid: undo the start before going back
+                    self._run_hook_logged(self.hooks.on_shutdown, "on_shutdown")
+                    self._stop_executors()
+                    self.database.close()
+            if previous is not None and problem is not None:
+                # All or nothing: the new set cannot serve, so the old one serves on, with its own code (the
+                # modules the old executors loaded go back into sys.modules, not the files changed on disk).
+                log.error("reload%s: the new definitions cannot serve (%s); serving the previous ones", about,
+                          problem)
+                self.config_problem = problem
+                self._install(previous)
+                for name, module in modules.items():
+                    sys.modules.setdefault(name, module)
+                problem = self._restart(executors=True)
+            elif swap is not None:
+                self.config_problem = None
+                self.generation += 1
+                swapped = True
             if problem is not None:
                 log.error("restarting after the reload failed%s: %s; trying once more", about, problem)
                 # All or nothing: what did start was undone; start again from scratch (a passing failure of
                 # on_init). Never a half-started runtime: either all of it serves or no call runs.
-                problem = self._restart()
+                problem = self._restart(executors=swap is not None)
             # Until a reload succeeds, calls are refused with the reason and /health answers 503 with it.
             self.unavailable = problem
             self.reload_count += 1
             if problem is not None:
                 log.error("reload failed%s: %s; calls are refused until a reload succeeds", about, problem)
             else:
-                log.info("reload finished%s", about)
+                log.info("reload finished%s%s", about, " with new definitions" if swapped else "")
+        if swapped:
+            for listener in list(self._reload_listeners):
+                try:
+                    listener()
+                except Exception:  # noqa: BLE001 - a listener's bug must not undo a finished reload
+                    log.exception("a reload listener failed")
 
-    def _reread_config(self) -> tuple[ProjectContext | None, str | None]:
-        """The context with the user config read again, or why it could not be (the previous one stays)."""
-        from .project import reread_user_config
+    def _stage(self) -> tuple[_Staged | None, str | None]:
+        """The project read again and checked completely, ready to swap in; or why not (the old one stays)."""
+        from .project import reread_project
 
         try:
-            return reread_user_config(self.project), None
+            fresh = reread_project(self.project)
+            registry = fresh.endpoints()
+            if registry.invalid and self.refuse_invalid:
+                listing = "; ".join(f"{bad.origin}: {bad.message}" for bad in registry.invalid)
+                raise MxcpError(f"{len(registry.invalid)} invalid endpoint(s): {listing}")
+            staged = _Staged(project=fresh)
+            for bad in registry.invalid:
+                log.warning("reload: skipping invalid endpoint %s (%s): %s", bad.name or bad.origin, bad.origin,
+                            bad.message)
+                if bad.name:
+                    staged.dropped[(bad.kind, bad.name)] = bad.message
+            for definition in registry.all():
+                staged.compiled[(definition.kind, definition.key)] = compile_endpoint(definition)
+                if isinstance(definition, ResourceDefinition) and definition.is_template:
+                    staged.templates.append((definition, UriTemplateMatcher(definition.uri)))
+            return staged, None
         except Exception as exc:  # noqa: BLE001 - a plugin's bug while reading must not stop the reload itself
             if not isinstance(exc, MxcpError):
-                log.debug("reading the user config again failed", exc_info=True)
+                log.debug("reading the project again failed", exc_info=True)
             return None, redaction.mask(str(exc) or type(exc).__name__)
 
-    def _use_context(self, fresh: ProjectContext) -> None:
-        """Serve with `fresh` (same project and site, the user config read again): secrets, DuckDB secrets."""
-        self.project.context = fresh
-        self.context = fresh
-        self.database.project = fresh
-        redaction.register_secrets(fresh.secrets())
+    def _install(self, staged: _Staged) -> _Staged:
+        """Serve `staged` (a project read again, or the previous one put back); returns what was served."""
+        previous = _Staged(project=self.project, compiled=self.compiled, templates=self._templates,
+                           dropped=self._dropped)
+        self.project = staged.project
+        self.context = staged.project.context
+        self.database.project = self.context
+        redaction.register_secrets(self.context.secrets())
+        self._templates, self.compiled, self._dropped = staged.templates, staged.compiled, staged.dropped
+        return previous
 
-    def _restart(self) -> str | None:
-        """Open the database and run on_init; on failure, undo both and say why."""
+    def _check_served_bodies(self) -> str | None:
+        """`mxcp validate`'s checks of the bodies (SQL prepared, Python functions), as `serve` runs at start."""
+        from .validation import check_bodies
+
+        broken = []
+        for (kind, key), compiled in list(self.compiled.items()):
+            errors = [p for p in check_bodies(self, [compiled.definition]) if p.severity == "error"]
+            if errors:
+                broken.append((kind, key, compiled.definition.origin, "; ".join(p.message for p in errors)))
+        if broken and self.refuse_invalid:
+            return f"{len(broken)} invalid endpoint(s): " + "; ".join(
+                f"{origin}: {message}" for _, _, origin, message in broken)
+        for kind, key, origin, message in broken:
+            log.warning("reload: skipping invalid endpoint %s (%s): %s", key, origin, message)
+            self.drop(kind, key, reason=message)
+        return None
+
+    def _restart(self, *, executors: bool = False) -> str | None:
+        """Open the database (start the executors) and run on_init; on failure, undo all of it and say why."""
         try:
             self.database.open()
+            if executors:
+                for executor in self.project.executors().values():
+                    executor.start(self)
             self._run_hook(self.hooks.on_init)
             return None
         except KeyboardInterrupt:
@@ -702,6 +803,8 @@ class Runtime:
             reason = redaction.mask(str(exc) or type(exc).__name__) if isinstance(exc, Exception) else (
                 _fatal_message(exc, None))
             self._run_hook_logged(self.hooks.on_shutdown, "on_shutdown")
+            if executors:
+                self._stop_executors()
             self.database.close()
             return reason
 
@@ -729,6 +832,16 @@ class Runtime:
                 thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
             if deadline is not None and time.monotonic() >= deadline:
                 return
+
+
+@attrs.define(eq=False)
+class _Staged:
+    """A set of definitions a reload can swap in: the project read again, compiled."""
+
+    project: Project
+    compiled: dict[tuple[str, str], CompiledEndpoint] = attrs.Factory(dict)
+    templates: list[tuple[ResourceDefinition, UriTemplateMatcher]] = attrs.Factory(list)
+    dropped: dict[tuple[str, str], str] = attrs.Factory(dict)
 
 
 def shape_result(raw: Any, kind: str, definition: EndpointDefinition) -> Any:

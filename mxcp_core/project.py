@@ -296,24 +296,29 @@ class LoadProblems:
         return [*self.references, *self.config]
 
 
-def reread_user_config(project: Project) -> ProjectContext:
-    """The project's context with the user config read again and its references resolved afresh (a reload).
+def reread_project(project: Project) -> Project:
+    """The project read again for a reload: the site and user config, references resolved afresh, endpoints.
 
-    The site config is kept as loaded. Raises ConfigError (the previous context stays untouched) when the file or
-    a reference fails, when the file read at start is gone, or when a plugin refuses the change (`check_reload`:
-    sign-in is set up when a server starts); the caller decides whether to swap the result in.
+    Same folder, profile, read-only mode and plugin host. Raises ConfigError (the running project stays untouched)
+    when a file or a reference fails, when the user config read at start is gone, when `disable_plugins:` changed
+    (plugins are loaded once per process), or when a plugin refuses the change (`check_reload`: sign-in is set up
+    when a server starts); the caller decides whether to swap the result in.
     """
     host = project.host
     before = project.context.user_config_file
     if before is not None and not before.exists():
         raise ConfigError("the user config read at start no longer exists (restore it, or restart the server "
                           "to run without one)", file=before)
-    sections = SectionRegistry(claimed=project.hooks.config_sections(), disabled=frozenset(host.disabled))
-    site_only = {key: value for key, value in project.context.settings.items() if key[0] not in USER_SCOPES}
-    fresh = _with_user_config(project, sections, None, base=attrs.evolve(project.context, settings=site_only))
-    refusals = project.hooks.check_reload(project=project.context, fresh=fresh)
+    site_file = find_site_file(project.root)
+    site, _, _ = load_site_config(site_file, project.context.profile)
+    if host.site_disabled is not None and frozenset(site.disable_plugins) != host.site_disabled:
+        raise ConfigError("disable_plugins: changed; plugins are loaded once per process, so restart the server "
+                          "to load or unload plugins", file=site_file)
+    fresh = open_project(project.root, profile=project.context.profile, readonly=project.context.readonly,
+                         host=host)
+    refusals = project.hooks.check_reload(project=project.context, fresh=fresh.context)
     if refusals:
-        raise ConfigError("; ".join(refusals), file=fresh.user_config_file)
+        raise ConfigError("; ".join(refusals), file=fresh.context.user_config_file)
     return fresh
 
 

@@ -174,6 +174,11 @@ def check_reload(project, fresh):
     if STARTED_KEY not in project.state:
         return None
     if _in_force(fresh.plugin_config(SECTION, scope="user_profile")) == project.state[STARTED_KEY]:
+        # Taken: the sign-in built at start stays in force for the reloaded project (its callers' identity
+        # comes from it), and so does what a later reload is compared with.
+        for key in (STARTED_KEY, STATE_KEY):
+            if key in project.state:
+                fresh.state[key] = project.state[key]
         return None
     return ("the sign-in settings (auth:, or a secret they reference) changed; sign-in is set up when the "
             "server starts: restart the server to apply them")

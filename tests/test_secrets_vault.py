@@ -458,7 +458,7 @@ def test_serving_with_vault_secrets_picks_up_a_rotation_on_sighup_and_fails_clea
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=15)
         log = process.stderr.read().decode()
-    assert "kept the previous configuration" in log
+    assert "kept the previous definitions and configuration" in log
     audit = (root / "audit" / "logs-default.jsonl").read_text()
     assert audit.count('"operation_status": "success"') >= 6  # the calls above were audited
     for value in ("pass-one", "pass-two", "web-token-one", "web-token-two", ROOT_TOKEN):

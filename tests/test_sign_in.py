@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ import httpx2
 import mcp
 import pytest
 from auth_fixtures import AuthServer, auth_server, fresh_auth_server  # noqa: F401
-from server_helpers import free_port, mxcp_command, serve_env, stop_process, wait_for_port
+from server_helpers import free_port, health, mxcp_command, serve_env, stop_process, wait_for, wait_for_port
 from test_auth_proxy import metadata_host  # noqa: F401
 
 __all__ = ["auth_server", "fresh_auth_server", "metadata_host"]
@@ -620,3 +621,22 @@ def test_issuer_only_settings_in_verifier_mode_are_named_not_silently_ignored(au
     with serving(root, config) as (url, _):
         assert post_initialize(url, None).status_code == 401  # served, and signed in all the same
     assert "persistence, access_token_ttl only apply to mode issuer" in server_log(root)
+
+
+def test_sign_in_survives_a_reload_of_the_definitions_and_still_refuses_a_changed_auth_block(auth_server, tmp_path):
+    """SIGHUP reads the whole project again: the sign-in set up at start stays in force (callers keep their
+    identity, never anonymous), and a later change of `auth:` is still refused."""
+    root = tmp_path / "project"
+    config = write_project(root, verifier_config(auth_server))
+    with serving(root, config) as (url, process):
+        alice = auth_server.user_token("alice", resource=f"{url}/mcp")["access_token"]
+        assert anyio.run(call, url, alice, "whoami").structured_content["username"] == "alice"
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: health(url)[1].get("reloads") == 1)
+        assert "config_problem" not in health(url)[1]
+        assert anyio.run(call, url, alice, "whoami").structured_content["username"] == "alice"
+        config.write_text(verifier_config(auth_server, client="another-client"), encoding="utf-8")
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: health(url)[1].get("reloads") == 2)
+        assert "sign-in settings" in health(url)[1]["config_problem"]
+        assert anyio.run(call, url, alice, "whoami").structured_content["username"] == "alice"

@@ -51,6 +51,9 @@ def serve(
     ignore_errors: Annotated[
         bool, typer.Option("--ignore-errors", help="Serve the valid endpoints and skip (and name) invalid ones.")
     ] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Reload when a project file changes, as SIGHUP does (for development).")
+    ] = False,
     profile: ProfileOpt = None,
     readonly: ReadonlyOpt = False,
     debug: DebugOpt = False,
@@ -82,6 +85,7 @@ def serve(
                 session_idle_timeout=http.session_idle_timeout if session_idle_timeout is None else session_idle_timeout,
                 max_sessions=http.max_sessions if max_sessions is None else max_sessions,
                 base_url=base_url or http.base_url,
+                watch=watch,
             )
             run_server(project, options, wire=wire)
     finally:

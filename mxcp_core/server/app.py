@@ -7,9 +7,11 @@ body itself, which runs in a worker thread (`Runtime.call_async`) so the event l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,10 +48,40 @@ class _Entry:
 
 
 class Catalog:
-    """The served endpoints and their MCP listings, built once from a started runtime."""
+    """The served endpoints and their MCP listings, built from a started runtime, and again after a reload swaps
+    in new definitions (`refresh`, on the event loop: a request never sees a half-built catalog)."""
+
+    KINDS = ("tools", "resources", "prompts")
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        # Lists that changed in reloads and were not announced to clients yet (`notifications/*/list_changed`).
+        self.unannounced: set[str] = set()
+        self._build()
+
+    def current(self) -> Catalog:
+        """This catalog, rebuilt first if a reload swapped in new definitions since it was built."""
+        if self.generation != self.runtime.generation:
+            self.refresh()
+        return self
+
+    def refresh(self) -> set[str]:
+        """Rebuild from the runtime's definitions; returns the lists that changed (also kept in `unannounced`)."""
+        before = (self.list_tools, self.list_resources, self.list_templates, self.list_prompts)
+        self._build()
+        changed = set()
+        if before[0] != self.list_tools:
+            changed.add("tools")
+        if before[1] != self.list_resources or before[2] != self.list_templates:
+            changed.add("resources")
+        if before[3] != self.list_prompts:
+            changed.add("prompts")
+        self.unannounced |= changed
+        return changed
+
+    def _build(self) -> None:
+        runtime = self.runtime
+        self.generation = runtime.generation  # read first: a swap while building is caught by the next `current`
         self.tools: dict[str, _Entry] = {}
         self.resources: dict[str, _Entry] = {}
         self.templates: dict[str, _Entry] = {}
@@ -59,7 +91,7 @@ class Catalog:
         resources: list[types.Resource] = []
         templates: list[types.ResourceTemplate] = []
         prompts: list[types.Prompt] = []
-        for (kind, key), compiled in sorted(runtime.compiled.items()):
+        for (kind, key), compiled in sorted(runtime.compiled.items(), key=lambda item: item[0]):
             definition = compiled.definition
             if kind == "tool":
                 entry = _Entry(compiled, key, {"object": "object", "array": "wrap", "scalar": "wrap"}.get(
@@ -129,11 +161,13 @@ class Catalog:
         """
         found = self.runtime.endpoint(kind, name, user)
         key = found[0].key
-        if kind == "tool":
-            return self.tools[key], found
-        if kind == "prompt":
-            return self.prompts[key], found
-        return self.resources.get(key) or self.templates[key], found
+        entries = self.tools if kind == "tool" else self.prompts if kind == "prompt" else None
+        entry = entries.get(key) if entries is not None else self.resources.get(key) or self.templates.get(key)
+        if entry is None or entry.compiled is not found[0]:
+            # The runtime swapped in new definitions after this catalog was last brought up to date.
+            self.refresh()
+            return self.find(kind, name, user)
+        return entry, found
 
 
 def create_server(runtime: Runtime, *, name: str | None = None, remote: bool = False) -> Server:
@@ -190,12 +224,13 @@ def create_server(runtime: Runtime, *, name: str | None = None, remote: bool = F
             current_request.reset(tokens[0])
 
     async def list_tools(ctx: ServerRequestContext[Any], params: Any) -> types.ListToolsResult:
-        return catalog.visible_list(catalog.list_tools, "tools", "name", catalog.tools, caller_of(ctx))
+        served = catalog.current()
+        return served.visible_list(served.list_tools, "tools", "name", served.tools, caller_of(ctx))
 
     async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
         user = caller_of(ctx)
         try:
-            entry, found = catalog.find("tool", params.name, user)
+            entry, found = catalog.current().find("tool", params.name, user)
         except NotFoundError as exc:
             raise MCPError(code=types.INVALID_PARAMS, message=redaction.mask(str(exc))) from None
         arguments = params.arguments or {}
@@ -206,11 +241,13 @@ def create_server(runtime: Runtime, *, name: str | None = None, remote: bool = F
         return _tool_result(entry, value, notes.get("truncated"), notes.get(ENCODED_RESULT))
 
     async def list_resources(ctx: ServerRequestContext[Any], params: Any) -> types.ListResourcesResult:
-        return catalog.visible_list(catalog.list_resources, "resources", "uri", catalog.resources, caller_of(ctx))
+        served = catalog.current()
+        return served.visible_list(served.list_resources, "resources", "uri", served.resources, caller_of(ctx))
 
     async def list_templates(ctx: ServerRequestContext[Any], params: Any) -> types.ListResourceTemplatesResult:
-        return catalog.visible_list(catalog.list_templates, "resource_templates", "uri_template", catalog.templates,
-                                    caller_of(ctx))
+        served = catalog.current()
+        return served.visible_list(served.list_templates, "resource_templates", "uri_template", served.templates,
+                                   caller_of(ctx))
 
     async def read_resource(
         ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
@@ -218,7 +255,7 @@ def create_server(runtime: Runtime, *, name: str | None = None, remote: bool = F
         uri = str(params.uri)
         user = caller_of(ctx)
         try:
-            entry, found = catalog.find("resource", uri, user)
+            entry, found = catalog.current().find("resource", uri, user)
         except NotFoundError:
             raise MCPError(code=RESOURCE_NOT_FOUND, message=f"Unknown resource: {uri}") from None
         arguments = _read_strings(entry, found[1])
@@ -233,12 +270,13 @@ def create_server(runtime: Runtime, *, name: str | None = None, remote: bool = F
                                         meta={TRUNCATED_META: dict(truncated)} if truncated else None)
 
     async def list_prompts(ctx: ServerRequestContext[Any], params: Any) -> types.ListPromptsResult:
-        return catalog.visible_list(catalog.list_prompts, "prompts", "name", catalog.prompts, caller_of(ctx))
+        served = catalog.current()
+        return served.visible_list(served.list_prompts, "prompts", "name", served.prompts, caller_of(ctx))
 
     async def get_prompt(ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams) -> types.GetPromptResult:
         user = caller_of(ctx)
         try:
-            entry, found = catalog.find("prompt", params.name, user)
+            entry, found = catalog.current().find("prompt", params.name, user)
         except NotFoundError as exc:
             raise MCPError(code=types.INVALID_PARAMS, message=redaction.mask(str(exc))) from None
         arguments = _read_strings(entry, params.arguments or {})
@@ -254,11 +292,11 @@ def create_server(runtime: Runtime, *, name: str | None = None, remote: bool = F
             ],
         )
 
-    server: Server = Server(
+    server: Server = _Server(
         name or runtime.context.name,
         version=_version(),
         instructions=runtime.context.site.description,
-        get_tool_input_schema=catalog.input_schemas.get,
+        get_tool_input_schema=lambda name: catalog.current().input_schemas.get(name),
         on_list_tools=list_tools,
         on_call_tool=call_tool,
         on_list_resources=list_resources,
@@ -271,18 +309,64 @@ def create_server(runtime: Runtime, *, name: str | None = None, remote: bool = F
     server.inflight = InFlight()  # type: ignore[attr-defined]
     server.middleware = [server.inflight.track, _guard]  # type: ignore[attr-defined]
     server.catalog = catalog  # type: ignore[attr-defined] - for tests and tools that inspect what is served
+    runtime.add_reload_listener(lambda: server.inflight.announce(catalog))
     return server
 
 
+class _Server(Server):
+    """The SDK's server, telling clients that its lists may change (a reload swaps in new definitions)."""
+
+    def create_initialization_options(self, notification_options: Any = None, *args: Any, **kwargs: Any) -> Any:
+        from mcp.server import NotificationOptions
+
+        if notification_options is None:
+            notification_options = NotificationOptions(prompts_changed=True, resources_changed=True,
+                                                       tools_changed=True)
+        return super().create_initialization_options(notification_options, *args, **kwargs)
+
+
 class InFlight:
-    """Requests being handled, so a transport can let them finish before it closes (stdin at EOF)."""
+    """Requests being handled, so a transport can let them finish before it closes (stdin at EOF); and the
+    clients' connections, to tell them when a reload changed what they can list."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def announce(self, catalog: Catalog) -> None:
+        """From a reload's thread: on the server's loop, rebuild the lists and notify the connected clients."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return  # no client has connected yet: the next request finds the new definitions itself
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._announce(catalog)))
+
+    async def _announce(self, catalog: Catalog) -> None:
+        import anyio
+
+        catalog.current()
+        changed, catalog.unannounced = catalog.unannounced, set()
+        for connection in list(self.connections):
+            for kind in Catalog.KINDS:
+                if kind not in changed:
+                    continue
+                send = getattr(connection, f"send_{kind[:-1]}_list_changed")
+                # Best effort: a client that left (or never opened a stream for server messages) misses it.
+                with anyio.move_on_after(2), contextlib.suppress(Exception):
+                    await send()
+        if changed:
+            log.info("told %d client(s) that the %s list(s) changed", len(self.connections),
+                     ", ".join(sorted(changed)))
 
     async def track(self, ctx: ServerRequestContext[Any], call_next: Any) -> Any:
         if ctx.request_id is None:
             return await call_next(ctx)
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        # The SDK's per-request session holds the connection that outlives it (no public accessor in 2.x).
+        connection = getattr(ctx.session, "_connection", None)
+        if connection is not None:
+            self.connections.add(connection)
         self.count += 1
         try:
             return await call_next(ctx)

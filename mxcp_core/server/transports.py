@@ -1,8 +1,9 @@
 """Running the server: stdio, streamable HTTP and SSE; signals; start-up checks; stdout kept for the protocol.
 
 The caller owns the runtime: `serve()` starts it, runs one transport until the client leaves or a signal asks
-to stop, then stops it (on_shutdown hooks run). SIGHUP reloads (`Runtime.reload`): the user config and its
-secrets are read again, calls in flight finish, calls arriving meanwhile wait, none fails.
+to stop, then stops it (on_shutdown hooks run). SIGHUP (and, with `--watch`, a changed project file) reloads
+(`Runtime.reload`): the site and user config, secrets and endpoint files are read again and checked; a valid set
+is swapped in once the calls in flight finish, calls arriving meanwhile wait, none fails.
 """
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ class ServeOptions:
     max_sessions: int = 1000
     # The URL clients reach this server at (behind a proxy, say): names the resource for sign-in.
     base_url: str | None = None
+    # Reload when a project file changes (development): as SIGHUP does.
+    watch: bool = False
 
     def check(self) -> None:
         """Refuse values the config file would refuse (CLI flags bypass its validation)."""
@@ -282,6 +285,7 @@ def start_runtime(project: Project, *, ignore_errors: bool = False) -> Runtime:
     registry = project.endpoints()
     problems = [(bad.name or bad.origin, bad.origin, bad.message) for bad in registry.invalid]
     runtime = Runtime(project, skip_invalid=True)
+    runtime.refuse_invalid = not ignore_errors  # reloads too: a new set with an invalid endpoint is not taken
     runtime.start()
     broken: list[tuple[str, str, str]] = []
     try:
@@ -330,7 +334,7 @@ def serve(project: Project, options: ServeOptions, *, wire: StdioWire | None = N
                 if _sign_in_configured(runtime):
                     print("mxcp: note: the user config's auth (sign-in) applies to HTTP serving; this stdio server "
                           "serves the local user who started it", file=sys.stderr)
-                anyio.run(_serve_stdio, server, runtime, wire)
+                anyio.run(_serve_stdio, server, runtime, wire, options)
             else:
                 anyio.run(_serve_http, server, runtime, options, ready)
         finally:
@@ -340,24 +344,57 @@ def serve(project: Project, options: ServeOptions, *, wire: StdioWire | None = N
             wire.release()
 
 
-async def _watch_signals(runtime: Runtime, stop: Callable[[], None]) -> None:
-    """SIGINT/SIGTERM stop serving (on_shutdown runs after); SIGHUP reloads the runtime."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                log.warning("SIGHUP: reloading (the user config and its secrets are read again)")
-                runtime.reload(description="SIGHUP", config=True)
-            else:
-                stop()
-                return
+async def _watch_signals(runtime: Runtime, stop: Callable[[], None], watch: bool = False) -> None:
+    """SIGINT/SIGTERM stop serving (on_shutdown runs after); SIGHUP reloads the runtime; so does a changed
+    project file with `watch`."""
+    async with anyio.create_task_group() as tasks:
+        if watch:
+            tasks.start_soon(_watch_files, runtime)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.warning("SIGHUP: reloading (the config, secrets and endpoint files are read again)")
+                    runtime.reload(description="SIGHUP", config=True)
+                else:
+                    stop()
+                    break
+        tasks.cancel_scope.cancel()
 
 
-async def _serve_stdio(server: Any, runtime: Runtime, wire: StdioWire) -> None:
+WATCH_INTERVAL = 0.5  # seconds between looks at the project's files
+
+
+async def _watch_files(runtime: Runtime) -> None:
+    """`serve --watch`: reload when a file the project reads changes, once it has stopped changing."""
+    from .watch import snapshot
+
+    seen = await anyio.to_thread.run_sync(snapshot, runtime.context)
+    while True:
+        await anyio.sleep(WATCH_INTERVAL)
+        now = await anyio.to_thread.run_sync(snapshot, runtime.context)
+        if now == seen:
+            continue
+        # An editor may write a file in several steps: wait until two looks agree.
+        while True:
+            await anyio.sleep(WATCH_INTERVAL)
+            settled = await anyio.to_thread.run_sync(snapshot, runtime.context)
+            if settled == now:
+                break
+            now = settled
+        changed = sorted({*now.keys() ^ seen.keys(), *(k for k in now.keys() & seen.keys() if now[k] != seen[k])})
+        seen = now
+        shown = ", ".join(str(path) for path in changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3
+                                                                 else "")
+        log.warning("changed: %s; reloading", shown)
+        runtime.reload(description="files changed", config=True)
+
+
+async def _serve_stdio(server: Any, runtime: Runtime, wire: StdioWire, options: ServeOptions) -> None:
     from mcp.server.stdio import stdio_server
 
     stdin, stdout = await _wire_streams(wire, getattr(server, "inflight", None) and server.inflight.drained)
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(_watch_signals, runtime, tasks.cancel_scope.cancel)
+        tasks.start_soon(_watch_signals, runtime, tasks.cancel_scope.cancel, options.watch)
         async with stdio_server(stdin=stdin, stdout=stdout) as (read_stream, write_stream):
             await server.run(read_stream, write_stream, server.create_initialization_options())
         # stdin closed: the client is gone.
@@ -424,7 +461,7 @@ async def _serve_http_app(server: Any, runtime: Runtime, options: ServeOptions,
         web.should_exit = True
 
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(_watch_signals, runtime, stop)
+        tasks.start_soon(_watch_signals, runtime, stop, options.watch)
         path = "/sse" if options.transport == "sse" else MCP_PATH
         warning = host_policy(options).warning
         if warning:

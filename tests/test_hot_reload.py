@@ -1,0 +1,230 @@
+"""Hot reload of definitions: SIGHUP (and `serve --watch`) reads the config, secrets and endpoint files again,
+swaps in a valid new set atomically, keeps the old one otherwise, and tells clients their lists changed."""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import anyio
+import mcp
+import pytest
+
+from executor_helpers import python_tool, tool
+from mxcp_core import Runtime, open_project
+from server_helpers import health, http_server, run_http, text, wait_for
+
+SITE = "mxcp: 1\nproject: demo\nprofile: default\n"
+ONE = tool("one", 'code: "SELECT 1 AS n"', returns="{type: object}")
+TWO = tool("two", 'code: "SELECT 2 AS n"', returns="{type: object}")
+VERSION_TOOL = python_tool("version", "version.py", returns="{type: string}")
+
+
+def version_code(value: str, delay: float = 0.0) -> str:
+    return f"import time\n\ndef version() -> str:\n    time.sleep({delay})\n    return {value!r}\n"
+
+
+@pytest.fixture
+def runtime(make_project, tmp_path):
+    root = make_project(tmp_path / "p", {"tools/one.yml": ONE, "tools/version.yml": VERSION_TOOL,
+                                         "python/version.py": version_code("v1")})
+    started = Runtime(open_project(root))
+    started.start()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def reload(runtime: Runtime) -> None:
+    """What SIGHUP does, waited for."""
+    runtime.reload(description="test", config=True)
+    runtime.wait_for_reloads(timeout=30)
+
+
+def served(runtime: Runtime) -> list[str]:
+    return sorted(key for kind, key in runtime.compiled if kind == "tool")
+
+
+def test_a_new_tool_file_is_served_after_a_reload(runtime):
+    (runtime.context.root / "tools" / "two.yml").write_text(TWO)
+    reload(runtime)
+    assert served(runtime) == ["one", "two", "version"]
+    assert runtime.call("tool", "two") == {"n": 2}
+    assert runtime.generation == 1 and runtime.config_problem is None
+
+
+def test_a_removed_tool_is_no_longer_served(runtime):
+    (runtime.context.root / "tools" / "one.yml").unlink()
+    reload(runtime)
+    assert served(runtime) == ["version"]
+    with pytest.raises(Exception, match="'one' not found"):
+        runtime.call("tool", "one")
+
+
+def test_changed_python_code_is_imported_again(runtime):
+    (runtime.context.root / "python" / "version.py").write_text(version_code("v2"))
+    reload(runtime)
+    assert runtime.call("tool", "version") == "v2"
+
+
+def test_a_site_config_change_is_taken(runtime):
+    """sql_tools: on in mxcp-site.yml adds the built-in SQL tools on reload."""
+    (runtime.context.site_file).write_text(SITE + "sql_tools: {enabled: true}\n")
+    reload(runtime)
+    assert "execute_sql_query" in served(runtime)
+
+
+@pytest.mark.parametrize("breakage", [
+    pytest.param({"tools/two.yml": "mxcp: 1\ntool:\n  name: two\n  source: [oops\n"}, id="unparsable-yaml"),
+    pytest.param({"tools/two.yml": tool("two", 'code: "SELECT * FROM no_such_table"')}, id="sql-against-no-table"),
+    pytest.param({"tools/two.yml": tool("two", 'code: "SELECT 1"', parameters="[{name: x, type: nonsense}]")},
+                 id="bad-parameter-type"),
+    pytest.param({"python/version.py": "import no_such_module_anywhere\n"}, id="python-import-fails"),
+    pytest.param({"python/version.py": "def version(:\n"}, id="python-syntax-error"),
+    pytest.param({"mxcp-site.yml": SITE + "limits: {max_rows: many}\n"}, id="bad-site-config"),
+])
+def test_an_invalid_new_set_is_refused_and_the_old_one_serves_on(runtime, breakage):
+    root = runtime.context.root
+    for name, content in breakage.items():
+        (root / name).write_text(content)
+    reload(runtime)
+    assert runtime.config_problem, "the refusal is reported"
+    assert runtime.unavailable is None
+    assert served(runtime) == ["one", "version"]
+    assert runtime.call("tool", "one") == {"n": 1}
+    # The old Python code runs, not the broken file now on disk.
+    assert runtime.call("tool", "version") == "v1"
+    assert runtime.generation == 0
+
+
+def test_a_refused_set_then_fixed_is_taken_and_the_problem_cleared(runtime):
+    root = runtime.context.root
+    (root / "tools" / "two.yml").write_text(tool("two", 'code: "SELECT * FROM no_such_table"'))
+    reload(runtime)
+    assert "no_such_table" in runtime.config_problem
+    (root / "tools" / "two.yml").write_text(TWO)
+    reload(runtime)
+    assert runtime.config_problem is None and runtime.call("tool", "two") == {"n": 2}
+
+
+def test_a_call_in_flight_finishes_on_the_old_definitions(make_project, tmp_path):
+    root = make_project(tmp_path / "p", {"tools/version.yml": VERSION_TOOL,
+                                         "python/version.py": version_code("old", delay=1.0)})
+    runtime = Runtime(open_project(root))
+    runtime.start()
+    try:
+        results: list[str] = []
+        worker = threading.Thread(target=lambda: results.append(runtime.call("tool", "version")))
+        worker.start()
+        time.sleep(0.3)  # the call is running
+        (root / "python" / "version.py").write_text(version_code("new"))
+        reload(runtime)
+        worker.join(timeout=10)
+        assert results == ["old"]
+        assert runtime.call("tool", "version") == "new"
+    finally:
+        runtime.stop()
+
+
+# -- served: what clients see ----------------------------------------------------------------------------------
+
+
+def test_sighup_over_http_serves_new_tools_notifies_clients_and_reports_a_refusal(make_project, tmp_path):
+    root = make_project(tmp_path / "p", {"tools/one.yml": ONE})
+    notified: list[str] = []
+
+    async def on_message(message):
+        method = getattr(getattr(message, "root", message), "method", None)
+        if method:
+            notified.append(method)
+
+    with http_server(root) as (base, process):
+        url = f"{base}/mcp"
+
+        async def session():
+            async with mcp.Client(url, message_handler=on_message, mode="legacy") as client:
+                before = sorted(t.name for t in (await client.list_tools()).tools)
+                (root / "tools" / "two.yml").write_text(TWO)
+                process.send_signal(signal.SIGHUP)
+                with anyio.fail_after(15):
+                    while "notifications/tools/list_changed" not in notified:
+                        await anyio.sleep(0.05)
+                after = sorted(t.name for t in (await client.list_tools()).tools)
+                return before, after, await client.call_tool("two", {})
+
+        before, after, result = anyio.run(session)
+        assert "one" in before and "two" not in before and set(after) - set(before) == {"two"}
+        assert result.structured_content == {"n": 2}
+        assert "notifications/resources/list_changed" not in notified  # only the list that changed
+
+        # A broken file: the old set serves on, /health says why (still 200).
+        (root / "tools" / "two.yml").write_text(tool("two", 'code: "SELECT * FROM no_such_table"'))
+        process.send_signal(signal.SIGHUP)
+        status, body = wait_for(lambda: (lambda h: h if h[1].get("config_problem") else None)(health(base)))
+        assert status == 200 and "no_such_table" in body["config_problem"]
+        assert run_http(url, lambda c: c.call_tool("two", {})).structured_content == {"n": 2}
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
+        log = process.stderr.read().decode()
+    assert "the new definitions cannot serve" in log and "no_such_table" in log
+
+
+def test_twenty_clients_across_ten_reloads_lose_no_call(make_project, tmp_path):
+    root = make_project(tmp_path / "p", {"tools/one.yml": ONE, "tools/version.yml": VERSION_TOOL,
+                                         "python/version.py": version_code("v0", delay=0.02)})
+    failures: list[str] = []
+    answered = 0
+
+    with http_server(root) as (base, process):
+        url = f"{base}/mcp"
+        done = threading.Event()
+
+        def reloads():
+            for index in range(1, 11):
+                # Each reload changes the set: a tool comes or goes, the Python code changes.
+                extra = root / "tools" / "two.yml"
+                extra.write_text(TWO) if index % 2 else extra.unlink()
+                (root / "python" / "version.py").write_text(version_code(f"v{index}", delay=0.02))
+                process.send_signal(signal.SIGHUP)
+                time.sleep(0.4)
+            done.set()
+
+        async def client_loop():
+            nonlocal answered
+            async with mcp.Client(url) as client:
+                while not done.is_set():
+                    for name in ("one", "version"):
+                        result = await client.call_tool(name, {})
+                        if result.is_error:
+                            failures.append(text(result))
+                        answered += 1
+
+        async def main():
+            async with anyio.create_task_group() as tasks:
+                for _ in range(20):
+                    tasks.start_soon(client_loop)
+                await anyio.to_thread.run_sync(reloads)
+
+        anyio.run(main)
+        status, body = health(base)
+        final = run_http(url, lambda c: c.call_tool("version", {}))
+
+    assert failures == []
+    assert answered > 100
+    assert status == 200 and body["reloads"] >= 1 and "config_problem" not in body
+    assert text(final) == "v10"
+
+
+def test_serve_watch_reloads_when_a_file_changes(make_project, tmp_path):
+    root = make_project(tmp_path / "p", {"tools/one.yml": ONE})
+    with http_server(root, "--watch") as (base, process):
+        url = f"{base}/mcp"
+        (root / "tools" / "two.yml").write_text(TWO)
+
+        def listed():
+            return "two" in [t.name for t in run_http(url, lambda c: c.list_tools()).tools]
+
+        wait_for(listed, timeout=20)
+        assert run_http(url, lambda c: c.call_tool("two", {})).structured_content == {"n": 2}

@@ -1,5 +1,5 @@
-"""`from mxcp.runtime import db, config, get_secret, on_init, on_shutdown, reload_duckdb, plugins, user`."""
-from mxcp_core.notifications import mcp_log, report_progress
+"""`from mxcp.runtime import db, config, get_secret, on_init, on_shutdown, reload_duckdb, plugins, user, mcp`."""
+from mxcp_core.notifications import mcp, mcp_log, report_progress
 from mxcp_core.runtime_api import (
     config,
     db,
@@ -12,5 +12,5 @@ from mxcp_core.runtime_api import (
     user,
 )
 
-__all__ = ["config", "db", "get_secret", "get_user_context", "mcp_log", "on_init", "on_shutdown", "plugins",
+__all__ = ["config", "db", "get_secret", "get_user_context", "mcp", "mcp_log", "on_init", "on_shutdown", "plugins",
            "reload_duckdb", "report_progress", "user"]

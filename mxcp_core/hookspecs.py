@@ -63,7 +63,7 @@ def resolve_secret(reference: str, project: ProjectContext | None, load: SecretL
 
 @hookspec
 def check_reload(project: ProjectContext, fresh: ProjectContext) -> str | None:
-    """A reload read the user config again (`fresh`): why it cannot be taken while serving, or None to take it."""
+    """A reload read the project again (`fresh`): why it cannot be taken while serving, or None to take it."""
 
 
 @hookspec

@@ -69,4 +69,51 @@ async def _on_server_loop(coroutine: Any) -> Any:
     return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, loop))
 
 
-__all__ = ["mcp_log", "report_progress"]
+class McpChannel:
+    """`from mxcp.runtime import mcp` (the original MXCP's form): log entries and progress for the current call.
+
+    `await mcp.info("...")` in async code; in a plain function (run in a worker thread) `mcp.info("...")` sends it
+    and returns when it is handed over. Outside a served request the entries go to the Python log.
+    """
+
+    def debug(self, message: Any, **data: Any) -> Any:
+        return self._log("debug", message, data)
+
+    def info(self, message: Any, **data: Any) -> Any:
+        return self._log("info", message, data)
+
+    def warning(self, message: Any, **data: Any) -> Any:
+        return self._log("warning", message, data)
+
+    def error(self, message: Any, **data: Any) -> Any:
+        return self._log("error", message, data)
+
+    def progress(self, progress: float, total: float | None = None, message: str | None = None) -> Any:
+        return _sent(report_progress(progress, total, message))
+
+    def _log(self, level: str, message: Any, data: dict[str, Any]) -> Any:
+        return _sent(mcp_log(level, {"message": message, **data} if data else message))
+
+    def __repr__(self) -> str:
+        return "<mxcp.runtime.mcp: log entries and progress for the current call>"
+
+
+def _sent(coroutine: Any) -> Any:
+    """The coroutine to await when called from async code; else run it to completion here (a worker thread)."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return coroutine
+    loop = server_loop.get()
+    if loop is not None and not loop.is_closed():
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=30)
+    return asyncio.run(coroutine)  # no server: the entry goes to the Python log
+
+
+mcp = McpChannel()
+
+__all__ = ["McpChannel", "mcp", "mcp_log", "report_progress"]

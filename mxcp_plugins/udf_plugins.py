@@ -40,6 +40,7 @@ from mxcp_core import (
     folder_on_path,
     function_signature,
     hookimpl,
+    lifecycle_role,
     load_private_module,
     udf_methods,
 )
@@ -98,6 +99,9 @@ class ProjectPlugins:
     functions: list[UdfFunction] = attrs.Factory(list)
     private_names: list[str] = attrs.Factory(list)
     exposed: dict[str, str] = attrs.Factory(dict)
+    # `@on_init` / `@on_shutdown` functions of plugin modules and methods of instances (`from mxcp.plugins import
+    # on_shutdown`, the original's form): (role, function, where it comes from).
+    lifecycle: list[tuple[str, Callable[[], Any], str]] = attrs.Factory(list)
 
     # -- loading -----------------------------------------------------------------------------------
     def load(self, project: ProjectContext) -> None:
@@ -121,6 +125,7 @@ class ProjectPlugins:
                 shown = f"{project.site.paths.plugins.rstrip('/')}/{entry.name}"
                 confined_path(project, entry, what="plugin module", file=shown)
                 module = self.module(stem)
+                self._note_lifecycle(vars(module).values(), f"plugins/{entry.name}", module.__name__)
                 if callable(getattr(module, SEED_ENTRY, None)):
                     self.seed_modules.append((stem, module))
                     expose(stem, module, f"plugins/{entry.name}")
@@ -148,6 +153,8 @@ class ProjectPlugins:
                     f"creating plugin '{instance.name}' failed: {type(exc).__name__}: {exc}",
                     file=project.site_file, key_path=f"plugin[{index}]",
                 ) from None
+            self._note_lifecycle((getattr(obj, name) for name in dir(type(obj)) if not name.startswith("__")),
+                                 f"plugin '{instance.name}'", None)
             for method_name, method in udf_methods(obj):
                 parameter_types, return_type = function_signature(
                     method, where=f"plugin '{instance.name}', @udf method '{method_name}'"
@@ -162,6 +169,13 @@ class ProjectPlugins:
                     )
                 )
             expose(instance.name, obj, f"plugin instance '{instance.name}' in mxcp-site.yml")
+
+    def _note_lifecycle(self, values: Any, origin: str, module_name: str | None) -> None:
+        for value in values:
+            role = lifecycle_role(value)
+            # Module-level: only functions the module defines (not ones it imported from another plugin module).
+            if role and (module_name is None or getattr(value, "__module__", None) == module_name):
+                self.lifecycle.append((role, value, origin))
 
     def module(self, dotted: str, *, where: str | None = None) -> ModuleType:
         """A module of plugins/ (loaded under a private name), else an installed module by its name."""
@@ -286,3 +300,41 @@ def plugins_for(project: ProjectContext) -> ProjectPlugins:
 @hookimpl
 def register_functions(conn, project):
     plugins_for(project).register(conn)
+
+
+@hookimpl
+def on_init(runtime):
+    """The plugins' `@on_init` functions: one that fails stops the start, naming it (as a python/ module's does)."""
+    loaded = runtime.context.state.get(STATE_KEY)
+    for role, function, origin in loaded.lifecycle if loaded is not None else ():
+        if role != "init":
+            continue
+        try:
+            _run(runtime, function)
+        except Exception as exc:  # noqa: BLE001 - named, with the reason; the traceback with --debug
+            log.debug("@on_init %s failed", function, exc_info=True)
+            raise ConfigError(f"{origin}: @on_init function {function.__name__}() failed: "
+                              f"{type(exc).__name__}: {first_line(exc)}") from None
+
+
+@hookimpl
+def on_shutdown(runtime):
+    loaded = runtime.context.state.get(STATE_KEY)
+    for role, function, origin in loaded.lifecycle if loaded is not None else ():
+        if role == "shutdown":
+            try:
+                _run(runtime, function)
+            except Exception:  # noqa: BLE001 - one failing cleanup must not stop the others
+                log.exception("%s: @on_shutdown function %s() failed", origin, function.__name__)
+
+
+def _run(runtime: Any, function: Callable[[], Any]) -> None:
+    import inspect
+
+    result = function()
+    if inspect.isawaitable(result):
+        runtime.run_async(_awaited, result)
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable

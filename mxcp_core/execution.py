@@ -749,6 +749,7 @@ class Runtime:
                             bad.message)
                 if bad.name:
                     staged.dropped[(bad.kind, bad.name)] = bad.message
+            _warn_start_only_changes(self.context, fresh.context)
             for definition in registry.all():
                 staged.compiled[(definition.kind, definition.key)] = compile_endpoint(definition)
                 if isinstance(definition, ResourceDefinition) and definition.is_template:
@@ -842,6 +843,19 @@ class _Staged:
     compiled: dict[tuple[str, str], CompiledEndpoint] = attrs.Factory(dict)
     templates: list[tuple[ResourceDefinition, UriTemplateMatcher]] = attrs.Factory(list)
     dropped: dict[tuple[str, str], str] = attrs.Factory(dict)
+
+
+def _warn_start_only_changes(current: ProjectContext, fresh: ProjectContext) -> None:
+    """Settings a server applies when it starts: a reload takes the rest, and says these wait for a restart."""
+    waiting = [name for name, before, after in (
+        ("limits.workers", current.site.limits.workers, fresh.site.limits.workers),
+        ("limits.queue", current.site.limits.queue, fresh.site.limits.queue),
+        ("transport (user config)", current.user.transport, fresh.user.transport),
+    ) if before != after]
+    if waiting:
+        log.warning("reload: %s changed; %s applied when the server starts: restart it to apply %s",
+                    ", ".join(waiting), "it is" if len(waiting) == 1 else "they are",
+                    "it" if len(waiting) == 1 else "them")
 
 
 def shape_result(raw: Any, kind: str, definition: EndpointDefinition) -> Any:

@@ -228,3 +228,11 @@ def test_serve_watch_reloads_when_a_file_changes(make_project, tmp_path):
 
         wait_for(listed, timeout=20)
         assert run_http(url, lambda c: c.call_tool("two", {})).structured_content == {"n": 2}
+
+
+def test_settings_applied_at_start_only_are_named_not_silently_ignored(runtime, caplog):
+    runtime.context.site_file.write_text(SITE + "limits: {workers: 3}\n")
+    with caplog.at_level("WARNING"):
+        reload(runtime)
+    assert runtime.config_problem is None and runtime.context.site.limits.workers == 3
+    assert "limits.workers changed; it is applied when the server starts: restart it to apply it" in caplog.text

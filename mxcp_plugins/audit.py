@@ -1,16 +1,24 @@
 """Builtin plugin: the JSONL audit log — an intent record before each endpoint call, a completion record after.
 
 Enabled by the site profile's `audit.enabled` or MXCP_AUDIT_ENABLED=1; the file defaults to audit/logs-<profile>.jsonl.
-docs/audit.md describes the records, how to pair them, and what happens when the file cannot be written.
+Each record carries the hash of the one before it (`prev_hash`) and its own (`record_hash`), so `mxcp log verify`
+can tell a changed, removed or inserted record; the active file is sealed into a numbered segment at a size limit.
+docs/audit.md describes the records, the hash chain, how to pair records, and what happens when the file cannot be
+written. Reading, verifying and cleaning up the log is in `audit_log`.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -21,13 +29,24 @@ from mxcp_core import ConfigSection, ExecutionError, env_flag, hookimpl, mask, t
 
 SCHEMA_NAME = "mxcp.audit"
 # 2: an intent record (operation_status "started") precedes each completion record; `call_id` pairs them.
-SCHEMA_VERSION = 2
+# 3: `prev_hash` and `record_hash` chain the records (docs/audit.md, "The hash chain").
+SCHEMA_VERSION = 3
 STARTED = "started"
 # Completion records kept in memory while the file cannot take them (written before the next record). With
 # `on_failure: refuse` calls stop at the first failure, so this only fills when failures are merely logged.
 MAX_PENDING = 1000
 
+# A chained line ends with this member, then `}`: the hash covers the line's bytes without it.
+HASH_MEMBER = b', "record_hash": "'
+_HASH_TAIL = re.compile(rb', "record_hash": "([0-9a-f]{64})"\}$')
+HASH_SUFFIX_LENGTH = len(HASH_MEMBER) + 64 + 2  # the member, the hex digest, `"` and `}`
+
 log = logging.getLogger(__name__)
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be greater than 0, not {value}")
 
 
 @attrs.define
@@ -42,6 +61,14 @@ class AuditSettings:
     # Records reach the OS before the call runs, so they survive the process being killed; fsync also makes
     # them survive a power loss, at the cost of a disk flush per record.
     fsync: bool = False
+    # The active file is sealed into a numbered segment once it reaches this size (null: never).
+    max_segment_mb: float | None = attrs.field(default=50.0, validator=_positive)
+    # `mxcp log-cleanup` deletes sealed segments whose newest record is older than this.
+    retention_days: int = attrs.field(default=90, validator=_positive)
+
+    @property
+    def max_segment_bytes(self) -> int:
+        return 0 if self.max_segment_mb is None else max(1, int(self.max_segment_mb * 1024 * 1024))
 
 
 @hookimpl
@@ -56,41 +83,253 @@ def audit_path(project: Any) -> Path | None:
     enabled = env if env is not None else settings.enabled
     if not enabled:
         return None
+    return configured_path(project, settings)
+
+
+def configured_path(project: Any, settings: AuditSettings) -> Path:
+    """The active file's path, whether or not auditing is on."""
     if settings.path:
         path = Path(settings.path)
         return path if path.is_absolute() else project.root / path
     return project.path("audit") / f"logs-{project.profile}.jsonl"
 
 
+# -- segments and the hash chain -------------------------------------------------------------------------------
+
+
+def _segment_pattern(active: Path) -> re.Pattern[str]:
+    stem, suffix = (active.stem, active.suffix) if active.suffix else (active.name, "")
+    return re.compile(re.escape(stem) + r"\.(\d{6,})" + re.escape(suffix) + "$")
+
+
+def sealed_segments(active: Path) -> list[tuple[int, Path]]:
+    """The sealed segments of the log whose active file is `active`, oldest first, with their numbers."""
+    pattern = _segment_pattern(active)
+    try:
+        names = os.listdir(active.parent)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = [(int(m.group(1)), active.parent / name) for name in names if (m := pattern.match(name))]
+    return sorted(found)
+
+
+def sealed_name(active: Path, number: int) -> Path:
+    stem, suffix = (active.stem, active.suffix) if active.suffix else (active.name, "")
+    return active.with_name(f"{stem}.{number:06d}{suffix}")
+
+
+def chain_line(body: bytes, prev_hash: str | None) -> tuple[bytes, str]:
+    """The line for a record `body` (a JSON object without the hash fields) following `prev_hash`, and its hash.
+
+    record_hash is the SHA-256 of the line as written, without its trailing `, "record_hash": "…"` member and
+    newline: a JSON object whose last member is `prev_hash`.
+    """
+    prev = b"null" if prev_hash is None else b'"' + prev_hash.encode("ascii") + b'"'
+    hashed = body[:-1] + b', "prev_hash": ' + prev + b"}"
+    digest = hashlib.sha256(hashed).hexdigest()
+    return hashed[:-1] + HASH_MEMBER + digest.encode("ascii") + b'"}\n', digest
+
+
+def line_hash(line: bytes) -> tuple[str, str] | None:
+    """(the hash the line states, the hash of its bytes) for a chained line (no newline), else None."""
+    found = _HASH_TAIL.search(line[-HASH_SUFFIX_LENGTH:])
+    if found is None:
+        return None
+    return found.group(1).decode("ascii"), hashlib.sha256(line[:-HASH_SUFFIX_LENGTH] + b"}").hexdigest()
+
+
+_NO_RECORD = object()  # a file with no complete line
+
+
+def _last_hash_in(fd: int, size: int) -> Any:
+    """The record_hash of the last complete line (None: that record is unchained); _NO_RECORD when none."""
+    end = size
+    if not end:
+        return _NO_RECORD
+    if os.pread(fd, 1, end - 1) != b"\n":  # a torn last line, written by a write cut short: not a record
+        end = _last_newline_before(fd, end)
+        if end == 0:
+            return _NO_RECORD
+    tail_start = max(0, end - 1 - HASH_SUFFIX_LENGTH)
+    tail = os.pread(fd, end - 1 - tail_start, tail_start)
+    found = _HASH_TAIL.search(tail)
+    return found.group(1).decode("ascii") if found else None
+
+
+def _last_newline_before(fd: int, end: int, chunk: int = 65536) -> int:
+    """The offset just after the last newline before `end` (0 when there is none)."""
+    while end > 0:
+        start = max(0, end - chunk)
+        at = os.pread(fd, end - start, start).rfind(b"\n")
+        if at >= 0:
+            return start + at + 1
+        end = start
+    return 0
+
+
+def _last_sealed_hash(active: Path) -> str | None:
+    """The anchor of a new active file: the hash of the newest sealed segment's last record."""
+    for _, segment in reversed(sealed_segments(active)):
+        try:
+            fd = os.open(segment, os.O_RDONLY)
+        except FileNotFoundError:  # removed by log-cleanup meanwhile
+            continue
+        try:
+            found = _last_hash_in(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+        if found is not _NO_RECORD:
+            return found
+    return None
+
+
 class Sink:
-    """One audit file: whole lines appended, and the completion records it could not take yet."""
+    """One audit log: whole chained lines appended, and the completion records it could not take yet.
+
+    Threads of one process serialize on `lock`; processes on an exclusive `flock` of the active file, held while
+    learning the last record's hash, appending and rotating. The last hash is cached with the file's identity and
+    size, so the tail is only read again when another process wrote (or rotated) since.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.pending: list[bytes] = []
         self.lock = threading.Lock()
+        self._tail: tuple[int, int, int, str | None] | None = None  # (st_dev, st_ino, size, last hash)
+        self._fd: int | None = None
+        self._fd_owner = 0  # the process that opened it
+        self._fd_identity = (0, 0)  # its (st_dev, st_ino)
 
-    def write(self, line: bytes, *, fsync: bool) -> None:
-        """Append `line` after any pending records; raises OSError (the line is not written) when the file can't."""
-        with self.lock:
-            self._write_pending(fsync)
-            _append(self.path, line, fsync)
+    def write(self, body: bytes, *, fsync: bool, max_segment_bytes: int = 0) -> None:
+        """Append `body` after any pending records; raises OSError (it is not written) when the file can't."""
+        with self.lock, self._locked_file() as fd:
+            while self.pending:
+                self._append(fd, self.pending[0], fsync)
+                self.pending.pop(0)  # only once written: a failure keeps it, in order
+            self._append(fd, body, fsync)
+            self._rotate_if_full(max_segment_bytes, fsync)
 
-    def keep(self, line: bytes) -> None:
+    def keep(self, body: bytes) -> None:
         with self.lock:
-            self.pending.append(line)
+            self.pending.append(body)
             if len(self.pending) > MAX_PENDING:
                 del self.pending[0]
                 log.critical("audit log %s: over %d unwritten records, the oldest is lost", self.path, MAX_PENDING)
 
     def flush(self, *, fsync: bool) -> None:
         with self.lock:
-            self._write_pending(fsync)
+            if not self.pending:
+                return
+            with self._locked_file() as fd:
+                while self.pending:
+                    self._append(fd, self.pending[0], fsync)
+                    self.pending.pop(0)
 
-    def _write_pending(self, fsync: bool) -> None:
-        while self.pending:
-            _append(self.path, self.pending[0], fsync)
-            self.pending.pop(0)  # only once written: a failure keeps it, in order
+    @contextmanager
+    def exclusive(self, *, fsync: bool) -> Iterator[Any]:
+        """The log locked against every writer; yields `append(body)` (used by log-cleanup)."""
+        with self.lock, self._locked_file() as fd:
+            yield lambda body: self._append(fd, body, fsync)
+
+    def close(self) -> None:
+        with self.lock:
+            self._close()
+
+    @contextmanager
+    def _locked_file(self) -> Iterator[int]:
+        fd = self._lock_active_file()
+        try:
+            yield fd
+        except BaseException:
+            self._close()  # after a failed write, start afresh with whatever is at the path
+            raise
+        if self._fd == fd:  # still open (rotation closes it)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _lock_active_file(self) -> int:
+        """The file now at `path`, open for appending and exclusively locked; kept open between records."""
+        while True:
+            if self._fd is None or self._fd_owner != os.getpid():
+                # A forked child must not use its parent's descriptor: they would share one lock.
+                self._fd = None
+                fd = _open_for_append(self.path)
+                opened = os.fstat(fd)
+                self._fd, self._fd_owner, self._fd_identity = fd, os.getpid(), (opened.st_dev, opened.st_ino)
+            fd = self._fd
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                current = None
+            except BaseException:
+                self._close()
+                raise
+            if current is not None and (current.st_dev, current.st_ino) == self._fd_identity:
+                return fd
+            # Sealed by another writer while we waited, removed, or replaced: open what is at the path now.
+            self._close()
+
+    def _close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None and self._fd_owner == os.getpid():
+            os.close(fd)  # releases the flock
+
+    def _append(self, fd: int, body: bytes, fsync: bool) -> None:
+        """One record, appended with unbuffered writes: once this returns, a killed process cannot lose it."""
+        stat = os.fstat(fd)
+        size = stat.st_size
+        cached = self._tail
+        if cached is not None and cached[:3] == (stat.st_dev, stat.st_ino, size):
+            prev, torn = cached[3], False  # our own last line, whole
+        else:
+            found = _last_hash_in(fd, size)
+            prev = _last_sealed_hash(self.path) if found is _NO_RECORD else found
+            torn = bool(size) and os.pread(fd, 1, size - 1) != b"\n"
+        line, digest = chain_line(body, prev)
+        # A write cut short (disk full) leaves a torn last line: start on a fresh line so only that one is lost.
+        if torn:
+            line = b"\n" + line
+        self._tail = None  # until the whole line is written
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view):]
+        if fsync:
+            os.fsync(fd)
+        self._tail = (stat.st_dev, stat.st_ino, size + len(line), digest)
+
+    def _rotate_if_full(self, max_segment_bytes: int, fsync: bool) -> None:
+        if not max_segment_bytes or self._tail is None or self._tail[2] < max_segment_bytes:
+            return
+        numbers = [number for number, _ in sealed_segments(self.path)]
+        target = sealed_name(self.path, (max(numbers) if numbers else 0) + 1)
+        if target.exists():  # never overwrite a segment (a writer not taking the lock?): leave the file growing
+            log.error("audit log %s not rotated: %s exists", self.path, target)
+            return
+        try:
+            # Under the lock: a writer waiting for it on this file sees the rename and opens the new active file.
+            os.rename(self.path, target)
+            self._close()
+            if fsync:
+                _fsync_folder(self.path.parent)
+        except OSError as exc:  # the record is written: a failed rotation only lets the file grow
+            log.error("audit log %s not rotated to %s: %s", self.path, target, _reason(exc))
+
+
+def _open_for_append(path: Path) -> int:
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
+    try:
+        return os.open(path, flags, 0o666)
+    except FileNotFoundError:  # the folder is missing (first record, or removed since): made here, not per record
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags, 0o666)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 _sinks: dict[Path, Sink] = {}
@@ -100,28 +339,6 @@ _sinks_lock = threading.Lock()
 def sink_for(path: Path) -> Sink:
     with _sinks_lock:
         return _sinks.setdefault(path, Sink(path))
-
-
-def _append(path: Path, line: bytes, fsync: bool) -> None:
-    """One record, appended with unbuffered writes: once this returns, a killed process cannot lose it."""
-    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
-    try:
-        fd = os.open(path, flags, 0o666)
-    except FileNotFoundError:  # the folder is missing (first record, or removed since): made here, not per record
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, flags, 0o666)
-    try:
-        size = os.fstat(fd).st_size
-        # A write cut short (disk full) leaves a torn last line: start on a fresh line so only that one is lost.
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            line = b"\n" + line
-        view = memoryview(line)
-        while view:
-            view = view[os.write(fd, view):]
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @hookimpl(wrapper=True, tryfirst=True)  # outermost: denials by other wrappers are recorded too
@@ -135,7 +352,8 @@ def call_endpoint(call: Any) -> Any:
     call_id = uuid.uuid4().hex
     inputs = _input_data(call)  # the same in both records: made once
     try:
-        sink.write(_line(call, call_id, inputs, STARTED, None, None, None), fsync=settings.fsync)
+        sink.write(_body(call, call_id, inputs, STARTED, None, None, None), fsync=settings.fsync,
+                   max_segment_bytes=settings.max_segment_bytes)
     except Exception as exc:  # noqa: BLE001 - whatever stops the record, the call must not run unrecorded
         reason = _reason(exc)
         if settings.on_failure == "refuse":
@@ -162,11 +380,11 @@ def call_endpoint(call: Any) -> Any:
 def _complete(sink: Sink, settings: AuditSettings, call: Any, call_id: str, inputs: Any, status: str,
               error: str | None, result: Any, duration_ms: float) -> None:
     """Write the completion record. The call has run: its outcome stands whatever happens here."""
-    line = _line(call, call_id, inputs, status, error, result, duration_ms)
+    body = _body(call, call_id, inputs, status, error, result, duration_ms)
     try:
-        sink.write(line, fsync=settings.fsync)
+        sink.write(body, fsync=settings.fsync, max_segment_bytes=settings.max_segment_bytes)
     except Exception as exc:  # noqa: BLE001 - reporting failure now would make the client retry work that is done
-        sink.keep(line)
+        sink.keep(body)
         then = ("further calls are refused until it can be written again" if settings.on_failure == "refuse"
                 else "further calls run unaudited (on_failure: log)")
         log.critical(
@@ -177,16 +395,23 @@ def _complete(sink: Sink, settings: AuditSettings, call: Any, call_id: str, inpu
 
 
 @hookimpl
+def register_commands(cli: Any) -> None:
+    from .audit_log import register
+
+    register(cli)
+
+
+@hookimpl
 def on_shutdown(runtime: Any) -> None:
     """Records still pending get a last chance; if the file still fails, say loudly what is lost."""
     for sink in list(_sinks.values()):
-        if not sink.pending:
-            continue
-        try:
-            sink.flush(fsync=True)
-        except OSError as exc:
-            log.critical("audit log %s: %d completion records lost at shutdown (%s)", sink.path,
-                         len(sink.pending), _reason(exc))
+        if sink.pending:
+            try:
+                sink.flush(fsync=True)
+            except OSError as exc:
+                log.critical("audit log %s: %d completion records lost at shutdown (%s)", sink.path,
+                             len(sink.pending), _reason(exc))
+        sink.close()
 
 
 def _reason(exc: BaseException) -> str:
@@ -201,8 +426,9 @@ def _input_data(call: Any) -> Any:
     return mask(to_jsonable(compiled.parameters.redact(call.arguments) if compiled else {}), call)
 
 
-def _line(call: Any, call_id: str, inputs: Any, status: str, error: str | None, result: Any,
+def _body(call: Any, call_id: str, inputs: Any, status: str, error: str | None, result: Any,
           duration_ms: float | None) -> bytes:
+    """The record without its hash fields, which are added when it is appended (the chain follows file order)."""
     compiled = call.compiled
     outputs = compiled.returns.redact(result) if compiled and status == "success" else None
     record = {
@@ -226,4 +452,8 @@ def _line(call: Any, call_id: str, inputs: Any, status: str, error: str | None, 
         "policy_decision": call.notes.get("policy_decision"),
         "policy_reason": call.notes.get("policy_reason"),
     }
-    return (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+    return record_body(record)
+
+
+def record_body(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, ensure_ascii=False, default=str).encode("utf-8")

@@ -22,6 +22,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mxcp_core.errors import ConfigError, MxcpError
 from mxcp_core.execution import Runtime
 from mxcp_core.project import open_project
+from mxcp_plugins import audit_log
 from server_helpers import mxcp_command, serve_env, stop_process
 
 SITE = """\
@@ -96,7 +97,7 @@ def test_intent_and_completion_records_redact_sensitive_input_and_output(audited
     assert record["input_data"] == {"user": "ann", "password": "[REDACTED]"}
     assert record["output_data"] == {"user": "ann", "token": "[REDACTED]"}
     assert "correct-horse" not in (audited / "audit" / "logs-default.jsonl").read_text()
-    assert record["schema_name"] == "mxcp.audit" and record["schema_version"] == 2 and record["duration_ms"] >= 0
+    assert record["schema_name"] == "mxcp.audit" and record["schema_version"] == 3 and record["duration_ms"] >= 0
 
 
 def test_error_record_and_disabling_by_name(audited: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -280,6 +281,7 @@ def test_cli_refuses_the_call_when_the_audit_file_cannot_be_written(sink_project
     assert marks.read_text() == "ran\n"
     _, completion = pair(read_records(audit))
     assert completion["output_data"] == "done"
+    assert audit_log.verify(audit).ok
 
 
 def test_on_failure_log_runs_the_call_unaudited_and_says_so(sink_project, run_mxcp) -> None:
@@ -347,6 +349,7 @@ def test_served_client_is_refused_until_the_sink_works_and_a_lost_completion_is_
     ]
     for index in (0, 2, 4):
         pair(found[index:index + 2])
+    assert audit_log.verify(audit).ok  # the kept record was chained where it landed
     stderr = errlog.read_text()
     assert "AUDIT RECORD NOT WRITTEN: tool 'break_audit'" in stderr and "further calls are refused" in stderr
     assert f"audit log {audit} cannot be written (Is a directory): tool 'work' refused" in stderr

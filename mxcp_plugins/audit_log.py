@@ -1,0 +1,879 @@
+"""Reading the audit log: `mxcp log` (filters, table, CSV and DuckDB export), `mxcp log verify` (the hash chain)
+and `mxcp log-cleanup` (retention). The writing side, the record format and the chain are in `audit`.
+
+Commands are registered by the `audit` plugin; this module imports nothing heavy (Rich and DuckDB are imported by
+the commands that use them).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Annotated, Any
+
+import attrs
+import typer
+from typer.core import TyperGroup
+
+from mxcp_core import MxcpError, commands
+
+from . import audit
+
+# The record's fields in schema order, the columns of the CSV and DuckDB exports (and their DuckDB types).
+COLUMNS: dict[str, str] = {
+    "schema_name": "VARCHAR", "schema_version": "INTEGER", "record_id": "VARCHAR", "call_id": "VARCHAR",
+    "timestamp": "TIMESTAMPTZ", "operation_type": "VARCHAR", "operation_name": "VARCHAR",
+    "operation_status": "VARCHAR", "duration_ms": "DOUBLE", "caller_type": "VARCHAR", "user_id": "VARCHAR",
+    "session_id": "VARCHAR", "trace_id": "VARCHAR", "input_data": "JSON", "output_data": "JSON", "error": "VARCHAR",
+    "policies_evaluated": "JSON", "policy_decision": "VARCHAR", "policy_reason": "VARCHAR", "prev_hash": "VARCHAR",
+    "record_hash": "VARCHAR",
+}
+STATUSES = ("success", "error", "started")
+DECISIONS = ("allow", "deny", "warn")
+DEFAULT_LIMIT = 100
+CLEANUP_OPERATION = "log-cleanup"  # operation_name of the record log-cleanup writes (operation_type "audit")
+
+
+# -- segments and lines ----------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Segment:
+    """One file of the log: a sealed, numbered segment, or the active file (number None)."""
+
+    path: Path
+    number: int | None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def sealed(self) -> bool:
+        return self.number is not None
+
+
+def segments(active: Path) -> list[Segment]:
+    """Every file of the log in chain order: sealed segments by number, then the active file."""
+    found = [Segment(path, number) for number, path in audit.sealed_segments(active)]
+    if active.is_file():
+        found.append(Segment(active, None))
+    return found
+
+
+@attrs.frozen
+class Line:
+    segment: Segment
+    number: int  # 1-based
+    raw: bytes  # without its newline
+    complete: bool  # false for a last line with no newline (a write cut short)
+
+    def record(self) -> dict[str, Any] | None:
+        try:
+            value = json.loads(self.raw)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+
+def lines(segment: Segment) -> list[Line]:
+    try:
+        data = segment.path.read_bytes()
+    except FileNotFoundError:  # removed by log-cleanup while we read
+        return []
+    except OSError as exc:
+        raise MxcpError(f"cannot read audit log segment {segment.path}: {exc.strerror or exc}") from None
+    parts = data.split(b"\n")
+    torn = parts.pop()  # b"" when the file ends with a newline
+    found = [Line(segment, index, raw, True) for index, raw in enumerate(parts, start=1)]
+    if torn:
+        found.append(Line(segment, len(parts) + 1, torn, False))
+    return found
+
+
+# -- mxcp log: filters -----------------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_moment(text: str, option: str, now: datetime) -> datetime:
+    """`10m`, `2h`, `1d` (before now) or an ISO timestamp (UTC when it names no zone)."""
+    found = _DURATION.match(text)
+    if found:
+        return now - timedelta(**{_UNITS[found.group(2).lower()]: int(found.group(1))})
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise MxcpError(
+            f"{option} {text!r} is neither a duration (30s, 10m, 2h, 1d, 1w) nor an ISO timestamp "
+            "(2026-01-31 or 2026-01-31T12:00:00Z)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def record_time(record: dict[str, Any]) -> datetime | None:
+    value = record.get("timestamp")
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+@attrs.frozen
+class LogFilter:
+    """What `mxcp log` selects; every given criterion must hold."""
+
+    kind: str | None = None
+    name: str | None = None
+    status: str | None = None
+    policy: str | None = None
+    user: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def matches(self, record: dict[str, Any]) -> bool:
+        if self.kind is not None and (record.get("operation_type"), record.get("operation_name")) != (
+                self.kind, self.name):
+            return False
+        if self.status is not None and record.get("operation_status") != self.status:
+            return False
+        if self.policy is not None and record.get("policy_decision") != self.policy:
+            return False
+        if self.user is not None and (record.get("user_id") is None or str(record["user_id"]) != self.user):
+            return False
+        if self.since is not None or self.until is not None:
+            moment = record_time(record)
+            if moment is None:
+                return False
+            if self.since is not None and moment < self.since:
+                return False
+            if self.until is not None and moment > self.until:
+                return False
+        return True
+
+
+def select(active: Path, selection: LogFilter, limit: int | None) -> list[dict[str, Any]]:
+    """Matching records, newest first (file order reversed), at most `limit` (None: all).
+
+    An intent record (`started`) is left out when its call's completion record is in the log, since the
+    completion says everything it does; one without (outcome unknown: the process died, or the call is still
+    running) is kept. `--status started` lists every intent record.
+    """
+    completed: set[Any] = set()
+    found: list[dict[str, Any]] = []
+    for segment in reversed(segments(active)):
+        for line in reversed(lines(segment)):
+            record = line.record()
+            if record is None:
+                continue
+            if record.get("operation_status") != audit.STARTED:
+                completed.add(record.get("call_id"))
+            elif selection.status is None and record.get("call_id") in completed:
+                continue
+            if selection.matches(record):
+                found.append(record)
+                if limit is not None and len(found) >= limit:
+                    return found
+    return found
+
+
+# -- exports ---------------------------------------------------------------------------------------------------
+
+
+def _column_value(record: dict[str, Any], column: str) -> Any:
+    value = record.get(column)
+    if COLUMNS[column] == "JSON" or value is None:
+        return value
+    if COLUMNS[column] in ("INTEGER", "DOUBLE"):
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def export_csv(records: list[dict[str, Any]], target: Path) -> None:
+    """One row per record, the schema's fields as columns; JSON fields as JSON text, nulls as empty cells."""
+    import csv
+
+    with _writing(target) as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        for record in records:
+            row = []
+            for column in COLUMNS:
+                value = _column_value(record, column)
+                if value is None:
+                    row.append("")
+                elif COLUMNS[column] == "JSON":
+                    row.append(json.dumps(value, ensure_ascii=False, default=str))
+                else:
+                    row.append(value)
+            writer.writerow(row)
+
+
+def export_duckdb(records: list[dict[str, Any]], target: Path) -> None:
+    """A table `logs` (replaced if there) in the DuckDB file `target`, typed columns, JSON fields as JSON."""
+    import tempfile
+
+    import duckdb
+
+    _parent_folder(target)
+    # read_json over a file of the records is far faster than inserting rows one by one.
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", encoding="utf-8", delete=False) as staged:
+        for record in records:
+            row = {column: _column_value(record, column) for column in COLUMNS}
+            staged.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    try:
+        types = ", ".join(f"'{column}': '{kind}'" for column, kind in COLUMNS.items())
+        columns = ", ".join(f'"{column}"' for column in COLUMNS)
+        with duckdb.connect(str(target)) as connection:
+            connection.execute(
+                f"CREATE OR REPLACE TABLE logs AS SELECT {columns} FROM read_json($path, "
+                f"format = 'newline_delimited', columns = {{{types}}})",
+                {"path": staged.name},
+            )
+    except duckdb.Error as exc:
+        raise MxcpError(f"cannot export to DuckDB file {target}: {exc}") from None
+    finally:
+        os.unlink(staged.name)
+
+
+def _parent_folder(target: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MxcpError(f"cannot create the folder of {target}: {exc.strerror or exc}") from None
+
+
+class _writing:
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __enter__(self) -> Any:
+        _parent_folder(self.target)
+        try:
+            self.handle = open(self.target, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in __exit__
+        except OSError as exc:
+            raise MxcpError(f"cannot write {self.target}: {exc.strerror or exc}") from None
+        return self.handle
+
+    def __exit__(self, *exc: Any) -> None:
+        self.handle.close()
+
+
+# -- verify ----------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Finding:
+    """A problem at one line: `kind` is changed, removed, inserted, unreadable, torn, unchained or missing."""
+
+    segment: str
+    line: int
+    kind: str
+    message: str
+    record_id: str | None = None
+    path: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    def format(self) -> str:
+        where = f"{self.segment} line {self.line}" if self.line else self.segment
+        record = f" (record_id {self.record_id})" if self.record_id else ""
+        return f"{where}{record}: {self.kind}: {self.message}"
+
+
+@attrs.define
+class _Entry:
+    """A chained record as verify sees it."""
+
+    line: Line
+    record: dict[str, Any]
+    stated: str  # the record_hash it carries
+    actual: str  # the hash of its bytes
+    segment_index: int
+
+
+@attrs.define
+class Verification:
+    ok: bool = True
+    failure: Finding | None = None
+    warnings: list[Finding] = attrs.Factory(list)
+    segments: list[dict[str, Any]] = attrs.Factory(list)
+    records: int = 0
+    chained: int = 0
+    unchained: int = 0
+    first_timestamp: str | None = None
+    last_timestamp: str | None = None
+    verified_from: dict[str, Any] | None = None
+    head_hash: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = attrs.asdict(self, recurse=False)
+        data["failure"] = self.failure.as_dict() if self.failure else None
+        data["warnings"] = [w.as_dict() for w in self.warnings]
+        return data
+
+
+def _where(line: Line) -> str:
+    return f"{line.segment.name} line {line.number}"
+
+
+def verify(active: Path, expect_hashes: list[str] | None = None) -> Verification:
+    """Check the hash chain of every segment: the first changed, removed or inserted record fails it.
+
+    Writers keep writing meanwhile: a failure seen while a segment was sealed or removed (the files changed
+    between listing and reading) is checked again.
+    """
+    for _ in range(5):
+        files = segments(active)
+        result = _verify_files(active, files, expect_hashes)
+        if result.ok or [s.path for s in segments(active)] == [s.path for s in files]:
+            break
+    return result
+
+
+def _verify_files(active: Path, files: list[Segment], expect_hashes: list[str] | None) -> Verification:
+    result = Verification()
+    entries: list[_Entry] = []
+    # Lines that are not records, each with the number of chained records before it.
+    unreadable: list[tuple[int, Line]] = []
+    for index, segment in enumerate(files):
+        count, first, last = 0, None, None
+        for line in lines(segment):
+            record = line.record()
+            if record is None:
+                unreadable.append((len(entries), line))
+                continue
+            count += 1
+            stamp = record.get("timestamp") if isinstance(record.get("timestamp"), str) else None
+            first, last = first or stamp, stamp or last
+            if "record_hash" not in record:
+                version = record.get("schema_version")
+                if entries or (isinstance(version, int) and version >= 3):
+                    why = ("a record without record_hash after chained records" if entries else
+                           f"a schema version {version} record without record_hash")
+                    return _fail(result, Finding(segment.name, line.number, "inserted",
+                                                 f"{why}: inserted, or its hash fields were removed",
+                                                 _record_id(record), str(segment.path)))
+                result.unchained += 1
+                continue
+            hashes = audit.line_hash(line.raw)
+            if hashes is None:
+                return _fail(result, Finding(segment.name, line.number, "changed",
+                                             "its record_hash is not the last member of the line as written",
+                                             _record_id(record), str(segment.path)))
+            entries.append(_Entry(line, record, hashes[0], hashes[1], index))
+        result.segments.append({"segment": segment.name, "path": str(segment.path), "sealed": segment.sealed,
+                                "records": count, "first_timestamp": first, "last_timestamp": last})
+        result.records += count
+        result.first_timestamp = result.first_timestamp or first
+        result.last_timestamp = last or result.last_timestamp
+    result.chained = len(entries)
+
+    failure = _check_chain(entries, unreadable)
+    cleanup_anchors = _cleanup_anchors(entries, upto=failure[1] if failure else len(entries))
+    if entries:
+        start = entries[0]
+        anchor = start.record.get("prev_hash")
+        if anchor is None:
+            result.verified_from = {**_position(start), "anchor": "start of the log"}
+        elif anchor in cleanup_anchors:
+            cleanup = cleanup_anchors[anchor]
+            result.verified_from = {**_position(start), "anchor": "segments removed by log-cleanup",
+                                    "cleanup": _position(cleanup), "cleanup_timestamp": cleanup.record.get("timestamp")}
+        else:
+            return _fail(result, Finding(
+                start.line.segment.name, start.line.number, "removed",
+                "the oldest record follows a record that is not in the log, and no log-cleanup record accounts "
+                "for it: older records or segments were removed outside log-cleanup",
+                _record_id(start.record), str(start.line.segment.path)))
+    if failure:
+        return _fail(result, failure[0])
+
+    for position, line in unreadable:
+        if line.complete and entries and position == len(entries):
+            # A write cut short leaves no newline, and the newline before the next record comes with that record.
+            return _fail(result, Finding(
+                line.segment.name, line.number, "changed",
+                "not a readable record, yet a whole line after the last record: writers never leave that",
+                None, str(line.segment.path)))
+        torn = not line.complete and line.segment is files[-1] and not line.segment.sealed
+        result.warnings.append(Finding(
+            line.segment.name, line.number, "torn" if torn else "unreadable",
+            "the last line is incomplete (a write cut short, or a write in progress): not a record"
+            if torn else "not a JSON record (a write cut short); the chain continues over it",
+            None, str(line.segment.path)))
+    if result.unchained:
+        result.warnings.append(Finding(
+            files[0].name, 0, "unchained",
+            f"{result.unchained} records written before the hash chain (schema version 1 or 2) cannot be verified"))
+    if not files:
+        result.warnings.append(Finding(active.name, 0, "missing", f"no audit log at {active}: nothing to verify"))
+    elif not entries:
+        result.warnings.append(Finding(files[-1].name, 0, "unchained", "no chained records: nothing was verified"))
+    else:
+        result.head_hash = entries[-1].actual
+    known = {entry.actual for entry in entries}
+    for expected in expect_hashes or []:
+        if expected not in known:
+            return _fail(result, Finding(
+                active.name, 0, "missing",
+                f"no record has record_hash {expected}: the record it named was changed or removed (or removed "
+                "by log-cleanup with its segment), or the log was rewritten"))
+    return result
+
+
+def _check_chain(entries: list[_Entry], unreadable: list[tuple[int, Line]]) -> tuple[Finding, int] | None:
+    """The first break of the chain, and the index of the entry where it shows."""
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        record = entry.record
+        if entry.stated != entry.actual:
+            return _finding(entry, "changed", "its content does not match its record_hash"), index
+        if index:
+            before = entries[index - 1]
+            prev = record.get("prev_hash")
+            if prev != before.actual:
+                return _classify_break(entries, index, seen, unreadable), index
+        seen[entry.actual] = index
+    return None
+
+
+def _classify_break(entries: list[_Entry], index: int, seen: dict[str, int],
+                    unreadable: list[tuple[int, Line]]) -> Finding:
+    entry, before = entries[index], entries[index - 1]
+    prev = entry.record.get("prev_hash")
+    if prev is None:
+        return _finding(entry, "inserted", f"prev_hash is null, but it follows the record at {_where(before.line)}: "
+                                           "inserted, or a chain restarted by a writer that ignored the log")
+    if prev in seen:
+        first_inserted = entries[seen[prev] + 1]
+        return _finding(first_inserted, "inserted", f"not part of the chain: the record at {_where(entry.line)} "
+                                                    f"follows the record at {_where(entries[seen[prev]].line)}")
+    following = entries[index + 1] if index + 1 < len(entries) else None
+    if following is not None and following.record.get("prev_hash") == before.actual:
+        return _finding(entry, "inserted", f"not part of the chain: the record after it follows the record at "
+                                           f"{_where(before.line)}")
+    between = [line for position, line in unreadable if position == index]
+    if between:
+        return Finding(between[0].segment.name, between[0].number, "changed",
+                       f"this line is not a readable record, and the record at {_where(entry.line)} follows a "
+                       "record that is missing: a record here was changed or damaged",
+                       None, str(between[0].segment.path))
+    if entry.segment_index != before.segment_index and entry.line.number == 1:
+        gap = ""
+        low, high = before.line.segment.number, entry.line.segment.number
+        if low is not None and high is not None and high - low > 1:
+            missing = ", ".join(str(n) for n in range(low + 1, high))
+            gap = f" (segment number{'s' if high - low > 2 else ''} {missing} missing)"
+        return _finding(entry, "removed", f"the first record of this segment does not follow the last record of "
+                                          f"{before.line.segment.name}: a segment between them was removed{gap}, "
+                                          "or records were removed from the end of one or the start of the other")
+    return _finding(entry, "removed", f"it does not follow the record at {_where(before.line)}: records between "
+                                      "them were removed, or that record was changed and its hash recomputed")
+
+
+def _cleanup_anchors(entries: list[_Entry], upto: int) -> dict[str, _Entry]:
+    """record_hash of each segment a (trusted) log-cleanup record says it removed → that cleanup record."""
+    anchors: dict[str, _Entry] = {}
+    for entry in entries[:upto]:
+        record = entry.record
+        if (record.get("operation_type"), record.get("operation_name")) != ("audit", CLEANUP_OPERATION):
+            continue
+        removed = (record.get("output_data") or {}).get("removed_segments") if isinstance(
+            record.get("output_data"), dict) else None
+        for segment in removed or []:
+            if isinstance(segment, dict) and isinstance(segment.get("last_record_hash"), str):
+                anchors[segment["last_record_hash"]] = entry
+    return anchors
+
+
+def _record_id(record: dict[str, Any]) -> str | None:
+    value = record.get("record_id")
+    return value if isinstance(value, str) else None
+
+
+def _finding(entry: _Entry, kind: str, message: str) -> Finding:
+    return Finding(entry.line.segment.name, entry.line.number, kind, message, _record_id(entry.record),
+                   str(entry.line.segment.path))
+
+
+def _position(entry: _Entry) -> dict[str, Any]:
+    return {"segment": entry.line.segment.name, "line": entry.line.number, "record_id": _record_id(entry.record)}
+
+
+def _fail(result: Verification, finding: Finding) -> Verification:
+    result.ok = False
+    result.failure = finding
+    return result
+
+
+# -- cleanup ---------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Expired:
+    """A sealed segment log-cleanup removes."""
+
+    path: Path
+    records: int
+    first_timestamp: str | None
+    last_timestamp: str | None
+    last_record_hash: str | None
+    size: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"segment": self.path.name, "path": str(self.path), "records": self.records,
+                "first_timestamp": self.first_timestamp, "last_timestamp": self.last_timestamp,
+                "last_record_hash": self.last_record_hash, "bytes": self.size}
+
+
+def expired_segments(active: Path, retention_days: int, now: datetime) -> list[Expired]:
+    """The oldest sealed segments whose newest record is older than the retention, up to the first that is not.
+
+    Only a run of the oldest goes, so the log stays one chain; a segment with no readable timestamp is kept.
+    """
+    cutoff = now - timedelta(days=retention_days)
+    found: list[Expired] = []
+    for segment in segments(active):
+        if not segment.sealed:
+            break
+        newest, oldest, count, last_hash = None, None, 0, None
+        for line in lines(segment):
+            record = line.record()
+            if record is None:
+                continue
+            count += 1
+            moment = record_time(record)
+            if moment is not None:
+                newest = moment if newest is None else max(newest, moment)
+                oldest = moment if oldest is None else min(oldest, moment)
+            if isinstance(record.get("record_hash"), str):
+                last_hash = record["record_hash"]
+        if newest is None or newest >= cutoff:
+            break
+        found.append(Expired(segment.path, count, oldest.isoformat() if oldest else None, newest.isoformat(),
+                             last_hash, segment.path.stat().st_size))
+    return found
+
+
+def cleanup(active: Path, settings: audit.AuditSettings, now: datetime) -> list[Expired]:
+    """Remove the expired segments, after appending a record naming them (the anchor `verify` trusts)."""
+    if not expired_segments(active, settings.retention_days, now):
+        return []
+    with audit.sink_for(active).exclusive(fsync=settings.fsync) as append:
+        # Again under the lock: a writer may have sealed a segment since.
+        expired = expired_segments(active, settings.retention_days, now)
+        if not expired:
+            return []
+        append(audit.record_body(_cleanup_record(expired, settings.retention_days)))
+        for segment in expired:
+            try:
+                segment.path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise MxcpError(f"cannot remove audit log segment {segment.path}: {exc.strerror or exc}") from None
+    return expired
+
+
+def _cleanup_record(expired: list[Expired], retention_days: int) -> dict[str, Any]:
+    import getpass
+
+    try:
+        os_user: str | None = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (containers)
+        os_user = None
+    record_id = uuid.uuid4().hex
+    return {
+        "schema_name": audit.SCHEMA_NAME, "schema_version": audit.SCHEMA_VERSION, "record_id": record_id,
+        "call_id": record_id, "timestamp": datetime.now(timezone.utc).isoformat(),
+        "operation_type": "audit", "operation_name": CLEANUP_OPERATION, "operation_status": "success",
+        "duration_ms": None, "caller_type": "cli", "user_id": None, "session_id": None, "trace_id": None,
+        "input_data": {"retention_days": retention_days, "os_user": os_user},
+        "output_data": {"removed_segments": [
+            {key: value for key, value in segment.as_dict().items() if key != "path"} for segment in expired]},
+        "error": None, "policies_evaluated": [], "policy_decision": None, "policy_reason": None,
+    }
+
+
+# -- commands --------------------------------------------------------------------------------------------------
+
+
+def _log_location(profile: str | None) -> tuple[Any, Path, audit.AuditSettings]:
+    """The project, its active audit file and settings; a clear error when the profile does not audit."""
+    project = commands.open_project(profile).context
+    settings = project.plugin_config("audit", scope="site_profile")
+    path = audit.audit_path(project)
+    if path is None:
+        raise MxcpError(
+            f"the audit log is off for profile '{project.profile}': set profiles.{project.profile}.audit.enabled: "
+            f"true in {project.root / 'mxcp-site.yml'}, or MXCP_AUDIT_ENABLED=1 for one command")
+    return project, path, settings
+
+
+def log_command(
+    ctx: typer.Context,
+    tool: Annotated[str | None, typer.Option("--tool", metavar="NAME", help="Only calls of this tool.")] = None,
+    resource: Annotated[str | None, typer.Option(
+        "--resource", metavar="URI", help="Only calls of this resource.")] = None,
+    prompt: Annotated[str | None, typer.Option("--prompt", metavar="NAME", help="Only calls of this prompt.")] = None,
+    status: Annotated[str | None, typer.Option(
+        "--status", metavar="STATUS", help="success | error | started (every intent record, paired or not).")] = None,
+    policy: Annotated[str | None, typer.Option(
+        "--policy", metavar="DECISION", help="The policy decision: allow | deny | warn.")] = None,
+    user: Annotated[str | None, typer.Option("--user", metavar="USER_ID", help="Only calls by this user.")] = None,
+    since: Annotated[str | None, typer.Option(
+        "--since", metavar="WHEN", help="Records from this moment: 10m, 2h, 1d (ago) or an ISO timestamp.")] = None,
+    until: Annotated[str | None, typer.Option(
+        "--until", metavar="WHEN", help="Records up to this moment (same forms).")] = None,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", metavar="N", help=f"At most N records, newest first (default {DEFAULT_LIMIT} on screen, all in "
+                                     "exports; 0: all).")] = None,
+    export_csv_to: Annotated[Path | None, typer.Option(
+        "--export-csv", metavar="FILE", help="Write the selected records to this CSV file.")] = None,
+    export_duckdb_to: Annotated[Path | None, typer.Option(
+        "--export-duckdb", metavar="FILE", help="Write the selected records to table `logs` of this DuckDB file.")
+    ] = None,
+    profile: commands.ProfileOpt = None,
+    json_output: commands.JsonOpt = False,
+    debug: commands.DebugOpt = False,
+) -> None:
+    """Show the audit log, newest first; filters combine.
+
+    Reads every segment of the profile's log. A call's intent record shows
+    only when the call has no completion record (outcome unknown);
+    --status started lists them all. `mxcp log verify` checks the chain.
+
+    Examples:
+      mxcp log                                      # the newest 100 records
+      mxcp log --tool search --status error --since 2h
+      mxcp log --policy deny --user ann --limit 0   # all of them
+      mxcp log --since 2026-01-01 --until 2026-02-01 --export-csv jan.csv
+      mxcp log --export-duckdb audit.duckdb         # table logs
+      mxcp log verify
+    """
+    if ctx.invoked_subcommand is not None:  # `mxcp log [--profile ...] verify`: the subcommand reads these
+        given = [name for name, value in ctx.params.items()
+                 if value not in (None, False) and name not in ("profile", "json_output", "debug")]
+        if given:
+            with commands.reporting_errors(json_output, debug):
+                raise MxcpError(f"`mxcp log {ctx.invoked_subcommand}` takes no "
+                                + ", ".join("--" + name.replace("_to", "").replace("_", "-") for name in given))
+        return
+    with commands.reporting_errors(json_output, debug):
+        endpoints = [(kind, name) for kind, name in (("tool", tool), ("resource", resource), ("prompt", prompt))
+                     if name is not None]
+        if len(endpoints) > 1:
+            raise MxcpError("give one of --tool, --resource and --prompt")
+        if status is not None and status not in STATUSES:
+            raise MxcpError(f"--status {status!r} is not one of {', '.join(STATUSES)}")
+        if policy is not None and policy not in DECISIONS:
+            raise MxcpError(f"--policy {policy!r} is not one of {', '.join(DECISIONS)}")
+        if limit is not None and limit < 0:
+            raise MxcpError(f"--limit must be 0 (all) or more, not {limit}")
+        now = datetime.now(timezone.utc)
+        selection = LogFilter(
+            kind=endpoints[0][0] if endpoints else None, name=endpoints[0][1] if endpoints else None,
+            status=status, policy=policy, user=user,
+            since=parse_moment(since, "--since", now) if since is not None else None,
+            until=parse_moment(until, "--until", now) if until is not None else None,
+        )
+        _, path, _ = _log_location(profile)
+        exporting = export_csv_to is not None or export_duckdb_to is not None
+        chosen = limit if limit is not None else (0 if exporting else DEFAULT_LIMIT)
+        found = select(path, selection, chosen or None)
+        if exporting:
+            exported = []
+            if export_csv_to is not None:
+                export_csv(found, export_csv_to)
+                exported.append({"format": "csv", "path": str(export_csv_to)})
+            if export_duckdb_to is not None:
+                export_duckdb(found, export_duckdb_to)
+                exported.append({"format": "duckdb", "path": str(export_duckdb_to), "table": "logs"})
+            commands.ok({"records": len(found), "exported": exported}, json_output, lambda _: commands.console().print(
+                "\n".join(f"[green]✓[/] {commands.plural(len(found), 'record')} exported to {e['path']}"
+                          + (" (table logs)" if e["format"] == "duckdb" else "") for e in exported),
+                highlight=False))
+            return
+        if not segments(path):
+            commands.ok([], json_output, lambda _: commands.console().print(
+                f"no audit records yet: {path} does not exist", highlight=False))
+            return
+        commands.ok(found, json_output, lambda _: _render_table(found, path, chosen))
+
+
+def _render_table(found: list[dict[str, Any]], path: Path, limit: int) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    out = commands.console()
+    if not found:
+        out.print(f"no matching audit records in {escape(str(path))}", highlight=False)
+        return
+    table = Table(title=f"{commands.plural(len(found), 'record')}, newest first", title_justify="left")
+    for column in ("time (UTC)", "type", "name", "status", "ms", "caller", "user", "policy", "error"):
+        table.add_column(column, overflow="fold", justify="right" if column == "ms" else "left",
+                         no_wrap=column not in ("name", "user", "error"), min_width=8 if column == "name" else None)
+    colours = {"success": "green", "error": "red", "started": "yellow"}
+    for record in found:
+        moment = record_time(record)
+        status = str(record.get("operation_status") or "")
+        duration = record.get("duration_ms")
+        table.add_row(
+            moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if moment else "?",
+            escape(str(record.get("operation_type") or "")),
+            escape(str(record.get("operation_name") or "")),
+            f"[{colours.get(status, 'white')}]{escape(status)}[/]",
+            f"{duration:.1f}" if isinstance(duration, (int, float)) else "",
+            escape(str(record.get("caller_type") or "")),
+            escape(str(record.get("user_id") or "")),
+            escape(str(record.get("policy_decision") or "")),
+            escape(commands.short(record.get("error") or "", 60)),
+        )
+    out.print(table)
+    if limit and len(found) >= limit:
+        out.print(f"the newest {limit} shown; --limit 0 for all", highlight=False)
+    if any(r.get("operation_status") == audit.STARTED for r in found):
+        out.print("[yellow]started[/]: no completion record (still running, or the process died during the call)",
+                  highlight=False)
+
+
+def verify_command(
+    ctx: typer.Context,
+    expect_hash: Annotated[list[str] | None, typer.Option(
+        "--expect-hash", metavar="HASH",
+        help="A record_hash saved earlier (e.g. a past head): fail unless it is still in the chain (repeatable)."
+    )] = None,
+    profile: commands.ProfileOpt = None,
+    json_output: commands.JsonOpt = False,
+    debug: commands.DebugOpt = False,
+) -> None:
+    """Check the audit log's hash chain; exit 1 at the first changed, removed or inserted record.
+
+    Walks every segment in order. On success prints the records, the
+    time span, where it verified from and the head record_hash (keep it
+    elsewhere and pass it to --expect-hash later to catch a rewrite).
+
+    Examples:
+      mxcp log verify
+      mxcp log verify --json-output
+      mxcp log verify --expect-hash 3f5a9c0e1b2d4f6a8c0e2b4d6f8a0c2e4b6d8f0a2c4e6b8d0f2a4c6e8b0d2f4a
+    """
+    outer = ctx.parent.params if ctx.parent is not None else {}  # `mxcp log --profile p verify` means the same
+    profile = profile or outer.get("profile")
+    json_output = json_output or bool(outer.get("json_output"))
+    debug = debug or bool(outer.get("debug"))
+    with commands.reporting_errors(json_output, debug):
+        _, path, _ = _log_location(profile)
+        result = verify(path, expect_hash)
+        if json_output:
+            payload: dict[str, Any] = {"status": "ok" if result.ok else "error", "result": result.as_dict()}
+            if result.failure:
+                payload["error"] = result.failure.format()
+            commands.emit_json(payload)
+        else:
+            _render_verification(result, path)
+        if not result.ok:
+            raise typer.Exit(1)
+
+
+def _render_verification(result: Verification, path: Path) -> None:
+    from rich.markup import escape
+
+    out = commands.console()
+    err = commands.console(stderr=True)
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning.format())}", highlight=False)
+    if result.failure:
+        err.print(f"[bold red]✗ audit log NOT intact:[/] {escape(result.failure.format())}", highlight=False)
+        err.print(f"  in {escape(result.failure.path or str(path.parent))}", highlight=False)
+        return
+    summary = (f"{commands.plural(len(result.segments), 'segment')}, {commands.plural(result.records, 'record')}"
+               + (f" ({result.unchained} unchained)" if result.unchained else ""))
+    if not result.chained:
+        out.print(f"nothing verified in {escape(str(path.parent))}: {summary}", highlight=False)
+        return
+    span = f", {result.first_timestamp} → {result.last_timestamp}" if result.first_timestamp else ""
+    out.print(f"[green]✓[/] audit log intact: {summary}{span}", highlight=False)
+    start = result.verified_from or {}
+    origin = start.get("anchor")
+    if start.get("cleanup"):
+        origin = (f"which follows segments removed by log-cleanup at {start.get('cleanup_timestamp')} "
+                  f"({start['cleanup']['segment']} line {start['cleanup']['line']})")
+    out.print(f"  verified from {start.get('segment')} line {start.get('line')} ({origin})", highlight=False)
+    out.print(f"  head record_hash {result.head_hash}", highlight=False)
+
+
+def cleanup_command(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the segments that would be removed.")] = False,
+    profile: commands.ProfileOpt = None,
+    json_output: commands.JsonOpt = False,
+    debug: commands.DebugOpt = False,
+) -> None:
+    """Remove audit log segments older than the retention.
+
+    Whole sealed segments whose newest record is older than the profile's
+    audit.retention_days (default 90), oldest first; a record naming them
+    is appended to the log first, so `mxcp log verify` still passes.
+
+    Examples:
+      mxcp log-cleanup --dry-run                    # list what would go
+      mxcp log-cleanup
+      mxcp log-cleanup --profile prod --json-output
+    """
+    with commands.reporting_errors(json_output, debug):
+        _, path, settings = _log_location(profile)
+        now = datetime.now(timezone.utc)
+        removed = (expired_segments(path, settings.retention_days, now) if dry_run
+                   else cleanup(path, settings, now))
+        result = {"dry_run": dry_run, "retention_days": settings.retention_days,
+                  "segments": [segment.as_dict() for segment in removed],
+                  "records": sum(segment.records for segment in removed)}
+
+        def render(_: Any) -> None:
+            out = commands.console()
+            if not removed:
+                out.print(f"nothing older than {settings.retention_days} days in {path.parent}", highlight=False)
+                return
+            verb = "would remove" if dry_run else "removed"
+            for segment in removed:
+                out.print(f"{'-' if dry_run else '[red]-[/]'} {segment.path.name}: "
+                          f"{commands.plural(segment.records, 'record')}, newest {segment.last_timestamp}",
+                          highlight=False)
+            out.print(f"{verb} {commands.plural(len(removed), 'segment')} "
+                      f"({commands.plural(result['records'], 'record')}) older than {settings.retention_days} days",
+                      highlight=False)
+
+        commands.ok(result, json_output, render)
+
+
+def register(cli: typer.Typer) -> None:
+    """`mxcp log` (a command with the subcommand `verify`) and `mxcp log-cleanup`."""
+    cli.command("log", cls=_LogGroup)(log_command)
+    cli.command("log-cleanup")(cleanup_command)
+
+
+def _verify_click_command() -> Any:
+    verify_cli = typer.Typer(add_completion=False)
+    verify_cli.command("verify")(verify_command)
+    return typer.main.get_command(verify_cli)
+
+
+class _LogGroup(TyperGroup):
+    """`mxcp log` lists records when no subcommand follows; `mxcp log verify` checks the chain.
+
+    Registered as a command (not a sub-app), so it is listed and found like any other plugin command.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["no_args_is_help"] = False
+        super().__init__(invoke_without_command=True, **kwargs)
+        self.add_command(_verify_click_command(), "verify")

@@ -1,7 +1,9 @@
 """Builtin plugin: `mxcp lint`, advice on endpoint metadata that helps AI clients use the endpoints well.
 
 Findings have a severity (error > warning > info); `--severity` shows findings at or above a level; any error
-makes the command exit 1. Each finding is reported once, even when several rules or tests would repeat it.
+makes the command exit 1. A parameter without a description is an error, as in the original MXCP: a client
+cannot fill in an argument it is told nothing about. Each finding is reported once, even when several rules or
+tests would repeat it.
 """
 from __future__ import annotations
 
@@ -45,8 +47,8 @@ def lint_endpoint(endpoint: Any) -> Iterable[LintFinding]:
     for param in endpoint.parameters:
         where = f"parameters.{param.name}"
         if not (param.description or "").strip():
-            yield finding("warning", "missing-parameter-description", where,
-                          f"parameter '{param.name}' has no description")
+            yield finding("error", "missing-parameter-description", where,
+                          f"parameter '{param.name}' has no description; clients rely on it to fill the argument")
         if not param.type.examples:
             yield finding("info", "missing-parameter-examples", where,
                           f"parameter '{param.name}' has no examples")
@@ -127,13 +129,24 @@ def at_or_above(findings: Iterable[LintFinding], severity: str) -> list[LintFind
 
 def lint_command(
     severity: Annotated[
-        str, typer.Option("--severity", help="Show findings at or above this level: error, warning or info.")
+        str, typer.Option("--severity", metavar="LEVEL",
+                          help="Show findings at or above this level: error, warning or info.")
     ] = "info",
     profile: commands.ProfileOpt = None,
     json_output: commands.JsonOpt = False,
     debug: commands.DebugOpt = False,
 ) -> None:
-    """Check endpoint metadata (descriptions, examples, return types, tests); exits 1 on any error."""
+    """Check endpoint metadata that helps AI clients; exits 1 on any error.
+
+    Descriptions (a parameter without one is an error), examples, return
+    types, annotations, tests, and sensitive fields that no output policy
+    filters.
+
+    Examples:
+      mxcp lint                        # every finding
+      mxcp lint --severity warning     # errors and warnings only
+      mxcp lint --json-output          # findings as data
+    """
     from mxcp_core import MxcpError
     from mxcp_core.commands import console, emit_json, open_project, plural, reporting_errors
 

@@ -72,7 +72,7 @@ def test_each_rule(tmp_path: Path, make_project: Any) -> None:
     root = make_project(tmp_path / "p", {"tools/bare.yml": BARE, "tools/no_return.yml": NO_RETURN})
     assert _findings(root) == {
         ("bare", "missing-description", "warning", "description"),
-        ("bare", "missing-parameter-description", "warning", "parameters.id"),
+        ("bare", "missing-parameter-description", "error", "parameters.id"),
         ("bare", "missing-parameter-examples", "info", "parameters.id"),
         ("bare", "missing-return-description", "info", "return.description"),
         ("bare", "missing-annotations", "info", "annotations"),
@@ -102,13 +102,21 @@ def test_severity_filter_keeps_findings_at_or_above() -> None:
 
 
 def test_cli_severity_json_and_exit_codes(tmp_path: Path, make_project: Any, run_mxcp: Any) -> None:
-    clean = make_project(tmp_path / "clean", {"tools/bare.yml": BARE})
-    warnings_only = run_mxcp("lint", "--severity", "warning", "--json-output", cwd=clean)
+    untested = make_project(tmp_path / "untested", {"tools/good.yml": WELL_DOCUMENTED.split("  tests:")[0]})
+    warnings_only = run_mxcp("lint", "--json-output", cwd=untested)
     assert warnings_only.returncode == 0, warnings_only.stderr
     payload = json.loads(warnings_only.stdout)
     assert payload["status"] == "ok"
-    assert {f["severity"] for f in payload["result"]["findings"]} == {"warning"}
-    assert payload["result"]["summary"] == {"error": 0, "warning": 3, "info": 0}
+    assert payload["result"]["summary"] == {"error": 0, "warning": 1, "info": 0}
+
+    # A parameter without a description is an error, as in the original: lint exits 1.
+    bare = make_project(tmp_path / "bare", {"tools/bare.yml": BARE})
+    shown = run_mxcp("lint", "--severity", "warning", "--json-output", cwd=bare)
+    assert shown.returncode == 1, shown.stderr
+    payload = json.loads(shown.stdout)
+    assert payload["status"] == "error" and payload["error"] == "1 error found"
+    assert {f["severity"] for f in payload["result"]["findings"]} == {"error", "warning"}
+    assert payload["result"]["summary"] == {"error": 1, "warning": 2, "info": 0}
 
     broken = make_project(tmp_path / "broken", {"tools/no_return.yml": NO_RETURN})
     errors = run_mxcp("lint", "--severity", "error", cwd=broken)
@@ -117,7 +125,7 @@ def test_cli_severity_json_and_exit_codes(tmp_path: Path, make_project: Any, run
     assert "missing-return-type" not in errors.stdout
     assert errors.stdout.count("test-unknown-parameter") == 1
 
-    bad_level = run_mxcp("lint", "--severity", "loud", cwd=clean)
+    bad_level = run_mxcp("lint", "--severity", "loud", cwd=untested)
     assert bad_level.returncode == 1 and "unknown severity 'loud'" in bad_level.stderr
 
 

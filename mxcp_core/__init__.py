@@ -91,6 +91,8 @@ _LAZY = {
     "user_config_path": "config:user_config_path",
     # commands added through register_commands
     "commands": "commands",
+    # spans nested in the current request's, recorded while a telemetry plugin is on (a no-op otherwise)
+    "tracing": "tracing",
 }
 
 __all__ = [

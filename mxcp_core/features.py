@@ -57,11 +57,11 @@ ORIGINAL_SECTIONS: tuple[OriginalSection, ...] = (
     OriginalSection("user", "vault", "secrets_vault", _disabled, security=True, purpose="vault:// secret references"),
     OriginalSection("user", "onepassword", "secrets_onepassword", _disabled, security=True,
                     purpose="op:// secret references"),
-    OriginalSection("user", "telemetry", None, _disabled, purpose="OpenTelemetry export"),
     OriginalSection("user", "logging", None, purpose="log files"),
     OriginalSection("user", "models", None, purpose="LLM models for evals"),
     OriginalSection("user_profile", "plugin", "udf_plugins", _no_udf_config, purpose="UDF plugin configs"),
     OriginalSection("user_profile", "auth", "sign_in", _no_sign_in, security=True, purpose="sign-in for HTTP serving"),
+    OriginalSection("user_profile", "telemetry", "telemetry", _disabled, purpose="OpenTelemetry traces and metrics"),
     # Not the original's, but read by a builtin: with it disabled, the error names it.
     OriginalSection("user_profile", "user_context", "configured_identity", security=True,
                     purpose="the caller of stdio serving and `mxcp run`"),
@@ -79,14 +79,19 @@ SIGN_IN_PROVIDER_PLUGINS: Mapping[str, str] = {
     name: f"auth_{name}" for name in ("oidc", "keycloak", "google", "github", "atlassian", "salesforce")
 }
 # Commands that builtin plugins add.
-COMMAND_PLUGINS: Mapping[str, str] = {"lint": "lint", "drift-snapshot": "drift", "drift-check": "drift"}
+COMMAND_PLUGINS: Mapping[str, str] = {
+    "lint": "lint", "drift-snapshot": "drift", "drift-check": "drift", "log": "audit", "log-cleanup": "audit",
+}
 # SQL functions builtin plugins register.
 FUNCTION_PLUGINS: Mapping[str, str] = {"datetime": "seed_compat"}
 # Endpoint keys whose meaning a plugin provides: an endpoint using one is refused when the plugin is missing.
 ENDPOINT_KEY_PLUGINS: Mapping[str, str] = {"policies": "policies"}
 # Environment variables of the original that switch on a feature: the section whose owner reads them, and the
 # builtin owning it (any plugin declaring the section will do).
-ENV_PLUGINS: Mapping[str, tuple[str, str, str]] = {"MXCP_AUDIT_ENABLED": ("site_profile", "audit", "audit")}
+ENV_PLUGINS: Mapping[str, tuple[str, str, str]] = {
+    "MXCP_AUDIT_ENABLED": ("site_profile", "audit", "audit"),
+    "MXCP_TELEMETRY_ENABLED": ("user_profile", "telemetry", "telemetry"),
+}
 # Project folders a plugin reads (by their `paths:` name).
 FOLDER_PLUGINS: Mapping[str, str] = {
     "tools": "endpoint_discovery", "resources": "endpoint_discovery", "prompts": "endpoint_discovery",

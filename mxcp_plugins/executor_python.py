@@ -23,6 +23,7 @@ from mxcp_core import (
     load_private_module,
     missing_secrets,
     remove_from_import_path,
+    tracing,
 )
 
 log = logging.getLogger(__name__)
@@ -209,6 +210,13 @@ class PythonExecutor:
         return _signature_problems(function, endpoint)
 
     def execute(self, call: EndpointCall) -> Any:
+        if not tracing.active():
+            return self._execute(call)
+        with tracing.span("mxcp.python", {"mxcp.execution.language": "python"}) as span:
+            span.set_attribute("code.function.name", getattr(self.function_for(call.endpoint), "__name__", ""))
+            return self._execute(call)
+
+    def _execute(self, call: EndpointCall) -> Any:
         function = self.function_for(call.endpoint)
         try:
             if inspect.iscoroutinefunction(function):

@@ -1,6 +1,8 @@
 """Builtin plugin: the `sql` executor. Parameters are bound as `$name`, never formatted into the SQL text."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import re
 from typing import Any
 
@@ -15,8 +17,11 @@ from mxcp_core import (
     run_sql,
     split_statements,
     sql_parameter_names,
+    tracing,
 )
 
+# The statement's first keyword (SELECT, WITH, ...): the only part of the SQL text a span may carry.
+_FIRST_KEYWORD = re.compile(r"\s*([A-Za-z]+)\b")
 # Database objects an on_init hook may create (`CREATE TABLE ...`), so `validate` cannot tell they are missing.
 _ON_INIT_MAY_CREATE = re.compile(r"Catalog Error: (Table|View|Schema|Type|Sequence) with name ", re.IGNORECASE)
 
@@ -65,10 +70,28 @@ class SqlExecutor:
 
     def execute(self, call: EndpointCall) -> Any:
         # Rows past the call's limit stay in DuckDB: a huge result never reaches Python memory.
-        return run_sql(call_cursor(), self._text(call.endpoint), call.arguments, max_rows=call.max_rows)
+        text = self._text(call.endpoint)
+        if not tracing.active():
+            return run_sql(call_cursor(), text, call.arguments, max_rows=call.max_rows)
+        with tracing.span("mxcp.sql", sql_span_attributes(text)) as span:
+            rows = run_sql(call_cursor(), text, call.arguments, max_rows=call.max_rows)
+            span.set_attribute("db.response.returned_rows", len(rows))
+            return rows
 
     def stop(self) -> None:
         self._texts.clear()
+
+
+@functools.lru_cache(maxsize=512)  # an endpoint's text is the same on every call: hashed once
+def sql_span_attributes(text: str) -> dict[str, Any]:
+    """What a span says about a statement: a hash of its text and its first keyword. Never the text itself, which
+    may hold literals as sensitive as any argument; never the parameter values."""
+    attributes = {"db.system.name": "duckdb", "db.system": "duckdb",
+                  "mxcp.sql.sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+    keyword = _FIRST_KEYWORD.match(text)
+    if keyword:
+        attributes["db.operation.name"] = keyword.group(1).upper()
+    return attributes
 
 
 def _prepare(runtime: Any, query: str) -> list[str]:

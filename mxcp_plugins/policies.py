@@ -33,6 +33,7 @@ from mxcp_core import (
     line_of,
     mask,
     suggest,
+    tracing,
 )
 
 log = logging.getLogger(__name__)
@@ -444,6 +445,10 @@ class Decision:
             return self.call.compiled.returns.without_sensitive(result)
         return result
 
+    def outcome(self) -> str:
+        """What the rules decided so far: deny, warn or allow (a stage's span records it)."""
+        return "deny" if self.call.notes.get("policy_decision") == "deny" else "warn" if self.warned else "allow"
+
     def settle(self) -> None:
         notes = self.call.notes
         if notes.get("policy_decision") == "deny":
@@ -518,15 +523,26 @@ def call_endpoint(call: Any) -> Any:
     decision = Decision(call)
     user = call.user
     values: dict[Rule, Any] = {}
-    for evaluation in compiled.before:
-        values.update(evaluation.values(call.arguments, user, None))
-    decision.run(compiled.input, values, None)
+    with tracing.span("mxcp.policy input", {"mxcp.policy.stage": "input",
+                                            "mxcp.policy.rules": len(compiled.input)}) as span:
+        try:
+            for evaluation in compiled.before:
+                values.update(evaluation.values(call.arguments, user, None))
+            decision.run(compiled.input, values, None)
+        finally:
+            span.set_attribute("mxcp.policy.decision", decision.outcome())
     result = yield
     if compiled.output:
-        if compiled.after is not None:
-            # Conditions see the response as the endpoint returned it: what one action removed stays visible to
-            # the next condition (a deny on `response.salary` still works after salary was filtered for this user).
-            values.update(compiled.after.values({}, user, result))
-        result = decision.run(compiled.output, values, result)
+        with tracing.span("mxcp.policy output", {"mxcp.policy.stage": "output",
+                                                 "mxcp.policy.rules": len(compiled.output)}) as span:
+            try:
+                if compiled.after is not None:
+                    # Conditions see the response as the endpoint returned it: what one action removed stays
+                    # visible to the next condition (a deny on `response.salary` still works after salary was
+                    # filtered for this user).
+                    values.update(compiled.after.values({}, user, result))
+                result = decision.run(compiled.output, values, result)
+            finally:
+                span.set_attribute("mxcp.policy.decision", decision.outcome())
     decision.settle()
     return result

@@ -29,7 +29,8 @@ OWN = "mxcp-pluggy"  # the distribution whose entry points are the builtins
 # Every variable the framework reads; none may leak in from the developer's shell.
 MXCP_ENV = (
     "MXCP_CONFIG", "MXCP_PROFILE", "MXCP_DISABLE_PLUGINS", "MXCP_STRICT_PLUGINS", "MXCP_DUCKDB_PATH",
-    "MXCP_READONLY", "MXCP_AUDIT_ENABLED", "MXCP_DEBUG",
+    "MXCP_READONLY", "MXCP_AUDIT_ENABLED", "MXCP_DEBUG", "MXCP_PROJECT_DIR",
+    "MXCP_TELEMETRY_ENABLED",
     # and those the secret-store plugins read
     "VAULT_ADDR", "VAULT_TOKEN", "VAULT_NAMESPACE", "VAULT_CACERT", "OP_SERVICE_ACCOUNT_TOKEN",
 )

@@ -167,12 +167,12 @@ def test_unimplemented_sections_warn_once_and_security_ones_are_refused(
                                       purpose="a guard of the original's")
     monkeypatch.setattr(features, "ORIGINAL_SECTIONS", (*features.ORIGINAL_SECTIONS, sentry))
     root = make_project(tmp_path / "p")
-    user_config("mxcp: 1\nmodels: {default: gpt}\ntelemetry: {enabled: true}\nsentry: {enabled: false}\n"
+    user_config("mxcp: 1\nmodels: {default: gpt}\nlogging: {enabled: true}\nsentry: {enabled: false}\n"
                 "projects:\n  demo:\n    profiles:\n      default:\n        auth: {provider: none}\n")
     with caplog.at_level(logging.WARNING):
         open_project(root)
     warned = [r.getMessage() for r in caplog.records if "not implemented in this version" in r.getMessage()]
-    assert len(warned) == 2 and "section 'models'" in warned[0] and "section 'telemetry'" in warned[1]
+    assert len(warned) == 2 and "section 'models'" in warned[0] and "section 'logging'" in warned[1]
 
     path = user_config("mxcp: 1\nsentry: {enabled: true, address: 'http://127.0.0.1:8200'}\n")
     with pytest.raises(ConfigError) as caught:

@@ -305,9 +305,12 @@ def create_server(runtime: Runtime, *, name: str | None = None, remote: bool = F
         on_list_prompts=list_prompts,
         on_get_prompt=get_prompt,
     )
-    # Our guard instead of the default OpenTelemetry middleware (a no-op without an exporter, yet ~6 % per call).
+    # Our guard instead of the default OpenTelemetry middleware (a no-op without an exporter, yet ~6 % per call);
+    # a telemetry plugin that is on puts it back through `tracing` (the SDK's server span, and its own observer).
+    from .. import tracing
+
     server.inflight = InFlight()  # type: ignore[attr-defined]
-    server.middleware = [server.inflight.track, _guard]  # type: ignore[attr-defined]
+    server.middleware = [server.inflight.track, *tracing.server_middleware(), _guard]  # type: ignore[attr-defined]
     server.catalog = catalog  # type: ignore[attr-defined] - for tests and tools that inspect what is served
     runtime.add_reload_listener(lambda: server.inflight.announce(catalog))
     return server

@@ -174,9 +174,9 @@ class Runtime:
         self._active_calls: set[EndpointCall] = set()
         # Why the runtime cannot serve (its last reload failed to start it again): /health answers 503 with it.
         self.unavailable: str | None = None
-        # Why the last reload could not read the user config again (the previous one is still in use).
+        # Why the last reload could not take the project read again (the previous set is still served).
         self.config_problem: str | None = None
-        self._config_requests = 0  # reloads asked to read the user config, numbered in order
+        self._config_requests = 0  # reloads asked to read the project again, numbered in order
         self._config_applied = 0  # the newest of them whose reading was applied (or refused)
         self._reading: set[threading.Thread] = set()  # reload threads not yet past reading the project
         self._stopping = False
@@ -408,7 +408,7 @@ class Runtime:
         """A call prepared before a reload swapped the definitions runs on the new ones (it had not started)."""
         kind, key = call.endpoint.kind, call.endpoint.key
         current = self.compiled.get((kind, key))
-        if current is None:
+        if current is None or not self.visible(current.definition, call.user):
             raise NotFoundError(f"{kind} '{key}' is no longer served: the definitions were reloaded while the call "
                                 "waited")
         if current.definition.parameters != call.endpoint.parameters:
@@ -643,15 +643,19 @@ class Runtime:
             if self._stopping:
                 return
             self._reloads = [t for t in self._reloads if t.is_alive()]
-            self._config_requests += 1
+            request = 0
+            if config:
+                self._config_requests += 1
+                request = self._config_requests
             thread = threading.Thread(target=self._reload_now, name="mxcp-reload", daemon=True,
-                                      args=(payload, description, self._config_requests if config else 0))
+                                      args=(payload, description, request))
             self._reloads.append(thread)
             self._reading.add(thread)
         thread.start()
 
     def add_reload_listener(self, listener: Callable[[], None]) -> None:
-        """Call `listener` (from the reload's thread) after each reload that swapped in new definitions."""
+        """Call `listener` (from the reload's thread) after each reload that installed definitions (a new set, or
+        the old one put back); `generation` tells whether they differ from what the listener saw."""
         self._reload_listeners.append(listener)
 
     def _reload_now(self, payload: Callable[[], Any] | None, description: str, config_request: int = 0) -> None:
@@ -664,6 +668,11 @@ class Runtime:
             self._reading.discard(threading.current_thread())
             if self._stopping:
                 log.info("reload%s abandoned: the server is stopping", about)
+                return
+            if config_request and payload is None and config_request < self._config_requests:
+                # A newer reload reads the project again after this one: a burst of SIGHUPs (or saves) costs one
+                # drain and restart, not one each.
+                log.info("reload%s superseded by a newer one", about)
                 return
         deadline = self.context.site.limits.reload_deadline
         swapped = False
@@ -712,7 +721,6 @@ class Runtime:
                 problem = self._restart(executors=True)
             elif swap is not None:
                 self.config_problem = None
-                self.generation += 1
                 swapped = True
             if problem is not None:
                 log.error("restarting after the reload failed%s: %s; trying once more", about, problem)
@@ -726,7 +734,7 @@ class Runtime:
                 log.error("reload failed%s: %s; calls are refused until a reload succeeds", about, problem)
             else:
                 log.info("reload finished%s%s", about, " with new definitions" if swapped else "")
-        if swapped:
+        if swap is not None:  # new definitions, or the old ones back after a request saw the new ones
             for listener in list(self._reload_listeners):
                 try:
                     listener()
@@ -741,8 +749,7 @@ class Runtime:
             fresh = reread_project(self.project)
             registry = fresh.endpoints()
             if registry.invalid and self.refuse_invalid:
-                listing = "; ".join(f"{bad.origin}: {bad.message}" for bad in registry.invalid)
-                raise MxcpError(f"{len(registry.invalid)} invalid endpoint(s): {listing}")
+                raise MxcpError(_invalid_listing([(bad.origin, bad.message) for bad in registry.invalid]))
             staged = _Staged(project=fresh)
             for bad in registry.invalid:
                 log.warning("reload: skipping invalid endpoint %s (%s): %s", bad.name or bad.origin, bad.origin,
@@ -769,6 +776,9 @@ class Runtime:
         self.database.project = self.context
         redaction.register_secrets(self.context.secrets())
         self._templates, self.compiled, self._dropped = staged.templates, staged.compiled, staged.dropped
+        # Lists built from the definitions (the server's catalog) are rebuilt when they see a new generation; a
+        # set put back counts too, since a request may have seen the refused one meanwhile.
+        self.generation += 1
         return previous
 
     def _check_served_bodies(self) -> str | None:
@@ -781,8 +791,7 @@ class Runtime:
             if errors:
                 broken.append((kind, key, compiled.definition.origin, "; ".join(p.message for p in errors)))
         if broken and self.refuse_invalid:
-            return f"{len(broken)} invalid endpoint(s): " + "; ".join(
-                f"{origin}: {message}" for _, _, origin, message in broken)
+            return _invalid_listing([(origin, message) for _, _, origin, message in broken])
         for kind, key, origin, message in broken:
             log.warning("reload: skipping invalid endpoint %s (%s): %s", key, origin, message)
             self.drop(kind, key, reason=message)
@@ -845,12 +854,24 @@ class _Staged:
     dropped: dict[tuple[str, str], str] = attrs.Factory(dict)
 
 
+SHOWN_PROBLEMS = 5  # invalid endpoints named in a refusal (log line and /health); the rest are counted
+
+
+def _invalid_listing(problems: list[tuple[str, str]]) -> str:
+    shown = "; ".join(f"{origin}: {message}" for origin, message in problems[:SHOWN_PROBLEMS])
+    more = f"; and {len(problems) - SHOWN_PROBLEMS} more (mxcp validate lists them all)" \
+        if len(problems) > SHOWN_PROBLEMS else ""
+    return f"{len(problems)} invalid endpoint(s): {shown}{more}"
+
+
 def _warn_start_only_changes(current: ProjectContext, fresh: ProjectContext) -> None:
     """Settings a server applies when it starts: a reload takes the rest, and says these wait for a restart."""
     waiting = [name for name, before, after in (
         ("limits.workers", current.site.limits.workers, fresh.site.limits.workers),
         ("limits.queue", current.site.limits.queue, fresh.site.limits.queue),
         ("transport (user config)", current.user.transport, fresh.user.transport),
+        ("description (the instructions clients get when they connect)", current.site.description,
+         fresh.site.description),
     ) if before != after]
     if waiting:
         log.warning("reload: %s changed; %s applied when the server starts: restart it to apply %s",

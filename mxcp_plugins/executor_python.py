@@ -80,6 +80,8 @@ class PythonExecutor:
         self._path_added = False
         # Modules that failed to import: file -> (one-line reason, the python/ file where it went wrong).
         self.failed: dict[Path, tuple[str, Path]] = {}
+        # What a stopped executor had imported: started again, it serves that code (see `start`).
+        self._kept: tuple[dict[Path, ModuleType], dict[Path, tuple[str, Path]]] | None = None
 
     # -- start and stop --------------------------------------------------------------------------
     def start(self, runtime: Any) -> None:
@@ -88,9 +90,19 @@ class PythonExecutor:
             return
         self.runtime = runtime
         self.python_dir = runtime.context.path("python")
-        if not self.python_dir.is_dir():
+        kept, self._kept = self._kept, None
+        if kept is None and not self.python_dir.is_dir():
             return
         self._path_added = add_to_import_path(self.python_dir)
+        if kept is not None:
+            # Started again after a stop: a reload whose new set was refused goes back to this project, and it must
+            # serve the code it served, not the files now on disk (a module added or broken since is not imported).
+            self.modules, self.failed = kept
+            for module in self.modules.values():
+                sys.modules[module.__name__] = module
+                self._loaded_names.append(module.__name__)
+            self._register_lifecycle(runtime)
+            return
         for file in sorted(self.python_dir.rglob("*.py")):
             relative = file.relative_to(self.python_dir)
             if any(part.startswith(".") or part == "__pycache__" for part in relative.parts):
@@ -101,6 +113,10 @@ class PythonExecutor:
                 # Only the endpoints of this module are invalid (they report it); the others still serve.
                 continue
         self._warn_unexplained_failures(runtime)
+        self._register_lifecycle(runtime)
+
+    def _register_lifecycle(self, runtime: Any) -> None:
+        assert self.python_dir is not None
         for file, module in list(self.modules.items()):
             origin = f"python/{_relative(file, self.python_dir.resolve())}"
             hooks = LifecycleHooks(module, _run_lifecycle_function, origin)
@@ -120,7 +136,9 @@ class PythonExecutor:
             forget_modules_under(self.python_dir)
             if self._path_added:
                 remove_from_import_path(self.python_dir)
+        kept = (self.modules, self.failed) if self.runtime is not None else self._kept
         self.__init__()
+        self._kept = kept
 
     def _import(self, file: Path) -> ModuleType:
         file = file.resolve()

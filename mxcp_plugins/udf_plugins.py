@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib
+import itertools
 import logging
 import sys
 import threading
@@ -153,8 +154,7 @@ class ProjectPlugins:
                     f"creating plugin '{instance.name}' failed: {type(exc).__name__}: {exc}",
                     file=project.site_file, key_path=f"plugin[{index}]",
                 ) from None
-            self._note_lifecycle((getattr(obj, name) for name in dir(type(obj)) if not name.startswith("__")),
-                                 f"plugin '{instance.name}'", None)
+            self._note_lifecycle(_lifecycle_methods(obj), f"plugin '{instance.name}'", None)
             for method_name, method in udf_methods(obj):
                 parameter_types, return_type = function_signature(
                     method, where=f"plugin '{instance.name}', @udf method '{method_name}'"
@@ -232,6 +232,18 @@ class ProjectPlugins:
             sys.modules.pop(name, None)
 
 
+def _lifecycle_methods(obj: Any) -> list[Any]:
+    """An instance's `@on_init` / `@on_shutdown` methods, bound; found on its classes, so no property is read."""
+    found: dict[str, Any] = {}
+    for klass in reversed(type(obj).__mro__):
+        for name, value in vars(klass).items():
+            if lifecycle_role(value):
+                found[name] = value
+            else:
+                found.pop(name, None)  # overridden without the mark
+    return [getattr(obj, name) for name in found]
+
+
 def _instance_config(project: ProjectContext, config_name: str | None, instance: str) -> dict[str, Any]:
     if config_name is None:
         return {}
@@ -265,6 +277,9 @@ def _local_file(folder: Path, stem: str) -> Path | None:
 # -- per-project state -------------------------------------------------------------------------------
 STATE_KEY = "udf_plugins"
 _lock = threading.Lock()
+_load_numbers = itertools.count(1)
+# The loads whose modules are in sys.modules, by plugins folder: a new load of the folder unloads them.
+_loads: dict[Path, list[ProjectPlugins]] = {}
 
 
 def plugins_for(project: ProjectContext) -> ProjectPlugins:
@@ -284,7 +299,12 @@ def plugins_for(project: ProjectContext) -> ProjectPlugins:
             found.unload()
             del project.state[STATE_KEY]
         folder = project.path("plugins")
-        digest = hashlib.sha1(f"{folder}:{id(project.state)}".encode()).hexdigest()[:10]
+        # A name of its own per load (never reused, unlike an object's id): another load of the same folder (a
+        # reload) imports the files as they are now, and the modules of earlier loads leave sys.modules. Those loads
+        # keep their module objects and functions, so one that is put back (a refused reload) still works.
+        for earlier in _loads.pop(folder, []):
+            earlier.unload()
+        digest = hashlib.sha1(f"{folder}:{next(_load_numbers)}".encode()).hexdigest()[:10]
         found = ProjectPlugins(folder=folder, prefix=f"{PRIVATE_PREFIX}{digest}_", configs=copy.deepcopy(configs))
         try:
             found.load(project)
@@ -294,6 +314,7 @@ def plugins_for(project: ProjectContext) -> ProjectPlugins:
             found.unload()
             raise
         project.state[STATE_KEY] = found
+        _loads.setdefault(folder, []).append(found)
         return found
 
 

@@ -12,7 +12,7 @@ import mcp
 import pytest
 
 from executor_helpers import python_tool, tool
-from mxcp_core import Runtime, open_project
+from mxcp_core import NotFoundError, Runtime, hookimpl, open_project
 from server_helpers import health, http_server, run_http, text, wait_for
 
 SITE = "mxcp: 1\nproject: demo\nprofile: default\n"
@@ -84,9 +84,13 @@ def test_a_site_config_change_is_taken(runtime):
     pytest.param({"python/version.py": "import no_such_module_anywhere\n"}, id="python-import-fails"),
     pytest.param({"python/version.py": "def version(:\n"}, id="python-syntax-error"),
     pytest.param({"mxcp-site.yml": SITE + "limits: {max_rows: many}\n"}, id="bad-site-config"),
+    # A new module whose @on_init fails: the old set must not import it when it comes back.
+    pytest.param({"python/extra.py": "from mxcp.runtime import on_init\n\n@on_init\ndef setup():\n"
+                                     "    raise RuntimeError('new on_init fails')\n"}, id="new-module-on-init-raises"),
 ])
 def test_an_invalid_new_set_is_refused_and_the_old_one_serves_on(runtime, breakage):
     root = runtime.context.root
+    before = runtime.compiled
     for name, content in breakage.items():
         (root / name).write_text(content)
     reload(runtime)
@@ -96,7 +100,7 @@ def test_an_invalid_new_set_is_refused_and_the_old_one_serves_on(runtime, breaka
     assert runtime.call("tool", "one") == {"n": 1}
     # The old Python code runs, not the broken file now on disk.
     assert runtime.call("tool", "version") == "v1"
-    assert runtime.generation == 0
+    assert runtime.compiled is before  # the very definitions it served
 
 
 def test_a_refused_set_then_fixed_is_taken_and_the_problem_cleared(runtime):
@@ -236,3 +240,105 @@ def test_settings_applied_at_start_only_are_named_not_silently_ignored(runtime, 
         reload(runtime)
     assert runtime.config_problem is None and runtime.context.site.limits.workers == 3
     assert "limits.workers changed; it is applied when the server starts: restart it to apply it" in caplog.text
+
+
+def test_a_refused_set_keeps_privately_loaded_modules_old_code_too(make_project, tmp_path):
+    """A module named like no importable module (a dash) is loaded under a private name; it comes back too."""
+    root = make_project(tmp_path / "p", {"tools/version.yml": python_tool("version", "my-mod.py", returns="{type: string}"),
+                                         "python/my-mod.py": version_code("v1")})
+    runtime = Runtime(open_project(root))
+    with runtime:
+        (root / "python" / "my-mod.py").write_text(version_code("v2"))
+        (root / "python" / "hooks.py").write_text("from mxcp.runtime import on_init\n\n@on_init\ndef setup():\n"
+                                                  "    raise RuntimeError('no')\n")
+        reload(runtime)
+        assert "no" in runtime.config_problem and runtime.unavailable is None
+        assert runtime.call("tool", "version") == "v1"
+
+
+def test_lists_a_request_built_from_a_refused_set_are_rebuilt_when_the_old_one_returns(make_project, tmp_path):
+    from mxcp_core.server.app import Catalog
+
+    root = make_project(tmp_path / "p", {"tools/one.yml": ONE})
+    runtime = Runtime(open_project(root))
+    with runtime:
+        catalog = Catalog(runtime)
+        (root / "tools" / "two.yml").write_text(TWO)
+        (root / "python").mkdir()
+        (root / "python" / "slow.py").write_text(
+            "import time\nfrom mxcp.runtime import on_init\n\n@on_init\ndef setup():\n    time.sleep(1)\n"
+            "    raise RuntimeError('refused')\n")
+        runtime.reload(description="test", config=True)
+        wait_for(lambda: runtime.generation == 1, timeout=10)  # the new set is starting
+        assert sorted(catalog.current().tools) == ["one", "two"]  # a request built the lists from it meanwhile
+        runtime.wait_for_reloads(timeout=30)
+        assert "refused" in runtime.config_problem
+        assert sorted(catalog.current().tools) == ["one"]
+        assert catalog.refresh() == set() and catalog.unannounced == {"tools"}
+
+
+class HideMarked:
+    """Hides endpoints whose description says so (as a policy requiring a scope the caller lacks would)."""
+
+    @staticmethod
+    @hookimpl
+    def endpoint_visible(endpoint, user, project):
+        return "hidden" not in endpoint.description
+
+
+def test_a_call_waiting_behind_a_reload_is_refused_if_the_new_definition_hides_the_tool(make_project, tmp_path):
+    root = make_project(tmp_path / "p", {"tools/one.yml": ONE})
+    runtime = Runtime(open_project(root, extra_plugins=[("hide_marked", HideMarked())]))
+    with runtime:
+        _, call = runtime.prepare_call("tool", "one", {}, user={"user_id": "u1"})
+        (root / "tools" / "one.yml").write_text(ONE.replace("tool:\n", "tool:\n  description: hidden now\n"))
+        reload(runtime)
+        with pytest.raises(NotFoundError, match="no longer served"):
+            runtime.invoke(call)
+
+
+def test_a_burst_of_reloads_drains_and_restarts_once_or_twice_not_each_time(make_project, tmp_path):
+    marks = tmp_path / "marks.txt"
+    root = make_project(tmp_path / "p", {"tools/one.yml": ONE, "python/mark.py": (
+        f"from mxcp.runtime import on_init\n\n@on_init\ndef setup():\n"
+        f"    open({str(marks)!r}, 'a').write('init\\n')\n")})
+    runtime = Runtime(open_project(root))
+    with runtime:
+        for _ in range(10):
+            runtime.reload(description="burst", config=True)
+        runtime.wait_for_reloads(timeout=60)
+        assert runtime.config_problem is None
+    starts = marks.read_text().split()
+    assert 2 <= len(starts) <= 4, starts  # the first start, then the newest reading (rarely one more)
+
+
+def test_modern_clients_hear_of_changed_lists_on_a_listen_stream(make_project, tmp_path):
+    root = make_project(tmp_path / "p", {"tools/one.yml": ONE})
+    with http_server(root) as (base, process):
+        async def session():
+            async with mcp.Client(f"{base}/mcp") as client:  # the SDK's default: the 2026-07-28 protocol
+                async with client.listen(tools_list_changed=True) as events:
+                    (root / "tools" / "two.yml").write_text(TWO)
+                    process.send_signal(signal.SIGHUP)
+                    with anyio.fail_after(15):
+                        async for event in events:
+                            break
+                return type(event).__name__, sorted(t.name for t in (await client.list_tools()).tools)
+
+        kind, names = anyio.run(session)
+    assert kind == "ToolsListChanged" and "two" in names
+
+
+def test_serve_watch_survives_a_folder_it_cannot_read(make_project, tmp_path):
+    root = make_project(tmp_path / "p", {"tools/one.yml": ONE})
+    with http_server(root, "--watch") as (base, process):
+        url = f"{base}/mcp"
+        (root / "sql").symlink_to(root / "sql")  # a symlink loop where a folder is expected
+        time.sleep(1.5)
+        assert process.poll() is None
+        (root / "sql").unlink()
+        (root / "tools" / "two.yml").write_text(TWO)
+        wait_for(lambda: "two" in [t.name for t in run_http(url, lambda c: c.list_tools()).tools], timeout=20)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
+        assert "cannot look at the project's files" in process.stderr.read().decode()

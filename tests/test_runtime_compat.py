@@ -127,3 +127,64 @@ def test_udf_plugins_lifecycle_from_mxcp_plugins(make_project, tmp_path, run_mxc
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("42")
     assert marks.read_text().splitlines() == ["module init", "instance init ready", "instance shutdown"]
+
+
+PROPERTY_PLUGIN = """\
+from mxcp.plugins import MXCPBasePlugin, on_shutdown, udf
+
+
+class MXCPPlugin(MXCPBasePlugin):
+    _client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            raise RuntimeError("not connected yet")  # read only once on_init connected it
+        return self._client
+
+    @udf
+    def shout(self, text: str) -> str:
+        return text.upper()
+
+    @on_shutdown
+    def close(self):
+        pass
+"""
+
+
+def test_finding_lifecycle_methods_reads_no_property_of_the_instance(make_project, tmp_path, run_mxcp):
+    site = "mxcp: 1\nproject: demo\nprofile: default\nplugin:\n  - {name: p1, module: loud}\n"
+    root = make_project(tmp_path / "p", {
+        "mxcp-site.yml": site, "plugins/loud.py": PROPERTY_PLUGIN,
+        "tools/loud.yml": "mxcp: 1\ntool:\n  name: loud\n  parameters: [{name: t, type: string, description: T}]\n"
+                          "  return: {type: string}\n  source: {code: \"SELECT shout_p1($t)\"}\n",
+    })
+    result = run_mxcp("run", "tool", "loud", "-p", "t=hi", cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("HI")
+
+
+def test_each_reload_runs_the_udf_plugin_code_as_it_is_now(make_project, tmp_path):
+    import sys
+
+    from mxcp_core import Runtime, open_project
+
+    site = "mxcp: 1\nproject: demo\nprofile: default\nplugin:\n  - {name: p1, module: ver}\n"
+    code = ("from mxcp.plugins import MXCPBasePlugin, udf\n\nclass MXCPPlugin(MXCPBasePlugin):\n"
+            "    @udf\n    def version(self) -> str:\n        return 'v{n}'\n")
+    root = make_project(tmp_path / "p", {
+        "mxcp-site.yml": site, "plugins/ver.py": code.format(n=0),
+        "tools/ver.yml": "mxcp: 1\ntool:\n  name: ver\n  return: {type: string}\n"
+                         "  source: {code: \"SELECT version_p1()\"}\n",
+    })
+    runtime = Runtime(open_project(root))
+    with runtime:
+        seen = []
+        for n in range(1, 31):
+            (root / "plugins" / "ver.py").write_text(code.format(n=n))
+            runtime.reload(description="test", config=True)
+            runtime.wait_for_reloads(timeout=30)
+            seen.append(runtime.call("tool", "ver"))
+        assert seen == [f"v{n}" for n in range(1, 31)]
+        loaded = [name for name in sys.modules if name.startswith("mxcp_plugin_") and name.endswith("_ver")]
+        assert len(loaded) == 1, loaded

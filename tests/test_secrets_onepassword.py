@@ -146,7 +146,7 @@ def test_a_reload_reads_a_rotated_secret_and_a_failed_one_keeps_the_old(service,
         runtime.reload(description="test", config=True)
         runtime.wait_for_reloads(timeout=30)
         assert runtime.context.secret("warehouse")["key"] == "api-key-2"
-        assert project.context is runtime.context and runtime.config_problem is None
+        assert runtime.project.context is runtime.context and runtime.config_problem is None
 
         service.errors["op://Prod/API/credential"] = "vault Prod is not shared with this service account"
         runtime.reload(description="test", config=True)

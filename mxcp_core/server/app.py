@@ -166,7 +166,7 @@ class Catalog:
         if entry is None or entry.compiled is not found[0]:
             # The runtime swapped in new definitions after this catalog was last brought up to date.
             self.refresh()
-            return self.find(kind, name, user)
+            return self.find(kind, name, user)  # ends: refresh builds from the same definitions the lookup saw
         return entry, found
 
 
@@ -176,23 +176,35 @@ def create_server(runtime: Runtime, *, name: str | None = None, remote: bool = F
     `remote`: served over HTTP, where every request must carry its HTTP request (and credentials); one that does
     not is refused rather than run as the local (stdio) caller.
     """
+    from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
+
     catalog = Catalog(runtime)
     scrub = _Scrubber(runtime)
+    changes = InMemorySubscriptionBus()
 
-    hooks, project = runtime.hooks, runtime.context
+    hooks = runtime.hooks
     identifies = bool(hooks.pm.hook.identify_caller.get_hookimpls())
-    # A stdio server has one caller for its whole life: identified once (a configured identity, say).
-    stdio_user = hooks.identify_caller("stdio", None, project) if identifies and not remote \
-        else UserContext.anonymous()
+    # A stdio server has one caller: identified at start (a configured identity, say), and again after a reload
+    # brought a new configuration (an error at start stops the server; after a reload, it refuses requests).
+    stdio = {"user": UserContext.anonymous(), "generation": runtime.generation}
+    if identifies and not remote:
+        stdio["user"] = hooks.identify_caller("stdio", None, runtime.context)
 
     def caller_of(ctx: ServerRequestContext[Any]) -> UserContext:
         request = ctx.request
         if request is None and remote:
             raise MCPError(code=types.INVALID_REQUEST, message="the caller could not be identified")
-        if request is None or not identifies:
-            return stdio_user if request is None else UserContext.anonymous()
+        if not identifies:
+            return UserContext.anonymous()
+        if request is None and stdio["generation"] == runtime.generation:
+            return stdio["user"]
         try:
-            return hooks.identify_caller("http", request, project)
+            if request is None:
+                generation = runtime.generation
+                stdio["user"] = hooks.identify_caller("stdio", None, runtime.context)
+                stdio["generation"] = generation
+                return stdio["user"]
+            return hooks.identify_caller("http", request, runtime.context)
         except MxcpError as exc:
             raise MCPError(code=types.INVALID_REQUEST, message=redaction.mask(str(exc))) from None
         except Exception:  # noqa: BLE001 - an identity that cannot be established refuses the request
@@ -304,12 +316,14 @@ def create_server(runtime: Runtime, *, name: str | None = None, remote: bool = F
         on_read_resource=read_resource,
         on_list_prompts=list_prompts,
         on_get_prompt=get_prompt,
+        # Clients on the 2026-07-28 protocol hear of changed lists on a `subscriptions/listen` stream.
+        on_subscriptions_listen=ListenHandler(changes),
     )
     # Our guard instead of the default OpenTelemetry middleware (a no-op without an exporter, yet ~6 % per call);
     # a telemetry plugin that is on puts it back through `tracing` (the SDK's server span, and its own observer).
     from .. import tracing
 
-    server.inflight = InFlight()  # type: ignore[attr-defined]
+    server.inflight = InFlight(changes)  # type: ignore[attr-defined]
     server.middleware = [server.inflight.track, *tracing.server_middleware(), _guard]  # type: ignore[attr-defined]
     server.catalog = catalog  # type: ignore[attr-defined] - for tests and tools that inspect what is served
     runtime.add_reload_listener(lambda: server.inflight.announce(catalog))
@@ -332,10 +346,11 @@ class InFlight:
     """Requests being handled, so a transport can let them finish before it closes (stdin at EOF); and the
     clients' connections, to tell them when a reload changed what they can list."""
 
-    def __init__(self) -> None:
+    def __init__(self, changes: Any = None) -> None:
         self.count = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.changes = changes  # the subscriptions bus of `subscriptions/listen` streams (2026-07-28 clients)
 
     def announce(self, catalog: Catalog) -> None:
         """From a reload's thread: on the server's loop, rebuild the lists and notify the connected clients."""
@@ -346,9 +361,16 @@ class InFlight:
 
     async def _announce(self, catalog: Catalog) -> None:
         import anyio
+        from mcp.server.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
 
         catalog.current()
         changed, catalog.unannounced = catalog.unannounced, set()
+        if self.changes is not None:
+            events = {"tools": ToolsListChanged, "resources": ResourcesListChanged, "prompts": PromptsListChanged}
+            for kind in sorted(changed):
+                await self.changes.publish(events[kind]())
+        # Clients of the handshake protocols: a notification on each connection's own stream (the SDK drops these
+        # on 2026-07-28 connections, which listen above instead).
         for connection in list(self.connections):
             for kind in Catalog.KINDS:
                 if kind not in changed:

@@ -334,7 +334,7 @@ def serve(project: Project, options: ServeOptions, *, wire: StdioWire | None = N
                 if _sign_in_configured(runtime):
                     print("mxcp: note: the user config's auth (sign-in) applies to HTTP serving; this stdio server "
                           "serves the local user who started it", file=sys.stderr)
-                anyio.run(_serve_stdio, server, runtime, wire, options)
+                anyio.run(_serve_stdio, server, runtime, wire, options, ready)
             else:
                 anyio.run(_serve_http, server, runtime, options, ready)
         finally:
@@ -366,19 +366,33 @@ WATCH_INTERVAL = 0.5  # seconds between looks at the project's files
 
 async def _watch_files(runtime: Runtime) -> None:
     """`serve --watch`: reload when a file the project reads changes, once it has stopped changing."""
+    import time
+
     from .watch import snapshot
 
-    seen = await anyio.to_thread.run_sync(snapshot, runtime.context)
+    async def look() -> dict[Any, Any] | None:
+        try:
+            return await anyio.to_thread.run_sync(snapshot, runtime.context)
+        except Exception as exc:  # noqa: BLE001 - a folder that cannot be read never stops serving
+            log.warning("--watch: cannot look at the project's files (%s); trying again", exc)
+            return None
+
+    seen = await look()
+    pause = WATCH_INTERVAL
     while True:
-        await anyio.sleep(WATCH_INTERVAL)
-        now = await anyio.to_thread.run_sync(snapshot, runtime.context)
-        if now == seen:
+        await anyio.sleep(pause)
+        started = time.monotonic()
+        now = await look()
+        # A large tree costs more to look at: look less often, so watching stays a small part of the CPU.
+        pause = max(WATCH_INTERVAL, (time.monotonic() - started) * 20)
+        if now is None or seen is None or now == seen:
+            seen = now if seen is None else seen
             continue
         # An editor may write a file in several steps: wait until two looks agree.
         while True:
-            await anyio.sleep(WATCH_INTERVAL)
-            settled = await anyio.to_thread.run_sync(snapshot, runtime.context)
-            if settled == now:
+            await anyio.sleep(pause)
+            settled = await look()
+            if settled is None or settled == now:
                 break
             now = settled
         changed = sorted({*now.keys() ^ seen.keys(), *(k for k in now.keys() & seen.keys() if now[k] != seen[k])})
@@ -389,13 +403,16 @@ async def _watch_files(runtime: Runtime) -> None:
         runtime.reload(description="files changed", config=True)
 
 
-async def _serve_stdio(server: Any, runtime: Runtime, wire: StdioWire, options: ServeOptions) -> None:
+async def _serve_stdio(server: Any, runtime: Runtime, wire: StdioWire, options: ServeOptions,
+                       ready: Callable[[str], None] | None = None) -> None:
     from mcp.server.stdio import stdio_server
 
     stdin, stdout = await _wire_streams(wire, getattr(server, "inflight", None) and server.inflight.drained)
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(_watch_signals, runtime, tasks.cancel_scope.cancel, options.watch)
         async with stdio_server(stdin=stdin, stdout=stdout) as (read_stream, write_stream):
+            if ready is not None:
+                ready("stdio")
             await server.run(read_stream, write_stream, server.create_initialization_options())
         # stdin closed: the client is gone.
         tasks.cancel_scope.cancel()

@@ -260,7 +260,17 @@ def snapshot_command(
     json_output: commands.JsonOpt = False,
     debug: commands.DebugOpt = False,
 ) -> None:
-    """Record tables, endpoint definitions, validation and test status as the drift baseline."""
+    """Record the project's state as the drift baseline.
+
+    Tables and columns, endpoint definitions, validation status and test
+    results, written as JSON to the profile's drift path (default
+    drift/drift-PROFILE.json).
+
+    Examples:
+      mxcp drift-snapshot                # write the baseline
+      mxcp drift-snapshot --dry-run      # print it instead
+      mxcp drift-snapshot --profile prod
+    """
     from mxcp_core.commands import console, ok, open_project, plural, reporting_errors
 
     with reporting_errors(json_output, debug):
@@ -286,13 +296,23 @@ def snapshot_command(
 
 def check_command(
     baseline: Annotated[
-        Path | None, typer.Option("--baseline", help="Snapshot to compare with (default: the profile's drift path).")
+        Path | None, typer.Option("--baseline", metavar="FILE",
+                                  help="Snapshot to compare with (default: the profile's drift path).")
     ] = None,
     profile: commands.ProfileOpt = None,
     json_output: commands.JsonOpt = False,
     debug: commands.DebugOpt = False,
 ) -> None:
-    """Compare the project with its drift snapshot; exits 1 when anything changed."""
+    """Compare the project with its drift snapshot; exits 1 when anything changed.
+
+    Reports tables, columns, endpoints, validation and test results that
+    differ from the baseline mxcp drift-snapshot recorded.
+
+    Examples:
+      mxcp drift-check                           # against the baseline
+      mxcp drift-check --baseline old-drift.json # against another one
+      mxcp drift-check --json-output             # changes as data
+    """
     from mxcp_core import MxcpError
     from mxcp_core.commands import console, emit_json, open_project, plural, reporting_errors
 

@@ -2,28 +2,64 @@
 
 One plugin host serves a whole invocation: it is loaded before the arguments are parsed (plugins add commands),
 and the command's project is opened on it. Every command, the core's included, comes from `register_commands`.
+`-C DIR` is applied first of all (the site file of DIR may disable plugins), and every command accepts it.
 """
 from __future__ import annotations
 
+import copy
 import sys
-from typing import Annotated
+from functools import cache
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from ..errors import MxcpError
-from .options import GlobalState
+from .options import PROJECT_DIR_FLAGS, GlobalState, ProjectDirOpt, apply_project_dir
+
+DISTRIBUTION = "mxcp-pluggy"
+
+
+def version_text() -> str:
+    import platform
+    from importlib import metadata
+
+    try:
+        version = metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        version = "unknown (not installed)"
+    return f"mxcp {version} ({DISTRIBUTION}, Python {platform.python_version()})"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(version_text())
+        raise typer.Exit()
 
 
 def _root(
     disable_plugin: Annotated[
         list[str] | None,
-        typer.Option("--disable-plugin", help="Do not load this plugin (repeatable). Also MXCP_DISABLE_PLUGINS=a,b."),
+        typer.Option("--disable-plugin", metavar="NAME",
+                     help="Do not load this plugin (repeatable). Also MXCP_DISABLE_PLUGINS=a,b."),
     ] = None,
     strict_plugins: Annotated[
         bool, typer.Option("--strict-plugins", help="A plugin that fails to load is fatal (MXCP_STRICT_PLUGINS=1).")
     ] = False,
+    project_dir: ProjectDirOpt = None,
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, expose_value=False, callback=_show_version,
+                           help="Print the version and exit.")
+    ] = False,
 ) -> None:
-    """MXCP: serve tools, resources and prompts described in YAML and written in SQL or Python over MCP."""
+    """MXCP: serve tools, resources and prompts described in YAML and written in SQL or Python over MCP.
+
+    Examples:
+      mxcp init --bootstrap demo        # a new project with a hello-world tool
+      mxcp -C demo list                 # the endpoints of the project in demo/
+      mxcp -C demo serve --transport stdio
+      mxcp client-config claude         # the JSON to add the project to Claude Desktop
+    """
     # Both were read from the arguments before parsing, when the plugin host was loaded (so a disabled plugin adds
     # no command); applied again here for callers whose arguments differ from sys.argv.
     host = GlobalState.host
@@ -34,12 +70,72 @@ def _root(
             host.strict = True
 
 
+# Help shows a value's kind in words, as click does, rather than a Python annotation (<bool>, <list[str]>).
+_TYPE_WORDS = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "path": "PATH", "file": "FILE",
+               "directory": "DIR"}
+
+
+def _tidy_metavars(params: list[Any], ctx: Any) -> None:
+    for param in params:
+        if getattr(param, "param_type_name", None) != "option" or param.metavar is not None:
+            continue
+        if getattr(param, "is_flag", False):
+            param.metavar = ""  # a flag takes no value: nothing to show
+            continue
+        display_type = getattr(param, "display_type", None)
+        if display_type is None:
+            continue  # a Typer without annotation labels shows click's TEXT/INTEGER already
+        label = str(display_type(ctx)).strip("<>")
+        if label.startswith("list[") and label.endswith("]"):
+            label = label[5:-1]
+        param.metavar = f"[{label}]" if "|" in label else _TYPE_WORDS.get(label, label.upper())
+
+
+@cache
+def _project_dir_param() -> Any:
+    """The `-C DIR` option as a click parameter, built by Typer from ProjectDirOpt like any other option."""
+    template = typer.Typer(add_completion=False)
+
+    @template.command()
+    def command(project_dir: ProjectDirOpt = None) -> None:
+        """Template."""
+
+    return typer.main.get_command(template).params[0]
+
+
+def _fit_command(command: Any, ctx: Any) -> None:
+    """Every command takes `-C DIR` (plugins' included) and shows no annotation noise in its help."""
+    if getattr(command, "_mxcp_fitted", False):
+        return
+    command._mxcp_fitted = True
+    if not any(set(getattr(p, "opts", ())) & set(PROJECT_DIR_FLAGS) for p in command.params):
+        command.params.append(copy.copy(_project_dir_param()))
+    _tidy_metavars(command.get_params(ctx), ctx)
+    for sub in (getattr(command, "commands", None) or {}).values():
+        _fit_command(sub, ctx)
+
+
+class MxcpGroup(TyperGroup):
+    """The root command group: fits each command as it is looked up (for running it, or listing it in help)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        _tidy_metavars(params, ctx)
+        return params
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _fit_command(command, ctx)
+        return command
+
+
 def build_app(argv: list[str] | None = None) -> typer.Typer:
     """The command line with the commands of every loaded plugin; `argv` may disable some (`--disable-plugin`)."""
     from ..plugin_manager import load_plugins
 
     argv = sys.argv[1:] if argv is None else argv
-    app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    app = typer.Typer(cls=MxcpGroup, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                       context_settings={"help_option_names": ["-h", "--help"]})
     app.callback()(_root)
     strict = True if "--strict-plugins" in argv else None
@@ -75,25 +171,40 @@ def _pre_parse_disabled(argv: list[str]) -> list[str]:
     return names
 
 
+_GLOBAL_OPTIONS_WITH_VALUE = ("--disable-plugin", *PROJECT_DIR_FLAGS)
+
+
 def _command_of(argv: list[str]) -> str | None:
     """The command named in `argv` (the first word that is not a global option or its value)."""
     skip = False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--disable-plugin":
+        elif arg in _GLOBAL_OPTIONS_WITH_VALUE:
             skip = True
         elif not arg.startswith("-"):
             return arg
     return None
 
 
+def _asks_version(argv: list[str]) -> bool:
+    """`mxcp --version` (before any command): answered without loading a plugin."""
+    command = _command_of(argv)
+    head = argv if command is None else argv[: argv.index(command)]
+    return "--version" in head and "--help" not in head and "-h" not in head
+
+
 def main() -> None:
     argv = sys.argv[1:]
+    if _asks_version(argv):
+        print(version_text())
+        return
     try:
+        apply_project_dir(argv)
         app = build_app(argv)
     except MxcpError as exc:
-        # Strict mode and a broken plugin: the same one clear message a command gives, before any command runs.
+        # A bad -C, or strict mode and a broken plugin: the same one clear message a command gives, before any
+        # command runs.
         from .output import fail
 
         try:

@@ -14,15 +14,28 @@ KINDS = ("tool", "resource", "prompt")
 
 def test(
     kind: Annotated[
-        str | None, typer.Argument(help="Only this kind: tool, resource or prompt (or an endpoint name alone).")
+        str | None, typer.Argument(metavar="KIND",
+                                   help="Only this kind: tool, resource or prompt (or an endpoint name alone).")
     ] = None,
-    name: Annotated[str | None, typer.Argument(help="Only this endpoint (name, or URI for a resource).")] = None,
+    name: Annotated[
+        str | None, typer.Argument(metavar="NAME", help="Only this endpoint (name, or URI for a resource).")
+    ] = None,
     profile: ProfileOpt = None,
     readonly: ReadonlyOpt = False,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Run the tests declared in endpoint YAML files; exits 1 when any test fails."""
+    """Run the tests declared in endpoint YAML files; exits 1 when any test fails.
+
+    Each test calls its endpoint as a served call would (policies included)
+    and checks the result.
+
+    Examples:
+      mxcp test                          # every test of every endpoint
+      mxcp test tool hello_world         # the tests of one tool
+      mxcp test hello_world              # the same, by name alone
+      mxcp test --json-output            # results as data
+    """
     from ..execution import Runtime
     from ..testing_runner import TestOutcome, plan_tests, run_tests, summarise
 

@@ -40,8 +40,13 @@ def test_new_user_walkthrough(run_mxcp, tmp_path):
 
 def test_json_output_of_each_command(run_mxcp, tmp_path, third_party_plugins):
     init = ok_json(run_mxcp("init", "--bootstrap", "demo", "--json-output", cwd=tmp_path))
+    client_config = init.pop("client_config")
     assert init == {"path": str(tmp_path / "demo"), "project": "demo", "profile": "default",
-                    "files": ["mxcp-site.yml", "tools/hello_world.yml", "sql/hello_world.sql"]}
+                    "files": ["mxcp-site.yml", ".gitignore", "tools/hello_world.yml", "sql/hello_world.sql"],
+                    "folders": ["tools/", "resources/", "prompts/", "evals/", "python/", "plugins/", "sql/",
+                                "drift/", "audit/", "data/"]}
+    assert client_config["mcpServers"]["demo"]["args"][-5:] == ["-C", str(tmp_path / "demo"), "serve", "--transport",
+                                                                "stdio"]
     demo = tmp_path / "demo"
     listed = ok_json(run_mxcp("list", "--json-output", cwd=demo))
     assert listed == {"endpoints": [{"kind": "tool", "name": "hello_world", "description": "Say hello to someone.",
@@ -56,7 +61,7 @@ def test_json_output_of_each_command(run_mxcp, tmp_path, third_party_plugins):
 
 def test_init_options(run_mxcp, tmp_path):
     result = ok_json(run_mxcp("init", "here", "--project", "acme", "--profile", "dev", "--json-output", cwd=tmp_path))
-    assert (result["project"], result["profile"], result["files"]) == ("acme", "dev", ["mxcp-site.yml"])
+    assert (result["project"], result["profile"], result["files"]) == ("acme", "dev", ["mxcp-site.yml", ".gitignore"])
     site = (tmp_path / "here" / "mxcp-site.yml").read_text()
     assert "project: acme\nprofile: dev\n" in site and "db-dev.duckdb" in site
     assert not (tmp_path / "here" / "tools" / "hello_world.yml").exists()

@@ -5,7 +5,7 @@ from typing import Any
 
 
 def add_core_commands(cli: Any) -> None:
-    from . import init_cmd, project_cmds, run_cmds, serve_cmd, test_cmd
+    from . import client_config, init_cmd, project_cmds, run_cmds, serve_cmd, test_cmd
 
     cli.command("init")(init_cmd.init)
     cli.command("list")(project_cmds.list_endpoints)
@@ -15,3 +15,4 @@ def add_core_commands(cli: Any) -> None:
     cli.command("query")(run_cmds.query)
     cli.command("serve")(serve_cmd.serve)
     cli.command("test")(test_cmd.test)
+    cli.command("client-config")(client_config.client_config)

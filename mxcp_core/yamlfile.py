@@ -4,10 +4,16 @@ Project files are read defensively: only regular files (a FIFO, a device or a fo
 opened, so nothing blocks), strictly as UTF-8 (a bad byte is one error naming the file and offset), and YAML
 aliases may expand to at most `MAX_ALIAS_EXPANSION` nodes (a "billion laughs" file is refused while it is
 composed, before anything walks the expanded structure).
+
+Speed: libyaml (C) scans, parses and composes when PyYAML has it, with the same resolver and constructors, so the
+values and lines are those of the pure-Python loader; a file libyaml refuses is read again by the pure-Python
+loader, so errors (and anything libyaml alone would refuse) are exactly the pure loader's, and the few constructs
+where libyaml is more lenient (`_PURE_ONLY`) are left to the pure loader from the start.
 """
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -15,6 +21,11 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+
+try:  # PyYAML built with libyaml (the wheels are): scanning and parsing in C, several times faster
+    from yaml.cyaml import CParser as _CParser
+except ImportError:  # pragma: no cover - a PyYAML without libyaml: the pure-Python loader alone
+    _CParser = None
 
 
 class LineDict(dict):
@@ -52,23 +63,21 @@ class LineList(list):
 MAX_ALIAS_EXPANSION = 100_000
 
 
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that counts what aliases expand to while composing, and refuses a document past the limit."""
+class _AliasLimit:
+    """Composer part shared by both loaders: counts what aliases expand to, and refuses a document past the limit."""
 
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._alias_nodes = 0  # nodes added by aliases so far in this document
-        self._weights: dict[int, int] = {}  # id(node) -> nodes in its full expansion, once composed
-        self._composed = 0  # nodes in the expansion of everything composed so far
+    _alias_nodes: int  # nodes added by aliases so far in this document
+    _weights: dict[int, int]  # id(node) -> nodes in its full expansion, once composed
+    _composed: int  # nodes in the expansion of everything composed so far
 
     def compose_document(self) -> Any:
         self._alias_nodes, self._weights, self._composed = 0, {}, 0
-        return super().compose_document()
+        return super().compose_document()  # type: ignore[misc]
 
     def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            node = super().compose_node(parent, index)
+        if self.check_event(yaml.AliasEvent):  # type: ignore[attr-defined]
+            event = self.peek_event()  # type: ignore[attr-defined]
+            node = super().compose_node(parent, index)  # type: ignore[misc]
             weight = self._weights.get(id(node))
             if weight is None:
                 raise yaml.composer.ComposerError(
@@ -87,9 +96,78 @@ class _LineLoader(yaml.SafeLoader):
             return node
         before = self._composed
         self._composed += 1
-        node = super().compose_node(parent, index)
+        node = super().compose_node(parent, index)  # type: ignore[misc]
         self._weights[id(node)] = self._composed - before
         return node
+
+
+class _LineLoader(_AliasLimit, yaml.SafeLoader):
+    """PyYAML's pure-Python SafeLoader with the alias limit: the reference, and what reports every error."""
+
+
+# Deeper documents go to the pure-Python loader, whose composer runs out of stack first ("nested too deeply") at
+# a depth that libyaml's composer, in C, would pass.
+_FAST_DEPTH = 100
+
+
+def _alias_check(root: Any) -> None:
+    """What `_AliasLimit` refuses while composing, found on a composed node graph (where an alias is the node it
+    names, met again): a recursive alias, or aliases adding more than `MAX_ALIAS_EXPANSION` nodes in all; and a
+    document nested deeper than `_FAST_DEPTH`.
+
+    The graph holds each node once, so this never walks an expansion. Any of these raises, and the pure-Python
+    loader then reads the document again: it loads it, or words the error.
+    """
+    weights: dict[int, int] = {}  # id(node) -> nodes in its full expansion
+    open_nodes: set[int] = set()
+    added = 0
+
+    def weigh(node: Any, depth: int) -> int:
+        nonlocal added
+        if depth > _FAST_DEPTH:
+            raise yaml.composer.ComposerError(None, None, "nested deeply", node.start_mark)
+        open_nodes.add(id(node))
+        total = 1
+        if not isinstance(node, yaml.ScalarNode):
+            for item in node.value:
+                for child in item if isinstance(item, tuple) else (item,):
+                    weight = weights.get(id(child))
+                    if weight is None:
+                        if id(child) in open_nodes:
+                            raise yaml.composer.ComposerError(None, None, "recursive alias", child.start_mark)
+                        weight = weigh(child, depth + 1)
+                    else:  # met before: an alias
+                        added += weight
+                    total += weight
+        open_nodes.discard(id(node))
+        weights[id(node)] = total
+        return total
+
+    weigh(root, 1)
+    if added > MAX_ALIAS_EXPANSION:
+        raise yaml.composer.ComposerError(None, None, "aliases expand too far", root.start_mark)
+
+
+if _CParser is not None:
+
+    class _FastLineLoader(_CParser, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+        """libyaml (C) scans, parses and composes; the constructors are those of `_LineLoader`.
+
+        libyaml's composer resolves tags through the same Python resolver and gives nodes the same line marks,
+        so the values and lines are those of `_LineLoader`. It is only used when it succeeds: anything it (or
+        the alias check) refuses is read again by `_LineLoader`, whose messages are the ones users see.
+        """
+
+        def __init__(self, stream: str) -> None:
+            _CParser.__init__(self, stream)
+            yaml.constructor.SafeConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+
+        def get_single_node(self) -> Any:
+            node = _CParser.get_single_node(self)
+            if node is not None:
+                _alias_check(node)
+            return node
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
@@ -120,12 +198,28 @@ def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> LineLis
     return result
 
 
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+_LOADERS: tuple[Any, ...] = (_LineLoader,) if _CParser is None else (_FastLineLoader, _LineLoader)
+for _loader in _LOADERS:
+    _loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+    _loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+# Texts on which libyaml and the pure-Python loader disagree (found by differential fuzzing): a tab; a `?` in a text
+# with flow collections; a block scalar header running into a comment; a tag; a directive; a byte order mark past
+# the start. libyaml accepts some of them where the pure loader refuses, or reads a bare `!` as '' instead of None:
+# these go to the pure loader.
+_PURE_ONLY = re.compile(
+    r"\t|\A(?=.*\?)(?=.*[\[{])|[|>][-+0-9]*#|(?:^|[\s\[{,])!|^%|(?!\A)\ufeff", re.MULTILINE | re.DOTALL
+)
 
 
 def load_yaml_text(text: str, file: str | Path) -> Any:
     """Parse YAML text; syntax errors become ConfigError with the file and line."""
+    if _CParser is not None and not _PURE_ONLY.search(text):
+        try:
+            return yaml.load(text, Loader=_FastLineLoader)  # noqa: S506 - SafeLoader's constructors
+        except (yaml.YAMLError, RecursionError):
+            pass  # read again below: libyaml words its errors differently, and these messages are the documented ones
     try:
         return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
     except RecursionError:

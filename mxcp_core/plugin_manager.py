@@ -124,8 +124,9 @@ class PluginHost:
             if entry_point.name in self.disabled:
                 self.skipped.append(entry_point.name)
                 continue
-            dist = _dist_name(entry_point)
+            # The distribution's name only in failures: reading it parses its metadata (a few ms per plugin).
             if entry_point.name in self._sources:
+                dist = _dist_name(entry_point)
                 other = _dist_name(self._sources[entry_point.name]) if self._sources[entry_point.name] else "core"
                 self._fail(
                     entry_point.name,
@@ -136,7 +137,7 @@ class PluginHost:
             try:
                 plugin = entry_point.load()
             except Exception as exc:  # noqa: BLE001 - any import failure is reported, not fatal
-                self._fail(entry_point.name, dist, f"import failed: {type(exc).__name__}: {exc}")
+                self._fail(entry_point.name, _dist_name(entry_point), f"import failed: {type(exc).__name__}: {exc}")
                 continue
             self.register(plugin, entry_point.name, source=entry_point)
 
@@ -146,18 +147,17 @@ class PluginHost:
         if self.pm.is_blocked(name):
             self.skipped.append(name)
             return False
-        dist = _dist_name(source) if source else None
         try:
             self.pm.register(plugin, name=name)
         except Exception as exc:  # noqa: BLE001 - pluggy raises ValueError / PluginValidationError
-            self._fail(name, dist, f"registration failed: {exc}")
+            self._fail(name, _dist_name(source), f"registration failed: {exc}")
             return False
         unknown = [caller.name for caller in self.pm.get_hookcallers(plugin) or [] if caller.spec is None]
         if unknown:
             self.pm.unregister(plugin)
             self._fail(
                 name,
-                dist,
+                _dist_name(source),
                 "implements unknown hook(s): " + _with_suggestions(unknown),
             )
             return False

@@ -1,14 +1,13 @@
 """`mxcp list`, `mxcp validate`, `mxcp plugins`."""
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
-import attrs
 import typer
-from rich.markup import escape
 
 from .options import DebugOpt, GlobalState, JsonOpt, ProfileOpt, load, plural, short
-from .output import console, fail, ok, reporting_errors
+from .output import cell_text, console, ends_the_process, fail, ok, paint, print_table, reporting_errors
 
 
 def list_endpoints(
@@ -16,8 +15,17 @@ def list_endpoints(
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """List the project's tools, resources and prompts."""
+    """List the project's tools, resources and prompts.
+
+    Also names every endpoint file that does not parse, with the reason.
+
+    Examples:
+      mxcp list                          # a table
+      mxcp list --json-output            # endpoints as data
+      mxcp -C ~/projects/demo list --profile prod
+    """
     with reporting_errors(json_output, debug):
+        ends_the_process()
         project = load(profile)
         registry = project.endpoints()
         rows = [
@@ -35,41 +43,51 @@ def list_endpoints(
         result = {"endpoints": rows, "invalid": invalid}
 
         def render(_: Any) -> None:
-            from rich.table import Table
-
-            out = console()
             if not rows and not invalid:
-                out.print("No endpoints found. Add YAML files under tools/, resources/ or prompts/.")
+                print("No endpoints found. Add YAML files under tools/, resources/ or prompts/.")
                 return
-            table = Table(title=f"{project.context.name} ({project.context.profile})", show_lines=False)
-            for column in ("kind", "name", "language", "description", "origin"):
-                table.add_column(column)
-            for row in rows:
-                table.add_row(row["kind"], row["name"], row["language"] or "", short(row["description"], 50),
-                              row["origin"])
-            out.print(table)
+            print_table(
+                ("kind", "name", "language", "description", "origin"),
+                [[cell_text(row["kind"]), cell_text(row["name"]), cell_text(row["language"] or ""),
+                  cell_text(short(row["description"], 50)), cell_text(row["origin"])] for row in rows],
+                title=f"{project.context.name} ({project.context.profile})",
+                shrink_first=(3,),  # the description, before names and files
+            )
             for bad in invalid:
-                out.print(f"[red]invalid[/] {escape(bad['origin'])}: {escape(bad['error'])}", highlight=False)
+                print(f"{paint('invalid', 'red', sys.stdout)} {cell_text(bad['origin'])}: "
+                      f"{cell_text(bad['error'], lines=True)}")
 
         ok(result, json_output, render)
 
 
 def validate(
-    name: Annotated[str | None, typer.Argument(help="Only this endpoint (name, or URI for a resource).")] = None,
+    name: Annotated[
+        str | None, typer.Argument(metavar="NAME", help="Only this endpoint (name, or URI for a resource).")
+    ] = None,
     profile: ProfileOpt = None,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Check every endpoint and every secret reference; exits 1 on any error.
 
-    Endpoints: structure, references, SQL prepared against the database, Python functions and their parameters.
-    Secrets: every reference of the user config's active profile resolves (vault://, op://, file://, ...).
+    Endpoints: structure, references, SQL prepared against the database,
+    Python functions and their parameters.
+    Secrets: every reference of the user config's active profile resolves
+    (vault://, op://, file://, ...).
+
+    Examples:
+      mxcp validate                      # everything
+      mxcp validate hello_world          # one endpoint
+      mxcp validate --json-output        # problems as data
     """
+    import attrs
+
     from ..project import LoadProblems
     from ..records import Problem
     from ..validation import validate_project
 
     with reporting_errors(json_output, debug):
+        ends_the_process()
         config_problems = LoadProblems()
         project = load(profile, problems=config_problems)
         problems = [Problem(message=f"{e.key_path}: {e.message}" if e.key_path else e.message,
@@ -95,16 +113,19 @@ def validate(
             emit_json({"status": "ok" if not errors else "error", "result": result,
                        **({"error": f"{plural(len(errors), 'problem')} found"} if errors else {})})
         else:
-            out = console(stderr=bool(errors))
+            out = sys.stderr if errors else sys.stdout
+            lines = []
             for problem in problems:
                 colour = "red" if problem.severity == "error" else "yellow"
-                out.print(f"[{colour}]{problem.severity}[/] {escape(problem.format())}", highlight=False)
+                lines.append(f"{paint(problem.severity, colour, out)} {cell_text(problem.format(), lines=True)}")
             resolved = plural(references["resolved"], "secret reference")
             if errors:
-                out.print(f"[bold red]{plural(len(errors), 'problem')} found[/] in {plural(checked, 'endpoint')}"
-                          f" ({resolved} resolved, {references['failed']} failed)")
+                lines.append(f"{paint(plural(len(errors), 'problem') + ' found', 'bold red', out)} in "
+                             f"{plural(checked, 'endpoint')} ({resolved} resolved, {references['failed']} failed)")
             else:
-                console().print(f"[green]✓[/] {plural(checked, 'endpoint')} valid, {resolved} resolved")
+                lines.append(f"{paint('✓', 'green', out)} {plural(checked, 'endpoint')} valid, {resolved} resolved")
+            out.write("\n".join(lines) + "\n")
+            out.flush()
         if errors:
             raise typer.Exit(1)
 
@@ -114,8 +135,19 @@ def plugins(
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Show loaded plugins (distribution, version, hooks), disabled ones, and failed loads with the reason."""
+    """Show loaded plugins, disabled ones, and failed loads with the reason.
+
+    Each loaded plugin with its distribution, version and hooks.
+
+    Examples:
+      mxcp plugins                       # a table
+      mxcp --disable-plugin audit plugins
+      mxcp plugins --json-output         # plugins as data
+    """
     from pathlib import Path
+
+    import attrs
+    from rich.markup import escape
 
     from ..config import find_site_file
     from ..errors import ConfigError

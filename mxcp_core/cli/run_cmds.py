@@ -10,7 +10,18 @@ import typer
 
 from ..errors import MxcpError
 from .options import DebugOpt, JsonOpt, ProfileOpt, ReadonlyOpt, load
-from .output import console, ok, reporting_errors, to_json_text
+from .output import (
+    cell_text,
+    console,
+    emit_json,
+    ends_the_process,
+    ok,
+    print_table,
+    reporting_errors,
+    to_json_text,
+)
+
+QUERY_ROWS_SHOWN = 1000  # `mxcp query` prints this many rows unless --limit says otherwise
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -75,14 +86,16 @@ def keep_text_for_strings(arguments: dict[str, Any], raw_params: list[str], decl
 
 
 def run(
-    kind: Annotated[str, typer.Argument(help="tool, resource or prompt")],
-    name: Annotated[str, typer.Argument(help="Endpoint name (URI for a resource).")],
+    kind: Annotated[str, typer.Argument(metavar="KIND", help="tool, resource or prompt")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Endpoint name (URI for a resource).")],
     param: Annotated[
         list[str] | None,
-        typer.Option("--param", "-p", help="key=value (JSON values accepted; @file.json reads a file). Repeatable."),
+        typer.Option("--param", "-p", metavar="KEY=VALUE",
+                     help="An argument (JSON values accepted; @file.json reads a file). Repeatable."),
     ] = None,
     user_context: Annotated[
-        str | None, typer.Option("--user-context", "-u", help="The caller, a JSON object or @file.json (policies, "
+        str | None, typer.Option("--user-context", "-u", metavar="JSON",
+                                 help="The caller, a JSON object or @file.json (policies, "
                                  "get_username(), mxcp.runtime.user); default: the user config's user_context, "
                                  "else anonymous.")
     ] = None,
@@ -91,7 +104,17 @@ def run(
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Run one endpoint and print its result."""
+    """Run one endpoint and print its result.
+
+    The call takes the same path as a served one: type checks, policies, audit.
+
+    Examples:
+      mxcp run tool hello_world -p name=World
+      mxcp run tool search -p filters='{"city": "Paris"}' -p limit=5
+      mxcp run resource 'cities://Paris' --json-output
+      mxcp run prompt ask -p topic=@topic.json
+      mxcp run tool employees -u '{"user_id": "u1", "role": "admin"}'
+    """
     import anyio
 
     from ..execution import Runtime
@@ -119,27 +142,44 @@ def run(
 
 
 def query(
-    sql: Annotated[str | None, typer.Argument(help="SQL to run.")] = None,
-    file: Annotated[Path | None, typer.Option("--file", help="Read the SQL from a file.")] = None,
+    sql: Annotated[str | None, typer.Argument(metavar="SQL", help="SQL to run.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", metavar="FILE", help="Read the SQL from a file.")] = None,
     param: Annotated[
-        list[str] | None, typer.Option("--param", "-p", help="key=value bound as $key. Repeatable.")
+        list[str] | None,
+        typer.Option("--param", "-p", metavar="KEY=VALUE", help="A value bound as $KEY. Repeatable."),
     ] = None,
     user_context: Annotated[
         str | None,
-        typer.Option("--user-context", "-u", help="JSON user context (or @file.json) that get_username() & co. "
+        typer.Option("--user-context", "-u", metavar="JSON",
+                     help="JSON user context (or @file.json) that get_username() & co. "
                      "return; without it the caller is anonymous (they return NULL)."),
     ] = None,
+    limit: Annotated[
+        int,
+        typer.Option("--limit", metavar="N", min=0,
+                     help=f"Print at most N rows (default {QUERY_ROWS_SHOWN}; 0: all); says how many were left out."),
+    ] = QUERY_ROWS_SHOWN,
     profile: ProfileOpt = None,
     readonly: ReadonlyOpt = False,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Run SQL against the project's DuckDB database (UDFs and extensions loaded)."""
+    """Run SQL against the project's DuckDB database.
+
+    With the project's extensions, secrets and functions loaded
+    (UDF plugins, get_username() & co.).
+
+    Examples:
+      mxcp query "SELECT * FROM sales LIMIT 5"
+      mxcp query "SELECT * FROM sales WHERE region = $region" -p region=EU
+      mxcp query --file report.sql --json-output
+    """
     from .. import context
     from ..execution import Phase, Runtime
     from ..sql import run_sql
 
     with reporting_errors(json_output, debug):
+        ends_the_process()
         if (sql is None) == (file is None):
             raise MxcpError("give the SQL as an argument or with --file (one of them)")
         text = sql if sql is not None else file.read_text(encoding="utf-8")  # type: ignore[union-attr]
@@ -147,20 +187,44 @@ def query(
         project = load(profile, readonly)
         user = command_caller(user_context, project)
         with Runtime(project, phase=Phase.DATABASE) as runtime, context.bound(runtime, user=user):
-            rows = list(run_sql(context.cursor(), text, arguments))
+            cursor = context.cursor()
+            fetched = run_sql(cursor, text, arguments, max_rows=limit or None)
+            # run_sql read one row past the limit to know there are more: that one, and the rest, counted.
+            omitted = 1 + count_rest(cursor) if fetched.more else 0
+        rows = list(fetched)
+        if omitted and json_output:
+            emit_json({"status": "ok", "result": rows, "truncated": True, "rows_omitted": omitted})
+            return
 
         def render(result: list[dict[str, Any]]) -> None:
-            from rich.table import Table
-
             if not result:
-                console().print("(no rows)")
+                print("(no rows)")
                 return
-            table = Table()
-            for column in result[0]:
-                table.add_column(str(column))
-            for row in result:
-                table.add_row(*("NULL" if v is None else str(v) for v in row.values()))
-            console().print(table)
+            print_table([cell_text(column) for column in result[0]],
+                        [[cell_text(value) for value in row.values()] for row in result])
+            if omitted:
+                print(f"mxcp: {len(result)} rows printed, {omitted} more left out (--limit N prints more, "
+                      "--limit 0 all)", file=sys.stderr)
 
         ok(rows, json_output, render)
+
+
+
+def count_rest(cursor: Any) -> int:
+    """Rows left in the cursor's result, read in chunks and dropped (never held at once, never printed).
+
+    Counting reads the rest of the result once more in DuckDB's Python conversion; running a COUNT(*) instead
+    would run the query a second time, with its side effects (a `nextval`, an INSERT ... RETURNING)."""
+    import duckdb
+
+    from ..errors import ExecutionError
+    from ..sql import first_line
+
+    total = 0
+    try:
+        while chunk := cursor.fetchmany(10_000):
+            total += len(chunk)
+    except duckdb.Error as exc:  # a failure further down the result, as run_sql words it
+        raise ExecutionError(f"SQL error: {first_line(exc)}") from None
+    return total
 

@@ -2,8 +2,9 @@
 
     python bench/bench_server.py [--calls 2000] [--markdown]
 
-- stdio, sequential: a trivial SQL tool and a trivial Python tool vs ../shared/bench/bare_server_v2.py,
-  both driven by ../shared/bench/raw_client.py.
+- stdio, sequential: a trivial SQL tool and a trivial Python tool vs bench/bare_server_v2.py (the floor),
+  both driven by bench/raw_client.py (a raw JSON-RPC load client). Both files are in this folder: nothing outside
+  the repository is needed.
 - HTTP, 8 concurrent clients (stateless, JSON responses) vs the same bare server on the SDK's HTTP app.
 - A 100k-row result vs a bare server answering the same rows in the same shape.
 - Start-up to the first answer.
@@ -30,9 +31,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SHARED = Path(os.environ.get("MXCP_BENCH_SHARED", HERE.parent.parent / "shared" / "bench"))
-RAW_CLIENT = SHARED / "raw_client.py"
-BARE_SERVER = SHARED / "bare_server_v2.py"
+RAW_CLIENT = HERE / "raw_client.py"
+BARE_SERVER = HERE / "bare_server_v2.py"
 PYTHON = sys.executable
 MXCP = [PYTHON, "-c", "from mxcp_core.cli import main; main()"]
 

@@ -185,6 +185,8 @@ class Runtime:
         # Bumped each time a reload swaps in new definitions: the server rebuilds its lists when it changes.
         self.generation = 0
         self._reload_listeners: list[Callable[[], None]] = []
+        # True while a reload shuts down and starts again: on_shutdown hooks may keep what outlives it.
+        self.reloading = False
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -676,7 +678,7 @@ class Runtime:
                 return
         deadline = self.context.site.limits.reload_deadline
         swapped = False
-        with self.gate.exclusive(deadline=deadline, overdue=self._interrupt_active_calls):
+        with self.gate.exclusive(deadline=deadline, overdue=self._interrupt_active_calls), self._reloading():
             log.info("reload started%s", about)
             # Two reloads close together may finish reading out of order: an older reading never replaces a
             # newer one (it could hold a secret rotated since, or an endpoint file edited since).
@@ -740,6 +742,14 @@ class Runtime:
                     listener()
                 except Exception:  # noqa: BLE001 - a listener's bug must not undo a finished reload
                     log.exception("a reload listener failed")
+
+    @contextmanager
+    def _reloading(self) -> Iterator[None]:
+        self.reloading = True
+        try:
+            yield
+        finally:
+            self.reloading = False
 
     def _stage(self) -> tuple[_Staged | None, str | None]:
         """The project read again and checked completely, ready to swap in; or why not (the old one stays)."""

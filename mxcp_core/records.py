@@ -405,11 +405,14 @@ class RuntimeView(Protocol):
     """What plugins may use of a runtime: hooks get one as `runtime`, calls carry one as `call.runtime`.
 
     `phase` is "database" (`mxcp query`), "checking" (`mxcp validate`: executors started, no on_init) or
-    "serving" (on_init run). Everything else about the runtime is the core's business.
+    "serving" (on_init run). `reloading` is true while a reload runs on_shutdown and on_init (the runtime starts
+    again right after: what outlives it need not be flushed or closed). Everything else about the runtime is the
+    core's business.
     """
 
     context: ProjectContext
     phase: str
+    reloading: bool
 
     @property
     def started(self) -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import contextvars
 import logging
 import os
 import sys
@@ -30,8 +29,6 @@ from mxcp_core import (
     Seconds,
     env_flag,
     hookimpl,
-    mask,
-    to_jsonable,
     tracing,
 )
 
@@ -52,8 +49,6 @@ KNOWN_METHODS = frozenset({
     "notifications/progress", "notifications/roots/list_changed",
 })
 METHOD_OF_KIND = {"tool": "tools/call", "resource": "resources/read", "prompt": "prompts/get"}
-# Argument strings shorter than this are not masked in error text: they would mask ordinary words.
-MIN_MASKED_ARGUMENT = 3
 
 
 # -- configuration --------------------------------------------------------------------------------------------
@@ -174,8 +169,6 @@ class Providers:
 
 _providers: Providers | None = None  # built once per process
 _active: Providers | None = None  # installed: between on_init and on_shutdown
-# The call being run in this context: errors recorded on spans mask its argument values.
-_current_call: contextvars.ContextVar[Any] = contextvars.ContextVar("mxcp_telemetry_call", default=None)
 
 
 def _missing_extra() -> MxcpError:
@@ -210,11 +203,17 @@ def build_providers(settings: TelemetrySettings) -> Providers:
     built = Providers(settings=settings)
     if settings.tracing.enabled:
         provider = TracerProvider(resource=resource, shutdown_on_exit=False)  # our close() instead
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(
-            endpoint=_signal_url(settings, "traces"), headers=headers)))
+        provider.add_span_processor(BatchSpanProcessor(_without_error_texts(OTLPSpanExporter(
+            endpoint=_signal_url(settings, "traces"), headers=headers))))
         if settings.tracing.console_export:
-            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+            provider.add_span_processor(BatchSpanProcessor(_without_error_texts(ConsoleSpanExporter(out=sys.stderr))))
         trace.set_tracer_provider(provider)
+        if trace.get_tracer_provider() is not provider:
+            # Set before us (opentelemetry-instrument, a sitecustomize): the SDK's server spans would go there and
+            # ours would point at parents never exported. Refuse rather than export half a trace.
+            raise MxcpError("telemetry: another OpenTelemetry tracer provider was set in this process before mxcp's "
+                            "(opentelemetry-instrument?); run mxcp without it, or set telemetry.enabled: false and "
+                            "configure that one")
         built.tracer_provider = provider
         built.tracer = provider.get_tracer("mxcp", _version())
     if settings.metrics.enabled:
@@ -233,6 +232,38 @@ def build_providers(settings: TelemetrySettings) -> Providers:
                                              description="Endpoint calls a policy denied")
     atexit.register(built.close)
     return built
+
+
+def _without_error_texts(exporter: Any) -> Any:
+    """`exporter`, given spans whose error texts are removed: a status description or an exception event may quote
+    an argument, a SQL literal or a secret (the SDK's server span copies protocol error messages verbatim), so
+    only the error's type (`error.type`) leaves the process."""
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.trace import Status
+
+    class WithoutErrorTexts(SpanExporter):
+        def export(self, spans: Any) -> Any:
+            return exporter.export([_scrubbed(span) for span in spans])
+
+        def shutdown(self) -> None:
+            exporter.shutdown()
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            return exporter.force_flush(timeout_millis)
+
+    def _scrubbed(span: Any) -> Any:
+        events = [event for event in span.events if event.name != "exception"]
+        if not span.status.description and len(events) == len(span.events):
+            return span
+        return ReadableSpan(
+            name=span.name, context=span.context, parent=span.parent, resource=span.resource,
+            attributes=span.attributes, events=events, links=span.links, kind=span.kind,
+            status=Status(span.status.status_code), start_time=span.start_time, end_time=span.end_time,
+            instrumentation_scope=span.instrumentation_scope,
+        )
+
+    return WithoutErrorTexts()
 
 
 def _resource_attributes(settings: TelemetrySettings) -> dict[str, str]:
@@ -297,6 +328,8 @@ def on_shutdown(runtime: Any) -> None:
     tracing.uninstall()
     runtime.unregister_plugin(CallObserver.name)
     providers, _active = _active, None
+    if getattr(runtime, "reloading", False):
+        return  # the providers outlive a reload, exporting in the background: calls never wait on the collector
     providers.flush()  # a stdio client leaving, SIGTERM: what was recorded is exported before the process ends
 
 
@@ -330,40 +363,19 @@ class SpanBackend:
 
 
 def record_failure(span: Any, exc: BaseException, error_type: str | None = None) -> None:
+    """The error's type, never its text: a message may quote an argument, a SQL literal or a secret."""
     from opentelemetry.trace import Status, StatusCode
 
-    span.set_attribute("error.type", error_type or type(exc).__qualname__)
-    span.set_status(Status(StatusCode.ERROR, safe_message(exc)))
+    span.set_attribute("error.type", error_type or _error_type(exc))
+    span.set_status(Status(StatusCode.ERROR))
 
 
-def safe_message(exc: BaseException) -> str:
-    """The first line of the error, with secrets, sensitive values and every argument value of the call masked."""
-    text = (str(exc) or type(exc).__name__).strip().split("\n", 1)[0][:300]
-    call = _current_call.get()
-    values = _argument_strings(call.arguments) if call is not None and call.arguments else []
-    return mask(text, call, extra=values)
+def _error_type(exc: BaseException) -> str:
+    import asyncio
 
-
-def _argument_strings(arguments: Any) -> list[str]:
-    found: list[str] = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, str):
-            if len(value) >= MIN_MASKED_ARGUMENT:
-                found.append(value)
-        elif isinstance(value, Mapping):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                walk(item)
-        elif value is not None and not isinstance(value, bool):
-            text = str(to_jsonable(value))
-            if len(text) >= MIN_MASKED_ARGUMENT:
-                found.append(text)
-
-    walk(arguments)
-    return found
+    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)) or type(exc).__name__ == "CallInterrupted":
+        return "cancelled"
+    return type(exc).__qualname__
 
 
 def _call_attributes(call: Any) -> dict[str, Any]:
@@ -403,14 +415,13 @@ class CallObserver:
     def call_endpoint(self, call: Any) -> Any:
         providers = self.providers
         attributes = _call_attributes(call)
-        token = _current_call.set(call)
         error_type: str | None = None
         try:
             if providers.tracer is None:
                 try:
                     return (yield)
                 except BaseException as exc:
-                    error_type = type(exc).__qualname__
+                    error_type = _error_type(exc)
                     raise
             with providers.tracer.start_as_current_span(
                     f"mxcp.{call.endpoint.kind} {call.endpoint.key}", attributes=attributes,
@@ -422,7 +433,7 @@ class CallObserver:
                 try:
                     return (yield)
                 except BaseException as exc:
-                    error_type = type(exc).__qualname__
+                    error_type = _error_type(exc)
                     record_failure(span, exc, error_type)
                     raise
                 finally:
@@ -430,7 +441,6 @@ class CallObserver:
                     if decision:
                         span.set_attribute("mxcp.policy.decision", decision)
         finally:
-            _current_call.reset(token)
             if providers.calls is not None:
                 counted = {name: attributes[name] for name in
                            ("mxcp.endpoint.kind", "mxcp.endpoint.name", "mxcp.caller", "gen_ai.tool.name")
@@ -454,6 +464,8 @@ class RequestObserver:
 
     async def __call__(self, ctx: Any, call_next: Any) -> Any:
         from mcp import MCPError
+        from mcp.types import INVALID_PARAMS
+        from pydantic import ValidationError as PydanticValidationError
 
         session_id = _session_id(ctx)
         if session_id and self.providers.tracer is not None:
@@ -470,8 +482,11 @@ class RequestObserver:
         except MCPError as exc:
             error_type = str(exc.error.code)
             raise
-        except Exception as exc:
-            error_type = type(exc).__qualname__
+        except PydanticValidationError:
+            error_type = str(INVALID_PARAMS)  # as the SDK's server span says: the request's params did not parse
+            raise
+        except BaseException as exc:  # a cancelled request too: never counted as a success
+            error_type = _error_type(exc)
             raise
         else:
             if ctx.method == "tools/call" and _is_tool_error(result):

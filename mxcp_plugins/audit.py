@@ -35,6 +35,7 @@ STARTED = "started"
 # Completion records kept in memory while the file cannot take them (written before the next record). With
 # `on_failure: refuse` calls stop at the first failure, so this only fills when failures are merely logged.
 MAX_PENDING = 1000
+MAX_RETENTION_DAYS = 36500  # a hundred years: more is a typo (and beyond the dates log-cleanup can compute)
 
 # A chained line ends with this member, then `}`: the hash covers the line's bytes without it.
 HASH_MEMBER = b', "record_hash": "'
@@ -64,7 +65,7 @@ class AuditSettings:
     # The active file is sealed into a numbered segment once it reaches this size (null: never).
     max_segment_mb: float | None = attrs.field(default=50.0, validator=_positive)
     # `mxcp log-cleanup` deletes sealed segments whose newest record is older than this.
-    retention_days: int = attrs.field(default=90, validator=_positive)
+    retention_days: int = attrs.field(default=90, validator=[_positive, attrs.validators.le(MAX_RETENTION_DAYS)])
 
     @property
     def max_segment_bytes(self) -> int:
@@ -142,18 +143,54 @@ _NO_RECORD = object()  # a file with no complete line
 
 
 def _last_hash_in(fd: int, size: int) -> Any:
-    """The record_hash of the last complete line (None: that record is unchained); _NO_RECORD when none."""
+    """The record_hash of the last record in the file (None: that record is unchained); _NO_RECORD when none.
+
+    Lines that are not records (writes cut short, each completed into a line by the newline the next write puts
+    before its record) are skipped, however many follow the last record. A last line without its newline is a
+    record when it is one whole, self-consistent chained record (a write cut short just before its newline): the
+    next write chains to it and adds the newline. docs/audit.md, "Writes cut short".
+    """
     end = size
-    if not end:
-        return _NO_RECORD
-    if os.pread(fd, 1, end - 1) != b"\n":  # a torn last line, written by a write cut short: not a record
-        end = _last_newline_before(fd, end)
-        if end == 0:
-            return _NO_RECORD
-    tail_start = max(0, end - 1 - HASH_SUFFIX_LENGTH)
-    tail = os.pread(fd, end - 1 - tail_start, tail_start)
-    found = _HASH_TAIL.search(tail)
-    return found.group(1).decode("ascii") if found else None
+    if end and os.pread(fd, 1, end - 1) != b"\n":  # no newline at the end: a whole record, or a torn one
+        start = _last_newline_before(fd, end)
+        tail_start = max(start, end - HASH_SUFFIX_LENGTH)
+        if _HASH_TAIL.search(os.pread(fd, end - tail_start, tail_start)):  # ends like a record: read it whole
+            last = _read(fd, start, end)
+            hashes = line_hash(last)
+            if hashes is not None and hashes[0] == hashes[1] and _parses(last):
+                return hashes[0]
+        end = start
+    while end:
+        start = _last_newline_before(fd, end - 1)
+        tail_start = max(start, end - 1 - HASH_SUFFIX_LENGTH)
+        found = _HASH_TAIL.search(os.pread(fd, end - 1 - tail_start, tail_start))
+        if found:
+            return found.group(1).decode("ascii")
+        # A record written before the chain (schema version 1 or 2)? Read only a line that ends like one.
+        if end - 1 > start and os.pread(fd, 1, end - 2) == b"}" and _parses(_read(fd, start, end - 1)):
+            return None
+        end = start  # not a record: a write cut short
+    return _NO_RECORD
+
+
+def _read(fd: int, start: int, end: int) -> bytes:
+    parts = []
+    while start < end:
+        chunk = os.pread(fd, end - start, start)
+        if not chunk:
+            break
+        parts.append(chunk)
+        start += len(chunk)
+    return b"".join(parts)
+
+
+def _parses(line: bytes) -> bool:
+    if not line.endswith(b"}"):
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def _last_newline_before(fd: int, end: int, chunk: int = 65536) -> int:
@@ -270,7 +307,8 @@ class Sink:
             self._close()
 
     def _close(self) -> None:
-        fd, self._fd = self._fd, None
+        # The cached tail names the file by its inode, which is only ours while we hold it open.
+        fd, self._fd, self._tail = self._fd, None, None
         if fd is not None and self._fd_owner == os.getpid():
             os.close(fd)  # releases the flock
 
@@ -281,6 +319,13 @@ class Sink:
         cached = self._tail
         if cached is not None and cached[:3] == (stat.st_dev, stat.st_ino, size):
             prev, torn = cached[3], False  # our own last line, whole
+        elif cached is not None and cached[:2] == (stat.st_dev, stat.st_ino) and size < cached[2]:
+            # Shorter than we left it: records were removed from its end. Chain to what we last wrote, so verify
+            # reports the gap, rather than to the shortened tail, which would hide it.
+            log.error("audit log %s is shorter than this process left it (%d bytes, was %d): records were removed "
+                      "from its end; the next record follows the last one this process wrote", self.path, size,
+                      cached[2])
+            prev, torn = cached[3], bool(size) and os.pread(fd, 1, size - 1) != b"\n"
         else:
             found = _last_hash_in(fd, size)
             prev = _last_sealed_hash(self.path) if found is _NO_RECORD else found
@@ -456,4 +501,6 @@ def _body(call: Any, call_id: str, inputs: Any, status: str, error: str | None, 
 
 
 def record_body(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, ensure_ascii=False, default=str).encode("utf-8")
+    # backslashreplace: a lone surrogate (an argument that is not valid Unicode) becomes the JSON escape `\udcxx`
+    # in the line, so a bad argument is recorded as it came rather than making the log unwritable.
+    return json.dumps(record, ensure_ascii=False, default=str).encode("utf-8", errors="backslashreplace")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any
@@ -64,6 +66,32 @@ def segments(active: Path) -> list[Segment]:
     return found
 
 
+_TEXT_FIELDS = ("record_id", "call_id", "timestamp", "operation_type", "operation_name", "operation_status",
+                "caller_type", "session_id", "trace_id", "error", "policy_decision", "policy_reason", "prev_hash",
+                "record_hash")
+
+
+def audit_record(value: Any) -> dict[str, Any] | None:
+    """`value` (a parsed line) when it is an audit record: a JSON object with schema_name "mxcp.audit", an
+    integer schema_version, and its fields of the types a writer writes (text or null; user_id also a number;
+    duration_ms a number or null; policies_evaluated a list); else None."""
+    if not isinstance(value, dict) or value.get("schema_name") != audit.SCHEMA_NAME:
+        return None
+    version = value.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        return None
+    if any(not isinstance(value.get(key), (str, type(None))) for key in _TEXT_FIELDS):
+        return None
+    if not isinstance(value.get("user_id"), (str, int, float, type(None))) or isinstance(value.get("user_id"), bool):
+        return None
+    duration = value.get("duration_ms")
+    if duration is not None and (not isinstance(duration, (int, float)) or isinstance(duration, bool)):
+        return None
+    if not isinstance(value.get("policies_evaluated", []), list):
+        return None
+    return value
+
+
 @attrs.frozen
 class Line:
     segment: Segment
@@ -77,6 +105,10 @@ class Line:
         except ValueError:
             return None
         return value if isinstance(value, dict) else None
+
+    def audit_record(self) -> dict[str, Any] | None:
+        """The record, when the line is an audit record (`audit_record`); else None (skipped by `mxcp log`)."""
+        return audit_record(self.record())
 
 
 def lines(segment: Segment) -> list[Line]:
@@ -94,17 +126,42 @@ def lines(segment: Segment) -> list[Line]:
     return found
 
 
+def iter_lines(segment: Segment) -> Iterator[Line]:
+    """The lines of `segment` read one at a time (as `lines`, without holding the file in memory)."""
+    try:
+        handle = segment.path.open("rb")
+    except FileNotFoundError:  # removed by log-cleanup while we read
+        return
+    except OSError as exc:
+        raise MxcpError(f"cannot read audit log segment {segment.path}: {exc.strerror or exc}") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            if raw.endswith(b"\n"):
+                yield Line(segment, number, raw[:-1], True)
+            elif raw:
+                yield Line(segment, number, raw, False)
+
+
 # -- mxcp log: filters -----------------------------------------------------------------------------------------
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
-def parse_moment(text: str, option: str, now: datetime) -> datetime:
-    """`10m`, `2h`, `1d` (before now) or an ISO timestamp (UTC when it names no zone)."""
+_BARE_DATE = re.compile(r"^\s*\d{4}-\d{2}-\d{2}\s*$")
+
+
+def parse_moment(text: str, option: str, now: datetime, *, end_of_day: bool = False) -> datetime:
+    """`10m`, `2h`, `1d` (before now) or an ISO timestamp (UTC when it names no zone).
+
+    With `end_of_day` (for --until), a bare date means the end of that day, so the day is included.
+    """
     found = _DURATION.match(text)
     if found:
-        return now - timedelta(**{_UNITS[found.group(2).lower()]: int(found.group(1))})
+        try:
+            return now - timedelta(**{_UNITS[found.group(2).lower()]: int(found.group(1))})
+        except (OverflowError, ValueError):
+            raise MxcpError(f"{option} {text!r} reaches before the year 1: give a shorter duration") from None
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -112,6 +169,8 @@ def parse_moment(text: str, option: str, now: datetime) -> datetime:
             f"{option} {text!r} is neither a duration (30s, 10m, 2h, 1d, 1w) nor an ISO timestamp "
             "(2026-01-31 or 2026-01-31T12:00:00Z)"
         ) from None
+    if end_of_day and _BARE_DATE.match(text) and moment.date() < datetime.max.date():
+        moment += timedelta(days=1) - timedelta(microseconds=1)
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
@@ -170,7 +229,7 @@ def select(active: Path, selection: LogFilter, limit: int | None) -> list[dict[s
     found: list[dict[str, Any]] = []
     for segment in reversed(segments(active)):
         for line in reversed(lines(segment)):
-            record = line.record()
+            record = line.audit_record()
             if record is None:
                 continue
             if record.get("operation_status") != audit.STARTED:
@@ -191,6 +250,9 @@ def _column_value(record: dict[str, Any], column: str) -> Any:
     value = record.get(column)
     if COLUMNS[column] == "JSON" or value is None:
         return value
+    if COLUMNS[column] == "TIMESTAMPTZ":  # one that does not parse is NULL, not a failed export
+        moment = record_time(record)
+        return moment.isoformat() if moment else None
     if COLUMNS[column] in ("INTEGER", "DOUBLE"):
         return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
@@ -210,10 +272,18 @@ def export_csv(records: list[dict[str, Any]], target: Path) -> None:
                 if value is None:
                     row.append("")
                 elif COLUMNS[column] == "JSON":
-                    row.append(json.dumps(value, ensure_ascii=False, default=str))
+                    row.append(_inert(json.dumps(value, ensure_ascii=False, default=str)))
                 else:
-                    row.append(value)
+                    row.append(_inert(value) if isinstance(value, str) else value)
             writer.writerow(row)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _inert(text: str) -> str:
+    """A cell a spreadsheet would run as a formula (= + - @, tab, carriage return first) gets a leading `'`."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def export_duckdb(records: list[dict[str, Any]], target: Path) -> None:
@@ -227,7 +297,10 @@ def export_duckdb(records: list[dict[str, Any]], target: Path) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", encoding="utf-8", delete=False) as staged:
         for record in records:
             row = {column: _column_value(record, column) for column in COLUMNS}
-            staged.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            # Text that is not valid Unicode (a lone surrogate, from an argument) as the text `\udcff`: DuckDB
+            # refuses it even as a JSON escape.
+            staged.write(_SURROGATE.sub(lambda found: f"\\\\u{ord(found.group()):04x}",
+                                        json.dumps(row, ensure_ascii=False, default=str)) + "\n")
     try:
         types = ", ".join(f"'{column}': '{kind}'" for column, kind in COLUMNS.items())
         columns = ", ".join(f'"{column}"' for column in COLUMNS)
@@ -257,7 +330,8 @@ class _writing:
     def __enter__(self) -> Any:
         _parent_folder(self.target)
         try:
-            self.handle = open(self.target, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in __exit__
+            self.handle = open(self.target, "w", newline="", encoding="utf-8",  # noqa: SIM115 - closed in __exit__
+                               errors="backslashreplace")
         except OSError as exc:
             raise MxcpError(f"cannot write {self.target}: {exc.strerror or exc}") from None
         return self.handle
@@ -329,14 +403,35 @@ def verify(active: Path, expect_hashes: list[str] | None = None) -> Verification
     """Check the hash chain of every segment: the first changed, removed or inserted record fails it.
 
     Writers keep writing meanwhile: a failure seen while a segment was sealed or removed (the files changed
-    between listing and reading) is checked again.
+    between listing and reading) is checked again, after a short pause; if the files keep changing, the result
+    is a `retry` failure (run verify again), not a break.
     """
-    for _ in range(5):
+    attempts = 20
+    for attempt in range(attempts):
         files = segments(active)
         result = _verify_files(active, files, expect_hashes)
         if result.ok or [s.path for s in segments(active)] == [s.path for s in files]:
-            break
-    return result
+            return result
+        time.sleep(min(0.01 * (attempt + 1), 0.1))
+    return _fail(Verification(), Finding(
+        active.name, 0, "retry", f"the log's segments kept changing while verify read them ({attempts} tries: "
+        "writers sealing segments very fast, or log-cleanup); nothing found wrong yet, run verify again"))
+
+
+def _slim(line: Line, record: dict[str, Any] | None, previous: _Entry | None) -> tuple[Line, dict[str, Any] | None]:
+    """What verify keeps of a line once read: its position, and of its record only the fields it looks at later
+    (all of a log-cleanup record), so memory grows by under 1 kB per record, not by the records."""
+    slim_line = Line(line.segment, line.number, b"", line.complete)
+    if record is None or _is_cleanup(record):
+        return slim_line, record
+    prev = record.get("prev_hash")
+    if previous is not None and prev == previous.actual:
+        prev = previous.actual  # one string for both
+    return slim_line, {"record_id": record.get("record_id"), "prev_hash": prev, "timestamp": record.get("timestamp")}
+
+
+def _is_cleanup(record: dict[str, Any]) -> bool:
+    return (record.get("operation_type"), record.get("operation_name")) == ("audit", CLEANUP_OPERATION)
 
 
 def _verify_files(active: Path, files: list[Segment], expect_hashes: list[str] | None) -> Verification:
@@ -346,19 +441,27 @@ def _verify_files(active: Path, files: list[Segment], expect_hashes: list[str] |
     unreadable: list[tuple[int, Line]] = []
     for index, segment in enumerate(files):
         count, first, last = 0, None, None
-        for line in lines(segment):
-            record = line.record()
-            if record is None:
-                unreadable.append((len(entries), line))
+        for line in iter_lines(segment):
+            value = line.record()
+            if value is None:
+                unreadable.append((len(entries), _slim(line, None, None)[0]))
                 continue
+            record = audit_record(value)
+            if record is None:
+                return _fail(result, Finding(
+                    segment.name, line.number, "changed",
+                    'not an audit record: a JSON object without schema_name "mxcp.audit" and an integer '
+                    "schema_version, or with fields of the wrong type; no writer wrote it",
+                    _record_id(value), str(segment.path)))
             count += 1
-            stamp = record.get("timestamp") if isinstance(record.get("timestamp"), str) else None
+            stamp = record.get("timestamp")
             first, last = first or stamp, stamp or last
             if "record_hash" not in record:
-                version = record.get("schema_version")
-                if entries or (isinstance(version, int) and version >= 3):
+                version = record["schema_version"]
+                if entries or version >= 3 or index:
                     why = ("a record without record_hash after chained records" if entries else
-                           f"a schema version {version} record without record_hash")
+                           f"a schema version {version} record without record_hash" if version >= 3 else
+                           "a record without record_hash outside the oldest segment")
                     return _fail(result, Finding(segment.name, line.number, "inserted",
                                                  f"{why}: inserted, or its hash fields were removed",
                                                  _record_id(record), str(segment.path)))
@@ -369,7 +472,9 @@ def _verify_files(active: Path, files: list[Segment], expect_hashes: list[str] |
                 return _fail(result, Finding(segment.name, line.number, "changed",
                                              "its record_hash is not the last member of the line as written",
                                              _record_id(record), str(segment.path)))
-            entries.append(_Entry(line, record, hashes[0], hashes[1], index))
+            slim_line, slim_record = _slim(line, record, entries[-1] if entries else None)
+            stated, actual = hashes
+            entries.append(_Entry(slim_line, slim_record, actual if stated == actual else stated, actual, index))
         result.segments.append({"segment": segment.name, "path": str(segment.path), "sealed": segment.sealed,
                                 "records": count, "first_timestamp": first, "last_timestamp": last})
         result.records += count
@@ -378,42 +483,47 @@ def _verify_files(active: Path, files: list[Segment], expect_hashes: list[str] |
     result.chained = len(entries)
 
     failure = _check_chain(entries, unreadable)
-    cleanup_anchors = _cleanup_anchors(entries, upto=failure[1] if failure else len(entries))
+    cleanups = [entry for entry in entries[:failure[1] if failure else len(entries)] if _is_cleanup(entry.record)]
     if entries:
         start = entries[0]
         anchor = start.record.get("prev_hash")
         if anchor is None:
             result.verified_from = {**_position(start), "anchor": "start of the log"}
-        elif anchor in cleanup_anchors:
-            cleanup = cleanup_anchors[anchor]
-            result.verified_from = {**_position(start), "anchor": "segments removed by log-cleanup",
-                                    "cleanup": _position(cleanup), "cleanup_timestamp": cleanup.record.get("timestamp")}
         else:
-            return _fail(result, Finding(
-                start.line.segment.name, start.line.number, "removed",
-                "the oldest record follows a record that is not in the log, and no log-cleanup record accounts "
-                "for it: older records or segments were removed outside log-cleanup",
-                _record_id(start.record), str(start.line.segment.path)))
+            accounted = _cleanup_accounting(start, cleanups)
+            if isinstance(accounted, Finding):
+                return _fail(result, accounted)
+            result.verified_from = {**_position(start), "anchor": "segments removed by log-cleanup",
+                                    "cleanup": _position(accounted),
+                                    "cleanup_timestamp": accounted.record.get("timestamp")}
     if failure:
         return _fail(result, failure[0])
 
     for position, line in unreadable:
-        if line.complete and entries and position == len(entries):
-            # A write cut short leaves no newline, and the newline before the next record comes with that record.
-            return _fail(result, Finding(
-                line.segment.name, line.number, "changed",
-                "not a readable record, yet a whole line after the last record: writers never leave that",
-                None, str(line.segment.path)))
         torn = not line.complete and line.segment is files[-1] and not line.segment.sealed
-        result.warnings.append(Finding(
-            line.segment.name, line.number, "torn" if torn else "unreadable",
-            "the last line is incomplete (a write cut short, or a write in progress): not a record"
-            if torn else "not a JSON record (a write cut short); the chain continues over it",
-            None, str(line.segment.path)))
+        if torn:
+            message = "the last line is incomplete (a write cut short, or a write in progress): not a record"
+        elif position < len(entries):
+            message = ("not a record (a write cut short, completed into a line by the next write); the chain "
+                       "continues over it, so it did not replace a record")
+        else:
+            message = ("not a record (a write cut short, completed into a line by the next write), after the last "
+                       "record: nothing follows to show whether it replaced one")
+        result.warnings.append(Finding(line.segment.name, line.number, "torn" if torn else "unreadable", message,
+                                       None, str(line.segment.path)))
+    present = {segment.name for segment in files}
+    for cleanup_entry in cleanups:
+        for removed in _removed_segments(cleanup_entry.record):
+            if removed.get("segment") in present:
+                result.warnings.append(_finding(
+                    cleanup_entry, "not-removed",
+                    f"this log-cleanup record names {removed.get('segment')} as removed, but it is still there "
+                    "(log-cleanup stopped before removing it); it was verified like any other segment"))
     if result.unchained:
         result.warnings.append(Finding(
             files[0].name, 0, "unchained",
-            f"{result.unchained} records written before the hash chain (schema version 1 or 2) cannot be verified"))
+            f"{result.unchained} records written before the hash chain (schema version 1 or 2) cannot be verified: "
+            "anyone who can write the file could have written or changed them"))
     if not files:
         result.warnings.append(Finding(active.name, 0, "missing", f"no audit log at {active}: nothing to verify"))
     elif not entries:
@@ -430,6 +540,57 @@ def _verify_files(active: Path, files: list[Segment], expect_hashes: list[str] |
     return result
 
 
+# Timestamps of records in file order may step back this much (records of processes sharing the log are stamped
+# before they wait for the lock; clocks are adjusted).
+CLOCK_SLACK = timedelta(hours=1)
+
+
+def _removed_segments(record: dict[str, Any]) -> list[dict[str, Any]]:
+    output = record.get("output_data")
+    removed = output.get("removed_segments") if isinstance(output, dict) else None
+    return [item for item in removed if isinstance(item, dict)] if isinstance(removed, list) else []
+
+
+def _cleanup_accounting(start: _Entry, cleanups: list[_Entry]) -> _Entry | Finding:
+    """The log-cleanup record that accounts for the oldest record's prev_hash, or why none does.
+
+    Its claim is checked as far as the log allows: it names that hash as the last record of the newest segment
+    it removed, it names a retention, and every segment it removed had its newest record older than that
+    retention at the cleanup's time, but not newer than the oldest record left.
+    """
+    anchor = start.record.get("prev_hash")
+    claims = [entry for entry in cleanups
+              if (removed := _removed_segments(entry.record)) and removed[-1].get("last_record_hash") == anchor]
+    if not claims:
+        return _finding(start, "removed",
+                        "the oldest record follows a record that is not in the log, and no log-cleanup record "
+                        "accounts for it: older records or segments were removed outside log-cleanup")
+    entry = claims[0]
+    record = entry.record
+    inputs = record.get("input_data")
+    retention = inputs.get("retention_days") if isinstance(inputs, dict) else None
+    when = record_time(record)
+    first = record_time(start.record)
+    if not isinstance(retention, int) or isinstance(retention, bool) or retention < 1 or when is None:
+        return _finding(entry, "changed", "a log-cleanup record without a retention (input_data.retention_days) "
+                                          "or a timestamp: it cannot account for removed segments")
+    for removed in _removed_segments(record):
+        newest = record_time({"timestamp": removed.get("last_timestamp")})
+        name = removed.get("segment")
+        if newest is None:
+            return _finding(entry, "changed", f"this log-cleanup record gives no newest timestamp for {name}")
+        if when - newest < timedelta(days=retention):
+            return _finding(entry, "changed", (
+                f"this log-cleanup record says it removed {name}, whose newest record ({removed.get('last_timestamp')}) "
+                f"was not older than its retention of {retention} days at the cleanup's time ({record.get('timestamp')}): "
+                "log-cleanup never removes that; the segments were removed by hand and the record forged"))
+        if first is not None and first + CLOCK_SLACK < newest:
+            return _finding(entry, "changed", (
+                f"this log-cleanup record says {name} ended at {removed.get('last_timestamp')}, after the oldest record "
+                f"left ({start.record.get('timestamp')}, {_where(start.line)}), which was written after it: forged"))
+    return entry
+
+
 def _check_chain(entries: list[_Entry], unreadable: list[tuple[int, Line]]) -> tuple[Finding, int] | None:
     """The first break of the chain, and the index of the entry where it shows."""
     seen: dict[str, int] = {}
@@ -437,6 +598,9 @@ def _check_chain(entries: list[_Entry], unreadable: list[tuple[int, Line]]) -> t
         record = entry.record
         if entry.stated != entry.actual:
             return _finding(entry, "changed", "its content does not match its record_hash"), index
+        if entry.actual in seen:
+            return _finding(entry, "inserted", f"a copy of the record at {_where(entries[seen[entry.actual]].line)}"
+                            ), index
         if index:
             before = entries[index - 1]
             prev = record.get("prev_hash")
@@ -478,21 +642,6 @@ def _classify_break(entries: list[_Entry], index: int, seen: dict[str, int],
                                           "or records were removed from the end of one or the start of the other")
     return _finding(entry, "removed", f"it does not follow the record at {_where(before.line)}: records between "
                                       "them were removed, or that record was changed and its hash recomputed")
-
-
-def _cleanup_anchors(entries: list[_Entry], upto: int) -> dict[str, _Entry]:
-    """record_hash of each segment a (trusted) log-cleanup record says it removed → that cleanup record."""
-    anchors: dict[str, _Entry] = {}
-    for entry in entries[:upto]:
-        record = entry.record
-        if (record.get("operation_type"), record.get("operation_name")) != ("audit", CLEANUP_OPERATION):
-            continue
-        removed = (record.get("output_data") or {}).get("removed_segments") if isinstance(
-            record.get("output_data"), dict) else None
-        for segment in removed or []:
-            if isinstance(segment, dict) and isinstance(segment.get("last_record_hash"), str):
-                anchors[segment["last_record_hash"]] = entry
-    return anchors
 
 
 def _record_id(record: dict[str, Any]) -> str | None:
@@ -546,8 +695,8 @@ def expired_segments(active: Path, retention_days: int, now: datetime) -> list[E
         if not segment.sealed:
             break
         newest, oldest, count, last_hash = None, None, 0, None
-        for line in lines(segment):
-            record = line.record()
+        for line in iter_lines(segment):
+            record = line.audit_record()
             if record is None:
                 continue
             count += 1
@@ -573,14 +722,25 @@ def cleanup(active: Path, settings: audit.AuditSettings, now: datetime) -> list[
         expired = expired_segments(active, settings.retention_days, now)
         if not expired:
             return []
+        # Checked before the record is written, so a folder that refuses removals leaves no record claiming any.
+        if not os.access(active.parent, os.W_OK | os.X_OK):
+            raise MxcpError(f"cannot remove audit log segments from {active.parent}: no permission to change the "
+                            "folder (read-only?); nothing was removed and nothing recorded")
+        # The record comes first: a crash (or a failed removal) after it leaves a segment named as removed but
+        # still there, which verify reports as a warning; the other order could leave segments gone unrecorded.
         append(audit.record_body(_cleanup_record(expired, settings.retention_days)))
+        failed = []
         for segment in expired:
             try:
                 segment.path.unlink()
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                raise MxcpError(f"cannot remove audit log segment {segment.path}: {exc.strerror or exc}") from None
+                failed.append(f"{segment.path.name} ({exc.strerror or exc})")
+        if failed:
+            raise MxcpError(f"cannot remove audit log segment{'s' if len(failed) > 1 else ''} {', '.join(failed)} "
+                            f"in {active.parent}: the log-cleanup record naming them is written, so verify warns "
+                            "that they are still there; remove them with log-cleanup once it can")
     return expired
 
 
@@ -610,6 +770,9 @@ def _cleanup_record(expired: list[Expired], retention_days: int) -> dict[str, An
 def _log_location(profile: str | None) -> tuple[Any, Path, audit.AuditSettings]:
     """The project, its active audit file and settings; a clear error when the profile does not audit."""
     project = commands.open_project(profile).context
+    if project.profile not in project.site.profiles and project.profile != project.site.profile:
+        raise MxcpError(f"profile '{project.profile}' is not in {project.root / 'mxcp-site.yml'} (profiles: "
+                        f"{', '.join(project.site.profiles) or 'none'})")
     settings = project.plugin_config("audit", scope="site_profile")
     path = audit.audit_path(project)
     if path is None:
@@ -684,7 +847,7 @@ def log_command(
             kind=endpoints[0][0] if endpoints else None, name=endpoints[0][1] if endpoints else None,
             status=status, policy=policy, user=user,
             since=parse_moment(since, "--since", now) if since is not None else None,
-            until=parse_moment(until, "--until", now) if until is not None else None,
+            until=parse_moment(until, "--until", now, end_of_day=True) if until is not None else None,
         )
         _, path, _ = _log_location(profile)
         exporting = export_csv_to is not None or export_duckdb_to is not None
@@ -707,7 +870,19 @@ def log_command(
             commands.ok([], json_output, lambda _: commands.console().print(
                 f"no audit records yet: {path} does not exist", highlight=False))
             return
+        found = [_printable(record) for record in found]
         commands.ok(found, json_output, lambda _: _render_table(found, path, chosen))
+
+
+def _printable(value: Any) -> Any:
+    """`value` with text that is not valid Unicode (a lone surrogate, from an argument) as `\\udcff`: printable."""
+    if isinstance(value, str):
+        return _SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", value)
+    if isinstance(value, dict):
+        return {_printable(key): _printable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_printable(item) for item in value]
+    return value
 
 
 def _render_table(found: list[dict[str, Any]], path: Path, limit: int) -> None:
@@ -750,7 +925,7 @@ def verify_command(
     ctx: typer.Context,
     expect_hash: Annotated[list[str] | None, typer.Option(
         "--expect-hash", metavar="HASH",
-        help="A record_hash saved earlier (e.g. a past head): fail unless it is still in the chain (repeatable)."
+        help="A record_hash saved earlier (e.g. a past head): fail if it is no longer in the chain (repeatable)."
     )] = None,
     profile: commands.ProfileOpt = None,
     json_output: commands.JsonOpt = False,
@@ -772,8 +947,13 @@ def verify_command(
     json_output = json_output or bool(outer.get("json_output"))
     debug = debug or bool(outer.get("debug"))
     with commands.reporting_errors(json_output, debug):
+        expected = []
+        for given in expect_hash or []:
+            if not re.fullmatch(r"[0-9a-fA-F]{64}", given.strip()):
+                raise MxcpError(f"--expect-hash {given!r} is not a record_hash (64 hexadecimal digits)")
+            expected.append(given.strip().lower())
         _, path, _ = _log_location(profile)
-        result = verify(path, expect_hash)
+        result = verify(path, expected)
         if json_output:
             payload: dict[str, Any] = {"status": "ok" if result.ok else "error", "result": result.as_dict()}
             if result.failure:
@@ -792,6 +972,9 @@ def _render_verification(result: Verification, path: Path) -> None:
     err = commands.console(stderr=True)
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(warning.format())}", highlight=False)
+    if result.failure and result.failure.kind == "retry":
+        err.print(f"[yellow]✗ audit log not verified:[/] {escape(result.failure.format())}", highlight=False)
+        return
     if result.failure:
         err.print(f"[bold red]✗ audit log NOT intact:[/] {escape(result.failure.format())}", highlight=False)
         err.print(f"  in {escape(result.failure.path or str(path.parent))}", highlight=False)

@@ -82,7 +82,7 @@ WRITER = textwrap.dedent("""\
 
     def work(thread):
         for index in range(count):
-            record = {"schema_version": 3, "record_id": f"{name}-{thread}-{index}", "operation_status": "success",
+            record = {"schema_name": "mxcp.audit", "schema_version": 3, "record_id": f"{name}-{thread}-{index}", "operation_status": "success",
                       "timestamp": "2026-01-01T00:00:00+00:00", "padding": "x" * 150}
             sink.write(audit.record_body(record), fsync=False, max_segment_bytes=16384)
 
@@ -183,10 +183,12 @@ def test_a_damaged_line_fails_verify_wherever_it_is(chained: Path) -> None:
     chained.write_bytes(b"\n".join(damaged) + b"\n")
     found = failure(chained)
     assert (found.line, found.kind) == (4, "changed") and "not a readable record" in found.message
-    # The last line cut short but still ending with a newline: no writer leaves that.
+    # The last line cut short but ending with a newline: what a torn write becomes once the next write (which
+    # puts a newline before its record) is itself cut short. Nothing follows it, so it is a warning.
     chained.write_bytes(b"\n".join([*lines[:5], lines[5][:50]]) + b"\n")
-    found = failure(chained)
-    assert (found.line, found.kind) == (6, "changed")
+    result = audit_log.verify(chained)
+    assert result.ok and [(w.kind, w.line) for w in result.warnings] == [("unreadable", 6)]
+    assert "nothing follows" in result.warnings[0].message
 
 
 def test_rotation_seals_numbered_segments_each_anchored_to_the_last(tmp_path: Path) -> None:
@@ -283,7 +285,7 @@ def test_cleanup_removes_only_the_oldest_run_of_expired_segments(tmp_path: Path)
 
 def test_files_written_before_the_chain_are_read_and_reported_unchained(tmp_path: Path) -> None:
     log = tmp_path / "logs-default.jsonl"
-    legacy = [{"schema_version": 2, "record_id": f"old{i}", "operation_status": "success",
+    legacy = [{"schema_name": "mxcp.audit", "schema_version": 2, "record_id": f"old{i}", "operation_status": "success",
                "timestamp": NOW.isoformat()} for i in range(3)]
     log.write_text("".join(json.dumps(r) + "\n" for r in legacy))
     result = audit_log.verify(log)
@@ -305,7 +307,8 @@ def test_files_written_before_the_chain_are_read_and_reported_unchained(tmp_path
 
 def test_a_version_3_record_stripped_of_its_hash_fails(tmp_path: Path) -> None:
     log = tmp_path / "logs-default.jsonl"
-    log.write_text(json.dumps({"schema_version": 3, "record_id": "x", "operation_status": "success"}) + "\n")
+    log.write_text(json.dumps({"schema_name": "mxcp.audit", "schema_version": 3, "record_id": "x",
+                               "operation_status": "success"}) + "\n")
     assert failure(log).kind == "inserted"
 
 
@@ -330,3 +333,250 @@ def failure_with(path: Path, expected: list[str]) -> audit_log.Finding:
     result = audit_log.verify(path, expected)
     assert not result.ok and result.failure is not None
     return result.failure
+
+
+# -- writes cut short, records removed from the end, records that are not audit records ---------------------------
+
+CUT_SHORT_WRITER = textwrap.dedent("""\
+    import resource, sys
+    from pathlib import Path
+    from mxcp_plugins import audit
+    path, limit, body = Path(sys.argv[1]), int(sys.argv[2]), sys.stdin.buffer.read()
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ: the write stops short
+    try:
+        audit.Sink(path).write(body, fsync=False)
+    except OSError:
+        sys.exit(3)
+    """)
+
+
+def cut_short_write(path: Path, item: bytes, limit: int) -> None:
+    """A real write of `item` by another process whose file size limit stops it at `limit` bytes of the file."""
+    done = subprocess.run([sys.executable, "-c", CUT_SHORT_WRITER, str(path), str(limit)], input=item,
+                          capture_output=True, timeout=60, check=False)
+    assert done.returncode == 3, done.stderr
+    assert path.stat().st_size == limit
+
+
+def test_two_writes_cut_short_in_a_row_leave_the_chain_whole(chained: Path) -> None:
+    head = records(chained)[-1]["record_hash"]
+    cut_short_write(chained, body(input_data={"big": "y" * 3000}), chained.stat().st_size + 1000)
+    # The second one first puts the newline that makes the first fragment a whole line, then is cut short too.
+    cut_short_write(chained, body(input_data={"big": "y" * 3000}), chained.stat().st_size + 1000)
+    result = audit_log.verify(chained)
+    assert result.ok, result.failure
+    assert [(w.kind, w.line) for w in result.warnings] == [("unreadable", 7), ("torn", 8)]
+    assert result.head_hash == head
+
+    write(chained, 2)  # a new process: it must chain to the last record, over both fragments
+    assert json.loads(raw_lines(chained)[8])["prev_hash"] == head
+    result = audit_log.verify(chained)
+    assert result.ok, result.failure
+    assert [(w.kind, w.line) for w in result.warnings] == [("unreadable", 7), ("unreadable", 8)]
+    assert "continues over it" in result.warnings[0].message
+
+
+def test_a_write_cut_short_just_before_its_newline_is_a_record_for_writer_and_verify_alike(chained: Path) -> None:
+    item = body(operation_name="unfinished", operation_status="started")
+    line, digest = audit.chain_line(item, records(chained)[-1]["record_hash"])
+    cut_short_write(chained, item, chained.stat().st_size + len(line) - 1)  # all but the newline
+    assert not chained.read_bytes().endswith(b"\n")
+    result = audit_log.verify(chained)
+    assert result.ok and result.records == 7 and result.warnings == [] and result.head_hash == digest
+    assert audit_log.select(chained, audit_log.LogFilter(), 1)[0]["operation_name"] == "unfinished"
+
+    write(chained, 1)  # a new process: it completes the line and chains to it
+    lines = raw_lines(chained)
+    assert len(lines) == 8 and json.loads(lines[7])["prev_hash"] == digest
+    result = audit_log.verify(chained)
+    assert result.ok and result.records == 8 and result.warnings == [], result
+
+
+def test_a_running_writer_does_not_trust_a_file_shortened_under_it(chained: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    sink = audit.Sink(chained)  # a long-running writer (a server): it holds the file open between records
+    write(chained, 4, sink=sink)
+    lines = raw_lines(chained)
+    last_written = json.loads(lines[-1])["record_hash"]
+    chained.write_bytes(b"\n".join(lines[:-3]) + b"\n")  # someone removes its newest three records, in place
+    assert audit_log.verify(chained).ok  # on its own, a shorter log looks like a log
+
+    write(chained, 1, sink=sink)
+    assert json.loads(raw_lines(chained)[-1])["prev_hash"] == last_written
+    assert "shorter than this process left it" in caplog.text
+    found = failure(chained)
+    assert (found.line, found.kind) == (8, "removed")
+
+
+def test_a_line_that_is_not_an_audit_record_fails_verify_and_is_skipped_by_log(chained: Path) -> None:
+    with chained.open("a") as handle:
+        handle.write(json.dumps({"call_id": [1], "operation_status": "success"}) + "\n")
+    found = failure(chained)
+    assert (found.line, found.kind) == (7, "changed") and "not an audit record" in found.message
+    assert len(audit_log.select(chained, audit_log.LogFilter(), None)) == 6
+
+    # With the schema fields but a field of the wrong type: still not one.
+    lines = raw_lines(chained)
+    lines[-1] = json.dumps({"schema_name": "mxcp.audit", "schema_version": 2, "call_id": [1]}).encode()
+    chained.write_bytes(b"\n".join(lines) + b"\n")
+    assert "not an audit record" in failure(chained).message
+    assert len(audit_log.select(chained, audit_log.LogFilter(), None)) == 6
+
+
+def test_records_before_the_chain_are_accepted_only_at_the_start_of_the_oldest_segment(tmp_path: Path) -> None:
+    log = tmp_path / "logs-default.jsonl"
+    write(log, 3, max_bytes=1)  # three sealed segments of one record
+    legacy = json.dumps({"schema_name": "mxcp.audit", "schema_version": 2, "record_id": "old",
+                         "operation_status": "success", "timestamp": NOW.isoformat()}).encode() + b"\n"
+    first, second = (s.path for s in audit_log.segments(log)[:2])
+    chained_first = first.read_bytes()
+    first.write_bytes(legacy)  # the oldest segment only pre-chain records, and one more in the next
+    second.write_bytes(legacy + second.read_bytes())
+    found = failure(log)
+    assert (found.segment, found.line, found.kind) == (second.name, 1, "inserted")
+    assert "outside the oldest segment" in found.message
+
+    second.write_bytes(second.read_bytes()[len(legacy):])
+    first.write_bytes(legacy + chained_first)
+    result = audit_log.verify(log)
+    assert result.ok and result.unchained == 1
+    assert "cannot be verified" in next(w for w in result.warnings if w.kind == "unchained").message
+
+
+def test_a_copied_last_line_is_named_at_the_copy(chained: Path) -> None:
+    lines = raw_lines(chained)
+    chained.write_bytes(b"\n".join([*lines, lines[-1]]) + b"\n")
+    found = failure(chained)
+    assert (found.line, found.kind) == (7, "inserted") and "a copy of the record at" in found.message
+
+
+def test_an_argument_that_is_not_valid_unicode_is_recorded_escaped(tmp_path: Path) -> None:
+    log = tmp_path / "logs-default.jsonl"
+    write(log, 1, input_data={"name": "bad \udcff"})  # a lone surrogate, as os.fsdecode makes of a bad byte
+    assert records(log)[0]["input_data"] == {"name": "bad \udcff"}
+    assert audit_log.verify(log).ok
+
+
+def test_retention_days_is_capped() -> None:
+    with pytest.raises(ValueError, match="retention_days"):
+        audit.AuditSettings(retention_days=100_000_000)
+    assert audit.AuditSettings(retention_days=audit.MAX_RETENTION_DAYS).retention_days == 36500
+
+
+# -- log-cleanup records and what verify checks of them -------------------------------------------------------------
+
+def forge_cleanup(log: Path, removed: list[audit_log.Segment], *, retention: int = 90,
+                  last_timestamp: str | None = None) -> None:
+    """What someone with write access can do: delete segments by hand and append a cleanup record, hashed."""
+    claims = []
+    for segment in removed:
+        last = records(segment.path)[-1]
+        claims.append({"segment": segment.name, "records": 1, "first_timestamp": None,
+                       "last_timestamp": last_timestamp or last["timestamp"], "last_record_hash": last["record_hash"],
+                       "bytes": segment.path.stat().st_size})
+        segment.path.unlink()
+    record = json.loads(body())
+    record.update(operation_type="audit", operation_name="log-cleanup", input_data={"retention_days": retention},
+                  output_data={"removed_segments": claims})
+    audit.Sink(log).write(audit.record_body(record), fsync=False)
+
+
+def test_a_forged_cleanup_of_recent_segments_fails_even_with_the_saved_head(tmp_path: Path) -> None:
+    log = tmp_path / "logs-default.jsonl"
+    write(log, 8, max_bytes=1500)  # two sealed segments of three records, two in the active file
+    head = audit_log.verify(log).head_hash
+    forge_cleanup(log, audit_log.segments(log)[:2])
+    assert [s.name for s in audit_log.segments(log)] == [log.name]
+    found = failure_with(log, [head])
+    assert (found.kind, found.line) == ("changed", len(raw_lines(log)))
+    assert "not older than its retention of 90 days" in found.message and "forged" in found.message
+
+
+def test_a_cleanup_claiming_a_segment_ended_after_the_oldest_record_left_fails(tmp_path: Path) -> None:
+    log = tmp_path / "logs-default.jsonl"
+    sink = audit.Sink(log)
+    for item in old_records(2, 200) + old_records(2, 150):
+        sink.write(item, fsync=False, max_segment_bytes=1)
+    # It claims segment 2 ended 100 days ago (old enough to remove), but segment 3, written after it, starts
+    # 150 days ago.
+    forge_cleanup(log, audit_log.segments(log)[:2], last_timestamp=(NOW - timedelta(days=100)).isoformat())
+    found = failure(log)
+    assert found.kind == "changed" and "after the oldest record left" in found.message
+
+
+def test_a_cleanup_that_cannot_remove_records_nothing_or_says_what_is_left(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "logs-default.jsonl"
+    sink = audit.Sink(log)
+    for item in old_records(2, 120):
+        sink.write(item, fsync=False, max_segment_bytes=1)
+    sink.write(body(), fsync=False)
+    settings = audit.AuditSettings(enabled=True, retention_days=90)
+    before = log.read_bytes()
+    # A folder where nothing can be removed (a read-only mount; as root, permissions would not stop us).
+    real_access = audit_log.os.access
+    monkeypatch.setattr(audit_log.os, "access", lambda path, mode: False if Path(path) == log.parent
+                        else real_access(path, mode))
+    with pytest.raises(audit_log.MxcpError, match="nothing was removed and nothing recorded"):
+        audit_log.cleanup(log, settings, NOW)
+    assert log.read_bytes() == before
+    monkeypatch.undo()
+
+    # The removal fails after the record is written (or the process dies there): the record names segments that
+    # are still present, which verify reports as a warning.
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    with pytest.raises(audit_log.MxcpError, match="record naming them is written"):
+        audit_log.cleanup(log, settings, NOW)
+    monkeypatch.undo()
+    result = audit_log.verify(log)
+    assert result.ok, result.failure
+    assert [w.kind for w in result.warnings] == ["not-removed", "not-removed"]
+    assert "still there" in result.warnings[0].message
+
+    assert len(audit_log.cleanup(log, settings, NOW)) == 2  # once it can, the segments go and verify passes
+    result = audit_log.verify(log)
+    assert result.ok and result.verified_from["anchor"] == "segments removed by log-cleanup", result
+
+
+# -- verify while writers rotate, and its memory -------------------------------------------------------------------
+
+ROTATING_WRITER = textwrap.dedent("""\
+    import sys, time, uuid
+    from pathlib import Path
+    from mxcp_plugins import audit
+    sink, end = audit.sink_for(Path(sys.argv[1])), time.time() + float(sys.argv[2])
+    while time.time() < end:
+        record = {"schema_name": "mxcp.audit", "schema_version": 3, "record_id": uuid.uuid4().hex,
+                  "timestamp": "2026-01-01T00:00:00+00:00", "operation_status": "success"}
+        sink.write(audit.record_body(record), fsync=False, max_segment_bytes=1)  # a new segment per record
+    """)
+
+
+def test_verify_while_writers_seal_segments_very_fast_reports_no_break(tmp_path: Path) -> None:
+    log = tmp_path / "logs-default.jsonl"
+    write(log, 50, max_bytes=1)
+    writers = [subprocess.Popen([sys.executable, "-c", ROTATING_WRITER, str(log), "6"]) for _ in range(2)]
+    try:
+        results = [audit_log.verify(log) for _ in range(15)]
+    finally:
+        for process in writers:
+            assert process.wait(timeout=60) == 0
+    assert [r.failure for r in results if not r.ok and r.failure.kind != "retry"] == []
+    assert audit_log.verify(log).ok
+
+
+def test_verify_keeps_little_of_each_record_in_memory(tmp_path: Path) -> None:
+    import tracemalloc
+
+    log = tmp_path / "logs-default.jsonl"
+    write(log, 400, max_bytes=100_000, input_data={"padding": "p" * 5000})  # 2 MB in 100 kB segments
+    tracemalloc.start()
+    try:
+        assert audit_log.verify(log).ok
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_500_000, peak  # records kept whole would be over 2 MB

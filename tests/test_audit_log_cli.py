@@ -340,3 +340,100 @@ def test_options_before_verify_apply_to_it_and_filters_do_not(project: Path) -> 
     assert json.loads(cli("log", "--json-output", "verify").stdout)["result"]["ok"] is True
     refused = cli("log", "--tool", "hello", "--json-output", "verify")
     assert refused.exit_code == 1 and json.loads(refused.stdout)["error"] == "`mxcp log verify` takes no --tool"
+
+
+def append_line(root: Path, line: str) -> None:
+    with active(root).open("a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+
+
+def test_a_line_with_fields_of_the_wrong_type_is_skipped_not_a_traceback(project: Path, run_mxcp) -> None:
+    append_line(project, '{"call_id": [1], "operation_status": "success"}')
+    done = run_mxcp("log", "--json-output", cwd=project)
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)["result"]) == 5
+    table = run_mxcp("log", cwd=project)
+    assert table.returncode == 0 and "Traceback" not in table.stderr and "5 records" in table.stdout
+    verified = run_mxcp("log", "verify", cwd=project)
+    assert verified.returncode == 1 and "not an audit record" in verified.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--since", "100000000w"], "--since '100000000w' reaches before the year 1"),
+    (["--expect-hash", "abc"], "--expect-hash 'abc' is not a record_hash (64 hexadecimal digits)"),
+    (["--profile", "nope"], "profile 'nope' is not in"),
+])
+def test_more_bad_values_are_one_clear_error(project: Path, run_mxcp, args: list[str], message: str) -> None:
+    command = ["log", "verify", *args] if args[0] == "--expect-hash" else ["log", *args]
+    done = run_mxcp(*command, cwd=project)
+    assert done.returncode == 1 and message in " ".join(done.stderr.split()), done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_saved_head_is_accepted_in_capitals(project: Path) -> None:
+    head = json.loads(cli("log", "verify", "--json-output").stdout)["result"]["head_hash"]
+    result = cli("log", "verify", "--expect-hash", head.upper(), "--json-output")
+    assert result.exit_code == 0, result.stdout
+
+
+def test_a_huge_retention_is_refused_naming_the_key(project: Path) -> None:
+    site = project / "mxcp-site.yml"
+    site.write_text(SITE.replace("max_segment_mb: 0.0015", "max_segment_mb: 0.0015, retention_days: 100000000"))
+    result = cli("log-cleanup", "--json-output")
+    assert result.exit_code == 1
+    error = json.loads(result.stdout)["error"]
+    assert "retention_days" in error and "36500" in error and "Traceback" not in result.output
+
+
+def test_until_a_bare_date_includes_that_day(project: Path) -> None:
+    now = datetime.now(timezone.utc)
+    day = now - timedelta(days=3)
+    append(project, operation_name="evening", timestamp=day.replace(hour=22).isoformat())
+    assert [r["operation_name"] for r in listed("--until", day.date().isoformat())] == ["evening"]
+
+
+def test_a_bad_timestamp_exports_as_null_and_csv_cells_cannot_be_formulas(project: Path, tmp_path: Path) -> None:
+    append(project, operation_name="=HYPERLINK(\"http://x\")", timestamp="garbage")
+    target = tmp_path / "audit.duckdb"
+    result = cli("log", "--export-duckdb", str(target), "--json-output")
+    assert result.exit_code == 0, result.stdout
+    with duckdb.connect(str(target), read_only=True) as db:
+        assert db.execute("SELECT count(*), count(timestamp) FROM logs").fetchone() == (6, 5)
+    sheet = tmp_path / "audit.csv"
+    assert cli("log", "--export-csv", str(sheet)).exit_code == 0
+    with sheet.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[0]["operation_name"] == "'=HYPERLINK(\"http://x\")" and rows[0]["timestamp"] == ""
+
+
+def test_records_removed_under_a_running_server_show_as_removed(make_project, tmp_path: Path, run_mxcp) -> None:
+    root = make_project(tmp_path / "served", {**FILES, "mxcp-site.yml": SITE.replace("0.0015", "null")})
+
+    async def call(client: Any) -> None:
+        await client.call_tool("hello", {"name": "http"})
+
+    with http_server(root) as (base, _):
+        run_http(f"{base}/mcp", call)
+        run_http(f"{base}/mcp", call)
+        log = active(root)
+        kept = raw_lines(log)[:-2]  # the last call's two records removed while the server runs
+        log.write_bytes(b"\n".join(kept) + b"\n")
+        assert run_mxcp("log", "verify", cwd=root).returncode == 0  # a shorter log alone looks like a log
+        run_http(f"{base}/mcp", call)
+        verified = run_mxcp("log", "verify", "--json-output", cwd=root)
+    assert verified.returncode == 1
+    failure = json.loads(verified.stdout)["result"]["failure"]
+    assert (failure["kind"], failure["line"]) == ("removed", len(kept) + 1)
+
+
+def test_an_argument_that_is_not_valid_unicode_is_logged_listed_and_exported(project: Path, run_mxcp,
+                                                                                tmp_path: Path) -> None:
+    done = run_mxcp("run", "tool", "hello", "-p", "name=bad\udcff", cwd=project)  # the byte 0xff in argv
+    assert "cannot be written" not in done.stderr and "codec" not in done.stderr.split("SQL error")[0], done.stderr
+    assert run_mxcp("log", "verify", cwd=project).returncode == 0
+    found = [r for r in listed("--tool", "hello") if r["input_data"] == {"name": "bad\\udcff"}]
+    assert found, listed("--tool", "hello")
+    assert cli("log", "--export-csv", str(tmp_path / "a.csv")).exit_code == 0
+    assert cli("log", "--export-duckdb", str(tmp_path / "a.duckdb")).exit_code == 0
+    with duckdb.connect(str(tmp_path / "a.duckdb"), read_only=True) as db:
+        assert ("bad\\udcff",) in db.execute("SELECT input_data->>'name' FROM logs").fetchall()

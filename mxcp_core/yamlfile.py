@@ -169,6 +169,19 @@ if _CParser is not None:
                 _alias_check(node)
             return node
 
+        def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+            """PyYAML's Resolver.resolve (the composer calls it for every node), in fewer steps for a scalar."""
+            if kind is yaml.ScalarNode:
+                resolvers = self.yaml_implicit_resolvers
+                if self.yaml_path_resolvers or None in resolvers:
+                    return yaml.resolver.Resolver.resolve(self, kind, value, implicit)
+                if implicit[0]:
+                    for tag, regexp in resolvers.get(value[:1], ()):
+                        if regexp.match(value):
+                            return tag
+                return self.DEFAULT_SCALAR_TAG
+            return yaml.resolver.Resolver.resolve(self, kind, value, implicit)
+
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
     loader.flatten_mapping(node)
@@ -198,6 +211,98 @@ def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> LineLis
     return result
 
 
+_STR_TAG = "tag:yaml.org,2002:str"
+_MAPPING_TAG = yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG
+_SEQUENCE_TAG = yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG
+# The scalar constructors of SafeConstructor that build a value at once (no generator, no other node).
+_SCALAR_CONSTRUCTORS = {
+    "tag:yaml.org,2002:null": yaml.constructor.SafeConstructor.construct_yaml_null,
+    "tag:yaml.org,2002:bool": yaml.constructor.SafeConstructor.construct_yaml_bool,
+    "tag:yaml.org,2002:int": yaml.constructor.SafeConstructor.construct_yaml_int,
+    "tag:yaml.org,2002:float": yaml.constructor.SafeConstructor.construct_yaml_float,
+    "tag:yaml.org,2002:timestamp": yaml.constructor.SafeConstructor.construct_yaml_timestamp,
+}
+
+
+class _Generic(Exception):
+    """The document needs PyYAML's own construction (a merge key, a `=` key, a mapping as a key, another tag)."""
+
+
+def _build(loader: Any, node: Any, depth: int, shared: dict[int, Any] | None) -> Any:
+    """The value of a composed node, as `construct_document` with `_construct_mapping` and `_construct_sequence`
+    builds it, without PyYAML's generic machinery (twice as fast). `shared`: the containers built so far by node,
+    when aliases may name a node twice (an alias gives the same object, as PyYAML's constructor does)."""
+    if depth > _FAST_DEPTH:  # as `_alias_check`: the pure-Python loader decides
+        raise yaml.composer.ComposerError(None, None, "nested deeply", node.start_mark)
+    kind = type(node)
+    tag = node.tag
+    if kind is yaml.ScalarNode:
+        if tag == _STR_TAG:
+            return node.value
+        construct = _SCALAR_CONSTRUCTORS.get(tag)
+        if construct is None:
+            raise _Generic
+        return construct(loader, node)
+    if shared is not None and id(node) in shared:
+        return shared[id(node)]
+    depth += 1
+    if kind is yaml.MappingNode and tag == _MAPPING_TAG:
+        mapping = LineDict()
+        mapping.line = node.start_mark.line + 1
+        if shared is not None:
+            shared[id(node)] = mapping
+        key_lines = mapping.key_lines
+        for key_node, value_node in node.value:
+            if type(key_node) is not yaml.ScalarNode:
+                raise _Generic
+            key_tag = key_node.tag
+            if key_tag == _STR_TAG:
+                key = key_node.value
+            else:
+                construct = _SCALAR_CONSTRUCTORS.get(key_tag)
+                if construct is None:
+                    raise _Generic
+                key = construct(loader, key_node)
+            if depth > _FAST_DEPTH:
+                raise yaml.composer.ComposerError(None, None, "nested deeply", key_node.start_mark)
+            if key in mapping:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
+            mapping[key] = _build(loader, value_node, depth, shared)
+            key_lines[key] = key_node.start_mark.line + 1
+        return mapping
+    if kind is yaml.SequenceNode and tag == _SEQUENCE_TAG:
+        sequence = LineList()
+        sequence.line = node.start_mark.line + 1
+        if shared is not None:
+            shared[id(node)] = sequence
+        sequence.extend([_build(loader, child, depth, shared) for child in node.value])
+        sequence.item_lines = [child.start_mark.line + 1 for child in node.value]
+        return sequence
+    raise _Generic
+
+
+def _fast_load(text: str) -> Any:
+    """libyaml's nodes built into values; raises a YAMLError (or RecursionError) for the pure loader to decide."""
+    loader = _FastLineLoader(text)
+    try:
+        node = _CParser.get_single_node(loader)
+        if node is None:
+            return None
+        # An alias is `*` and an anchor character (libyaml refuses any other `*name`): without one, no node is met
+        # twice, nothing expands or recurs (a `SELECT *` or `a * b` in a text is no alias).
+        aliases = _MAYBE_ALIAS.search(text) is not None
+        if aliases:
+            _alias_check(node)
+        try:
+            return _build(loader, node, 1, {} if aliases else None)
+        except _Generic:
+            if not aliases:
+                _alias_check(node)  # its depth limit, which PyYAML's constructor has not
+            return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 _LOADERS: tuple[Any, ...] = (_LineLoader,) if _CParser is None else (_FastLineLoader, _LineLoader)
 for _loader in _LOADERS:
     _loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
@@ -213,11 +318,29 @@ _PURE_ONLY = re.compile(
 )
 
 
+_MAYBE_ALIAS = re.compile(r"\*[\w-]")
+_BLOCK_HEADER_COMMENT = re.compile(r"[|>][-+0-9]*#")
+_BARE_TAG = re.compile(r"(?:^|[\s\[{,])!", re.MULTILINE)
+_DIRECTIVE = re.compile(r"^%", re.MULTILINE)
+
+
+def _pure_only(text: str) -> bool:
+    """`_PURE_ONLY.search(text)`, each alternative searched only when its one telling character is in the text."""
+    return (
+        "\t" in text
+        or ("?" in text and ("[" in text or "{" in text))
+        or ("#" in text and _BLOCK_HEADER_COMMENT.search(text) is not None)
+        or ("!" in text and _BARE_TAG.search(text) is not None)
+        or ("%" in text and _DIRECTIVE.search(text) is not None)
+        or text.find("\ufeff", 1) != -1
+    )
+
+
 def load_yaml_text(text: str, file: str | Path) -> Any:
     """Parse YAML text; syntax errors become ConfigError with the file and line."""
-    if _CParser is not None and not _PURE_ONLY.search(text):
+    if _CParser is not None and not _pure_only(text):
         try:
-            return yaml.load(text, Loader=_FastLineLoader)  # noqa: S506 - SafeLoader's constructors
+            return _fast_load(text)
         except (yaml.YAMLError, RecursionError):
             pass  # read again below: libyaml words its errors differently, and these messages are the documented ones
     try:

@@ -168,6 +168,7 @@ def test_mutated_documents_read_the_same_with_and_without_libyaml(monkeypatch):
             else:
                 text[min(position, len(text) - 1)] = rng.choice(alphabet)
         mutated = "".join(text)
+        assert yamlfile._pure_only(mutated) == bool(yamlfile._PURE_ONLY.search(mutated)), mutated
         assert outcome(mutated) == pure_outcome(mutated, monkeypatch), mutated
 
 
@@ -200,4 +201,22 @@ def test_the_fast_loader_is_the_one_that_reads_a_valid_file(monkeypatch):
 def test_deep_documents_load_or_fail_as_with_the_pure_loader(depth, monkeypatch):
     """libyaml composes in C, without Python's stack: a deep document goes to the pure loader, which decides."""
     text = "a:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, depth)) + "  " * depth + "leaf: 1\n"
+    assert outcome(text) == pure_outcome(text, monkeypatch)
+
+
+def test_an_alias_gives_the_same_object_as_pyyaml_gives():
+    """The direct construction of libyaml's nodes keeps PyYAML's sharing: an alias is the object its anchor built."""
+    text = "base: &b {a: [1, 2]}\nx: *b\nl: &l [3]\ny: [*l, *b]\n"
+    for loaded in (load_yaml_text(text, "f.yml"), load_with(yamlfile._LineLoader, text)):
+        assert loaded["x"] is loaded["base"] and loaded["y"][1] is loaded["base"] and loaded["y"][0] is loaded["l"]
+    assert lines(load_yaml_text(text, "f.yml")) == lines(load_with(yamlfile._LineLoader, text))
+
+
+@pytest.mark.parametrize("text", [
+    "tool:\n  source:\n    code: SELECT * FROM t WHERE a * 2 > 1\n  x: count(*)\n",
+    "a: 2024-01-02\nb: [1, 1.5, .inf, ~, yes, '7']\n3: int key\nnull: n\n",
+    "a: {<<: {b: 1}, c: 2}\n",  # a merge without an alias: PyYAML's own construction
+    "= : value key\nb: =\n",
+])
+def test_the_direct_construction_reads_as_the_pure_loader(text, monkeypatch):
     assert outcome(text) == pure_outcome(text, monkeypatch)

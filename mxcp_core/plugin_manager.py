@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -15,6 +14,8 @@ from .markers import PROJECT_NAME, hookimpl
 from .records import PluginFailure, PluginInfo
 
 if TYPE_CHECKING:
+    from importlib import metadata
+
     from .hooks import Hooks
     from .records import EndpointCall
 
@@ -117,7 +118,10 @@ class PluginHost:
     def load_entry_points(self, entry_points: Iterable[metadata.EntryPoint] | None = None) -> None:
         """Register every plugin of the `mxcp` entry point group, skipping disabled and broken ones."""
         if entry_points is None:
-            entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
+            # As importlib.metadata.entry_points(group=...) finds them, without importing it (~10 ms per command).
+            from .entry_points import entry_points as find_entry_points
+
+            entry_points = find_entry_points(ENTRY_POINT_GROUP)
         entry_points = list(entry_points)
         self.known_names |= {ep.name for ep in entry_points}
         for entry_point in sorted(entry_points, key=lambda ep: ep.name):

@@ -79,6 +79,10 @@ _TYPE_WORDS = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "path": "PATH
 def _tidy_metavars(params: list[Any], ctx: Any) -> None:
     for param in params:
         speed_up(param)
+        if getattr(param, "param_type_name", None) == "argument" and hasattr(param, "display_type_rich"):
+            # Its metavar (KIND, NAME) says it already: no `<str>` type column beside it.
+            param.display_type_rich = lambda ctx: None
+            continue
         if getattr(param, "param_type_name", None) != "option" or param.metavar is not None:
             continue
         if getattr(param, "is_flag", False):

@@ -91,3 +91,15 @@ def test_on_a_terminal_the_table_fits_its_width_and_the_header_is_bold(monkeypat
     piped = io.StringIO()  # not a terminal: whole rows, no colour
     print_table(["name"], [["x" * 100]], stream=piped)
     assert "x" * 100 in piped.getvalue() and "\x1b" not in piped.getvalue()
+
+
+def test_limit_bounds_the_work_on_a_huge_result(make_project, tmp_path, run_mxcp):
+    """Counting what is left out stops after a million rows: five rows of a hundred million come back at once."""
+    root = make_project(tmp_path / "p")
+    done = run_mxcp("query", "--limit", "5", "SELECT * FROM range(100000000)", cwd=root, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "5 rows printed, over 1,000,000 more left out" in done.stderr
+    data = run_mxcp("query", "--limit", "5", "--json-output", "SELECT * FROM range(100000000)", cwd=root,
+                    timeout=30)
+    envelope = json.loads(data.stdout)
+    assert envelope["rows_omitted"] == 1_000_001 and envelope["rows_omitted_exact"] is False

@@ -324,3 +324,29 @@ def test_every_help_has_examples_that_parse_and_no_type_noise(monkeypatch):
             if parsed.exit_code != 0:
                 problems.append(f"{name}: example does not parse: {example}: {parsed.output.strip()[-200:]}")
     assert problems == []
+
+
+def test_a_command_that_defines_its_own_dash_c_is_refused_naming_it(capsys):
+    """-C is read as the project folder before any command parses: a command's own -C could never get its value."""
+    import typer
+
+    from mxcp_core.cli import _fit_command
+
+    app = typer.Typer()
+
+    @app.command()
+    def tiny_count(count: int = typer.Option(1, "-C", "--count")) -> None:
+        """Count."""
+
+    @app.command()
+    def other() -> None:
+        """Other."""
+
+    command = typer.main.get_command(app)
+    with pytest.raises(SystemExit) as stopped:
+        _fit_command(command.commands["tiny-count"], None)
+    assert stopped.value.code == 2
+    assert "command 'tiny-count' defines -C, which mxcp reserves for the project folder" in capsys.readouterr().err
+    fine = command.commands["other"]
+    _fit_command(fine, fine.context_class(fine))
+    assert any("-C" in p.opts for p in fine.params)

@@ -114,7 +114,14 @@ def _fit_command(command: Any, ctx: Any) -> None:
     if getattr(command, "_mxcp_fitted", False):
         return
     command._mxcp_fitted = True
-    if not any(set(getattr(p, "opts", ())) & set(PROJECT_DIR_FLAGS) for p in command.params):
+    taken = [p for p in command.params if set(getattr(p, "opts", ())) & set(PROJECT_DIR_FLAGS)]
+    if taken and taken[0].name != "project_dir":
+        # -C was read as the project folder before the command was parsed: its own -C could never work.
+        flags = "/".join(sorted(set(taken[0].opts) & set(PROJECT_DIR_FLAGS)))
+        print(f"Error: command '{command.name}' defines {flags}, which mxcp reserves for the project folder "
+              f"(-C DIR on every command); its plugin must use another name", file=sys.stderr)
+        raise SystemExit(2)
+    if not taken:
         command.params.append(copy.copy(_project_dir_param()))
     _tidy_metavars(command.get_params(ctx), ctx)
     for sub in (getattr(command, "commands", None) or {}).values():

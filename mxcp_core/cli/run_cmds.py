@@ -189,11 +189,16 @@ def query(
         with Runtime(project, phase=Phase.DATABASE) as runtime, context.bound(runtime, user=user):
             cursor = context.cursor()
             fetched = run_sql(cursor, text, arguments, max_rows=limit or None)
-            # run_sql read one row past the limit to know there are more: that one, and the rest, counted.
-            omitted = 1 + count_rest(cursor) if fetched.more else 0
+            # run_sql read one row past the limit to know there are more: that one, and the rest, counted (up to
+            # COUNT_AT_MOST, so --limit bounds the work whatever the size of the result).
+            rest, exact = count_rest(cursor) if fetched.more else (0, True)
+            omitted = 1 + rest if fetched.more else 0
         rows = list(fetched)
         if omitted and json_output:
-            emit_json({"status": "ok", "result": rows, "truncated": True, "rows_omitted": omitted})
+            envelope = {"status": "ok", "result": rows, "truncated": True, "rows_omitted": omitted}
+            if not exact:
+                envelope["rows_omitted_exact"] = False  # at least that many: counting stopped there
+            emit_json(envelope)
             return
 
         def render(result: list[dict[str, Any]]) -> None:
@@ -203,18 +208,24 @@ def query(
             print_table([cell_text(column) for column in result[0]],
                         [[cell_text(value) for value in row.values()] for row in result])
             if omitted:
-                print(f"mxcp: {len(result)} rows printed, {omitted} more left out (--limit N prints more, "
+                more = f"{omitted}" if exact else f"over {COUNT_AT_MOST:,}"
+                print(f"mxcp: {len(result)} rows printed, {more} more left out (--limit N prints more, "
                       "--limit 0 all)", file=sys.stderr)
 
         ok(rows, json_output, render)
 
 
 
-def count_rest(cursor: Any) -> int:
-    """Rows left in the cursor's result, read in chunks and dropped (never held at once, never printed).
+COUNT_AT_MOST = 1_000_000  # rows counted past the limit; beyond, "over 1,000,000 more"
 
-    Counting reads the rest of the result once more in DuckDB's Python conversion; running a COUNT(*) instead
-    would run the query a second time, with its side effects (a `nextval`, an INSERT ... RETURNING)."""
+
+def count_rest(cursor: Any) -> tuple[int, bool]:
+    """Rows left in the cursor's result, up to COUNT_AT_MOST (and whether that is all of them), read in chunks and
+    dropped (never held at once, never printed).
+
+    Counting reads the rest of the result in DuckDB's Python conversion (about 0.3 s per million rows); running a
+    COUNT(*) instead would run the query a second time, with its side effects (a `nextval`, an INSERT ...
+    RETURNING)."""
     import duckdb
 
     from ..errors import ExecutionError
@@ -222,9 +233,11 @@ def count_rest(cursor: Any) -> int:
 
     total = 0
     try:
-        while chunk := cursor.fetchmany(10_000):
+        while total <= COUNT_AT_MOST and (chunk := cursor.fetchmany(10_000)):
             total += len(chunk)
     except duckdb.Error as exc:  # a failure further down the result, as run_sql words it
         raise ExecutionError(f"SQL error: {first_line(exc)}") from None
-    return total
+    if total > COUNT_AT_MOST:
+        return COUNT_AT_MOST, False  # at least this many (and the row run_sql read past the limit)
+    return total, True
 

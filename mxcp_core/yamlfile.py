@@ -341,12 +341,14 @@ def load_yaml_text(text: str, file: str | Path) -> Any:
     if _CParser is not None and not _pure_only(text):
         try:
             return _fast_load(text)
-        except (yaml.YAMLError, RecursionError):
+        except (yaml.YAMLError, RecursionError, ValueError, OverflowError):
             pass  # read again below: libyaml words its errors differently, and these messages are the documented ones
     try:
         return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
     except RecursionError:
         raise ConfigError("invalid YAML: nested too deeply", file=file) from None
+    except (ValueError, OverflowError) as exc:  # a value that looks like a date but is none (2001-02-30)
+        raise ConfigError(f"invalid YAML value: {exc}", file=file) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None

@@ -129,3 +129,9 @@ def test_help_lists_the_commands():
 def test_every_core_command_has_json_output(command):
     result = CliRunner().invoke(build_app([]), [command, "--help"])
     assert result.exit_code == 0 and "--json-output" in result.output
+
+
+def test_init_into_an_existing_file_is_one_clear_error(tmp_path, run_mxcp):
+    (tmp_path / "afile").write_text("x")
+    done = run_mxcp("init", "afile", cwd=tmp_path)
+    assert done.returncode == 1 and "exists and is not a folder" in done.stderr and "Traceback" not in done.stderr

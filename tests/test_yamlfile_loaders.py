@@ -220,3 +220,14 @@ def test_an_alias_gives_the_same_object_as_pyyaml_gives():
 ])
 def test_the_direct_construction_reads_as_the_pure_loader(text, monkeypatch):
     assert outcome(text) == pure_outcome(text, monkeypatch)
+
+
+def test_a_date_that_is_no_date_names_the_file(tmp_path):
+    from mxcp_core.errors import ConfigError
+    from mxcp_core.yamlfile import load_yaml_file
+
+    path = tmp_path / "tool.yml"
+    path.write_text("mxcp: 1\ntool:\n  name: t\n  tags: [2001-02-30]\n")
+    with pytest.raises(ConfigError) as raised:
+        load_yaml_file(path)
+    assert "tool.yml" in str(raised.value) and "day is out of range" in str(raised.value)

@@ -104,6 +104,8 @@ def init(
             if (parent / SITE_FILE).exists():
                 fail(f"{folder} is inside the project at {parent}; projects cannot be nested", json_output)
         name = project or folder.name.replace(" ", "-") or "mxcp-project"
+        if folder.exists() and not folder.is_dir():
+            fail(f"{folder} exists and is not a folder", json_output)
         folder.mkdir(parents=True, exist_ok=True)
         new_folders = [f"{sub}/" for sub in FOLDERS if not (folder / sub).is_dir()]
         for sub in FOLDERS:

@@ -176,7 +176,27 @@ def _missing_extra() -> MxcpError:
                      f"the OpenTelemetry SDK is not installed: pip install '{OTEL_EXTRA}'")
 
 
+# What the OTLP/HTTP exporters implement: any other protocol or exporter named in the environment is refused
+# rather than quietly replaced by these.
+_SUPPORTED_ENV = {
+    "OTEL_EXPORTER_OTLP_PROTOCOL": ("http/protobuf",),
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": ("http/protobuf",),
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": ("http/protobuf",),
+    "OTEL_TRACES_EXPORTER": ("otlp", "none"),
+    "OTEL_METRICS_EXPORTER": ("otlp", "none"),
+}
+
+
+def _check_environment() -> None:
+    for name, supported in _SUPPORTED_ENV.items():
+        value = os.environ.get(name, "").strip().lower()
+        if value and value not in supported:
+            raise MxcpError(f"telemetry: {name}={value} is not supported; mxcp exports over OTLP/HTTP "
+                            f"({name} may be {' or '.join(supported)}, or unset)")
+
+
 def build_providers(settings: TelemetrySettings) -> Providers:
+    _check_environment()
     try:
         from opentelemetry import trace
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import (

@@ -512,3 +512,15 @@ def test_no_error_text_leaves_the_process_only_its_type(tmp_path):
         assert not [e for e in span.events if e.name == "exception"]
         assert "LONGSECRETPW" not in repr(span.to_json()) and "sql-literal" not in span.to_json()
     assert exported[1].attributes["error.type"] == "RuntimeError"
+
+
+@pytest.mark.parametrize(("name", "value"), [("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                                            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+                                            ("OTEL_TRACES_EXPORTER", "zipkin")])
+def test_an_exporter_or_protocol_mxcp_does_not_implement_is_refused_not_replaced(monkeypatch, name, value):
+    from mxcp_core import MxcpError
+    from mxcp_plugins import telemetry
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(MxcpError, match=f"{name}={value} is not supported; mxcp exports over OTLP/HTTP"):
+        telemetry.build_providers(telemetry.TelemetrySettings(enabled=True))

@@ -392,3 +392,20 @@ def test_sigkill_during_a_call_leaves_its_intent_record(make_project, tmp_path: 
     (intent,) = read_records(audit)
     assert (intent["operation_name"], intent["operation_status"]) == ("sleepy", "started")
     assert intent["input_data"] == {"seconds": 60} and intent["call_id"] and intent["caller_type"] == "stdio"
+
+
+def test_a_malformed_switch_is_refused_not_read_as_off(make_project, tmp_path, run_mxcp, monkeypatch):
+    """`MXCP_AUDIT_ENABLED=ture` once read as false: it switched off an audit log the site config turns on."""
+    from mxcp_core import ConfigError
+    from mxcp_core.environment import env_flag
+
+    for value, expected in (("1", True), ("Yes", True), ("off", False), ("0", False), ("", None)):
+        monkeypatch.setenv("MXCP_AUDIT_ENABLED", value)
+        assert env_flag("MXCP_AUDIT_ENABLED") is expected
+    monkeypatch.setenv("MXCP_AUDIT_ENABLED", "ture")
+    with pytest.raises(ConfigError, match="MXCP_AUDIT_ENABLED='ture' is not a boolean"):
+        env_flag("MXCP_AUDIT_ENABLED")
+    root = make_project(tmp_path / "p", {"tools/one.yml": "mxcp: 1\ntool:\n  name: one\n  return: {type: integer}\n"
+                                                           "  source: {code: \"SELECT 1\"}\n"})
+    done = run_mxcp("run", "tool", "one", cwd=root, env={"MXCP_AUDIT_ENABLED": "ture"})
+    assert done.returncode == 1 and "MXCP_AUDIT_ENABLED='ture' is not a boolean" in done.stderr

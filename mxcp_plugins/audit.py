@@ -77,9 +77,10 @@ def config_sections():
     return [ConfigSection("audit", AuditSettings, scope="site_profile", description="the JSONL audit log")]
 
 
-def audit_path(project: Any) -> Path | None:
+def audit_path(project: Any, settings: AuditSettings | None = None) -> Path | None:
     """Where records go for this project, or None when auditing is off."""
-    settings = project.plugin_config("audit", scope="site_profile")
+    if settings is None:
+        settings = project.plugin_config("audit", scope="site_profile")
     env = env_flag("MXCP_AUDIT_ENABLED")
     enabled = env if env is not None else settings.enabled
     if not enabled:
@@ -98,8 +99,12 @@ def configured_path(project: Any, settings: AuditSettings) -> Path:
 # -- segments and the hash chain -------------------------------------------------------------------------------
 
 
+def _stem_and_suffix(active: Path) -> tuple[str, str]:
+    return (active.stem, active.suffix) if active.suffix else (active.name, "")
+
+
 def _segment_pattern(active: Path) -> re.Pattern[str]:
-    stem, suffix = (active.stem, active.suffix) if active.suffix else (active.name, "")
+    stem, suffix = _stem_and_suffix(active)
     return re.compile(re.escape(stem) + r"\.(\d{6,})" + re.escape(suffix) + "$")
 
 
@@ -115,7 +120,7 @@ def sealed_segments(active: Path) -> list[tuple[int, Path]]:
 
 
 def sealed_name(active: Path, number: int) -> Path:
-    stem, suffix = (active.stem, active.suffix) if active.suffix else (active.name, "")
+    stem, suffix = _stem_and_suffix(active)
     return active.with_name(f"{stem}.{number:06d}{suffix}")
 
 
@@ -240,9 +245,7 @@ class Sink:
     def write(self, body: bytes, *, fsync: bool, max_segment_bytes: int = 0) -> None:
         """Append `body` after any pending records; raises OSError (it is not written) when the file can't."""
         with self.lock, self._locked_file() as fd:
-            while self.pending:
-                self._append(fd, self.pending[0], fsync)
-                self.pending.pop(0)  # only once written: a failure keeps it, in order
+            self._write_pending(fd, fsync)
             self._append(fd, body, fsync)
             self._rotate_if_full(max_segment_bytes, fsync)
 
@@ -258,9 +261,12 @@ class Sink:
             if not self.pending:
                 return
             with self._locked_file() as fd:
-                while self.pending:
-                    self._append(fd, self.pending[0], fsync)
-                    self.pending.pop(0)
+                self._write_pending(fd, fsync)
+
+    def _write_pending(self, fd: int, fsync: bool) -> None:
+        while self.pending:
+            self._append(fd, self.pending[0], fsync)
+            self.pending.pop(0)  # only once written: a failure keeps it, in order
 
     @contextmanager
     def exclusive(self, *, fsync: bool) -> Iterator[Any]:
@@ -357,7 +363,7 @@ class Sink:
             if fsync:
                 _fsync_folder(self.path.parent)
         except OSError as exc:  # the record is written: a failed rotation only lets the file grow
-            log.error("audit log %s not rotated to %s: %s", self.path, target, _reason(exc))
+            log.error("audit log %s not rotated to %s: %s", self.path, target, reason(exc))
 
 
 def _open_for_append(path: Path) -> int:
@@ -389,10 +395,10 @@ def sink_for(path: Path) -> Sink:
 @hookimpl(wrapper=True, tryfirst=True)  # outermost: denials by other wrappers are recorded too
 def call_endpoint(call: Any) -> Any:
     project = call.runtime.context
-    path = audit_path(project)
+    settings = project.plugin_config("audit", scope="site_profile")
+    path = audit_path(project, settings)
     if path is None:
         return (yield)
-    settings = project.plugin_config("audit", scope="site_profile")
     sink = sink_for(path)
     call_id = uuid.uuid4().hex
     inputs = _input_data(call)  # the same in both records: made once
@@ -400,14 +406,14 @@ def call_endpoint(call: Any) -> Any:
         sink.write(_body(call, call_id, inputs, STARTED, None, None, None), fsync=settings.fsync,
                    max_segment_bytes=settings.max_segment_bytes)
     except Exception as exc:  # noqa: BLE001 - whatever stops the record, the call must not run unrecorded
-        reason = _reason(exc)
+        why = reason(exc)
         if settings.on_failure == "refuse":
-            log.error("audit log %s cannot be written (%s): %s '%s' refused", path, reason,
+            log.error("audit log %s cannot be written (%s): %s '%s' refused", path, why,
                       call.endpoint.kind, call.endpoint.key)
             raise ExecutionError(
-                f"call refused: the audit log {path} cannot be written ({reason}); nothing was run"
+                f"call refused: the audit log {path} cannot be written ({why}); nothing was run"
             ) from None
-        log.error("audit log %s cannot be written (%s): %s '%s' runs unaudited (on_failure: log)", path, reason,
+        log.error("audit log %s cannot be written (%s): %s '%s' runs unaudited (on_failure: log)", path, why,
                   call.endpoint.kind, call.endpoint.key)
     started = time.perf_counter()
     status, error, result = "success", None, None
@@ -435,7 +441,7 @@ def _complete(sink: Sink, settings: AuditSettings, call: Any, call_id: str, inpu
         log.critical(
             "AUDIT RECORD NOT WRITTEN: %s '%s' (call_id %s) finished with status %s, but the audit log %s cannot "
             "be written (%s). The record is kept in memory and written first once the file works; %s.",
-            call.endpoint.kind, call.endpoint.key, call_id, status, sink.path, _reason(exc), then,
+            call.endpoint.kind, call.endpoint.key, call_id, status, sink.path, reason(exc), then,
         )
 
 
@@ -455,11 +461,11 @@ def on_shutdown(runtime: Any) -> None:
                 sink.flush(fsync=True)
             except OSError as exc:
                 log.critical("audit log %s: %d completion records lost at shutdown (%s)", sink.path,
-                             len(sink.pending), _reason(exc))
+                             len(sink.pending), reason(exc))
         sink.close()
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     # strerror alone: the path is named separately, and the client's copy of the message drops paths.
     return (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) or type(exc).__name__
 

@@ -111,29 +111,14 @@ class Line:
         return audit_record(self.record())
 
 
-def lines(segment: Segment) -> list[Line]:
-    try:
-        data = segment.path.read_bytes()
-    except FileNotFoundError:  # removed by log-cleanup while we read
-        return []
-    except OSError as exc:
-        raise MxcpError(f"cannot read audit log segment {segment.path}: {exc.strerror or exc}") from None
-    parts = data.split(b"\n")
-    torn = parts.pop()  # b"" when the file ends with a newline
-    found = [Line(segment, index, raw, True) for index, raw in enumerate(parts, start=1)]
-    if torn:
-        found.append(Line(segment, len(parts) + 1, torn, False))
-    return found
-
-
 def iter_lines(segment: Segment) -> Iterator[Line]:
-    """The lines of `segment` read one at a time (as `lines`, without holding the file in memory)."""
+    """The lines of `segment` read one at a time, without holding the file in memory (a torn last line too)."""
     try:
         handle = segment.path.open("rb")
     except FileNotFoundError:  # removed by log-cleanup while we read
         return
     except OSError as exc:
-        raise MxcpError(f"cannot read audit log segment {segment.path}: {exc.strerror or exc}") from None
+        raise MxcpError(f"cannot read audit log segment {segment.path}: {audit.reason(exc)}") from None
     with handle:
         for number, raw in enumerate(handle, start=1):
             if raw.endswith(b"\n"):
@@ -228,7 +213,7 @@ def select(active: Path, selection: LogFilter, limit: int | None) -> list[dict[s
     completed: set[Any] = set()
     found: list[dict[str, Any]] = []
     for segment in reversed(segments(active)):
-        for line in reversed(lines(segment)):
+        for line in reversed(list(iter_lines(segment))):
             record = line.audit_record()
             if record is None:
                 continue
@@ -320,7 +305,7 @@ def _parent_folder(target: Path) -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise MxcpError(f"cannot create the folder of {target}: {exc.strerror or exc}") from None
+        raise MxcpError(f"cannot create the folder of {target}: {audit.reason(exc)}") from None
 
 
 class _writing:
@@ -333,7 +318,7 @@ class _writing:
             self.handle = open(self.target, "w", newline="", encoding="utf-8",  # noqa: SIM115 - closed in __exit__
                                errors="backslashreplace")
         except OSError as exc:
-            raise MxcpError(f"cannot write {self.target}: {exc.strerror or exc}") from None
+            raise MxcpError(f"cannot write {self.target}: {audit.reason(exc)}") from None
         return self.handle
 
     def __exit__(self, *exc: Any) -> None:
@@ -736,7 +721,7 @@ def cleanup(active: Path, settings: audit.AuditSettings, now: datetime) -> list[
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                failed.append(f"{segment.path.name} ({exc.strerror or exc})")
+                failed.append(f"{segment.path.name} ({audit.reason(exc)})")
         if failed:
             raise MxcpError(f"cannot remove audit log segment{'s' if len(failed) > 1 else ''} {', '.join(failed)} "
                             f"in {active.parent}: the log-cleanup record naming them is written, so verify warns "
@@ -767,19 +752,19 @@ def _cleanup_record(expired: list[Expired], retention_days: int) -> dict[str, An
 # -- commands --------------------------------------------------------------------------------------------------
 
 
-def _log_location(profile: str | None) -> tuple[Any, Path, audit.AuditSettings]:
-    """The project, its active audit file and settings; a clear error when the profile does not audit."""
+def _log_location(profile: str | None) -> tuple[Path, audit.AuditSettings]:
+    """The project's active audit file and settings; a clear error when the profile does not audit."""
     project = commands.open_project(profile).context
     if project.profile not in project.site.profiles and project.profile != project.site.profile:
         raise MxcpError(f"profile '{project.profile}' is not in {project.root / 'mxcp-site.yml'} (profiles: "
                         f"{', '.join(project.site.profiles) or 'none'})")
     settings = project.plugin_config("audit", scope="site_profile")
-    path = audit.audit_path(project)
+    path = audit.audit_path(project, settings)
     if path is None:
         raise MxcpError(
             f"the audit log is off for profile '{project.profile}': set profiles.{project.profile}.audit.enabled: "
             f"true in {project.root / 'mxcp-site.yml'}, or MXCP_AUDIT_ENABLED=1 for one command")
-    return project, path, settings
+    return path, settings
 
 
 def log_command(
@@ -849,7 +834,7 @@ def log_command(
             since=parse_moment(since, "--since", now) if since is not None else None,
             until=parse_moment(until, "--until", now, end_of_day=True) if until is not None else None,
         )
-        _, path, _ = _log_location(profile)
+        path, _ = _log_location(profile)
         exporting = export_csv_to is not None or export_duckdb_to is not None
         chosen = limit if limit is not None else (0 if exporting else DEFAULT_LIMIT)
         found = select(path, selection, chosen or None)
@@ -952,7 +937,7 @@ def verify_command(
             if not re.fullmatch(r"[0-9a-fA-F]{64}", given.strip()):
                 raise MxcpError(f"--expect-hash {given!r} is not a record_hash (64 hexadecimal digits)")
             expected.append(given.strip().lower())
-        _, path, _ = _log_location(profile)
+        path, _ = _log_location(profile)
         result = verify(path, expected)
         if json_output:
             payload: dict[str, Any] = {"status": "ok" if result.ok else "error", "result": result.as_dict()}
@@ -1013,7 +998,7 @@ def cleanup_command(
       mxcp log-cleanup --profile prod --json-output
     """
     with commands.reporting_errors(json_output, debug):
-        _, path, settings = _log_location(profile)
+        path, settings = _log_location(profile)
         now = datetime.now(timezone.utc)
         removed = (expired_segments(path, settings.retention_days, now) if dry_run
                    else cleanup(path, settings, now))

@@ -80,6 +80,8 @@ _LAZY = {
     "env_flag": "environment:env_flag",
     # Python endpoints' lifecycle marks and what a call asked for that the profile lacks
     "lifecycle_role": "runtime_api:lifecycle_role",
+    "run_init_functions": "runtime_api:run_init_functions",
+    "run_shutdown_functions": "runtime_api:run_shutdown_functions",
     "missing_secrets": "runtime_api:missing_secrets",
     # sign-in: what sign-in, identity-provider and store plugins return
     "HttpSignIn": "sign_in:HttpSignIn",

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from . import context
 from .config import as_plain_dict
+from .errors import MxcpError
 from .records import UserContext
 from .sql import Rows, run_sql
 
@@ -118,6 +120,44 @@ def on_shutdown(func: F) -> F:
     """Run `func` when the runtime stops (and before a reload)."""
     setattr(func, LIFECYCLE_MARK, "shutdown")
     return func
+
+
+def run_init_functions(runtime: Any, functions: Iterable[Callable[[], Any]], origin: str) -> None:
+    """Run `@on_init` functions of user code (`origin`: `python/setup.py`, `plugins/x.py`): one that fails is the
+    project's own error, stopping the start with its name and reason (the traceback only with --debug)."""
+    for function in functions:
+        try:
+            _run_lifecycle_function(runtime, function)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - sys.exit() too: named, never a crash of the server
+            logging.getLogger(__name__).debug("%s: @on_init function %s failed", origin, function.__name__,
+                                              exc_info=True)
+            reason = " ".join(str(exc).split()) or "(no message)"
+            raise MxcpError(f"{origin}: @on_init function {function.__name__}() failed: "
+                            f"{type(exc).__name__}: {reason}") from None
+
+
+def run_shutdown_functions(runtime: Any, functions: Iterable[Callable[[], Any]], origin: str) -> None:
+    """Run `@on_shutdown` functions of user code: each one, even when another fails (the failure is logged)."""
+    for function in functions:
+        try:
+            _run_lifecycle_function(runtime, function)
+        except Exception:  # noqa: BLE001 - one failing cleanup must not stop the others
+            logging.getLogger(__name__).exception("%s: @on_shutdown function %s() failed", origin,
+                                                  function.__name__)
+
+
+def _run_lifecycle_function(runtime: Any, function: Callable[[], Any]) -> None:
+    import inspect
+
+    result = function()
+    if inspect.isawaitable(result):
+        runtime.run_async(_awaited, result)
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def lifecycle_role(func: Any) -> str | None:

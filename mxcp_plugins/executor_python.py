@@ -23,6 +23,8 @@ from mxcp_core import (
     load_private_module,
     missing_secrets,
     remove_from_import_path,
+    run_init_functions,
+    run_shutdown_functions,
     tracing,
 )
 
@@ -32,9 +34,8 @@ log = logging.getLogger(__name__)
 class LifecycleHooks:
     """The @on_init / @on_shutdown functions of one user module, as a plugin of the on_init/on_shutdown hooks."""
 
-    def __init__(self, module: ModuleType, runner: Any, origin: str = "") -> None:
+    def __init__(self, module: ModuleType, origin: str = "") -> None:
         self.module = module
-        self.runner = runner
         self.origin = origin or module.__name__  # `python/setup.py`, for messages
         marked = [
             value for value in vars(module).values()
@@ -45,25 +46,11 @@ class LifecycleHooks:
 
     @hookimpl
     def on_init(self, runtime: Any) -> None:
-        for function in self.init_functions:
-            try:
-                self.runner(runtime, function)
-            except KeyboardInterrupt:
-                raise
-            except BaseException as exc:  # noqa: BLE001 - sys.exit() too; named below, the traceback only with --debug
-                log.debug("@on_init function %s.%s failed", self.module.__name__, function.__name__, exc_info=True)
-                reason = " ".join(str(exc).split()) or "(no message)"
-                # The project's own code: an error that stops the start (an MxcpError), not a plugin to skip.
-                raise MxcpError(f"{self.origin}: @on_init function {function.__name__}() failed: "
-                                f"{type(exc).__name__}: {reason}") from None
+        run_init_functions(runtime, self.init_functions, self.origin)
 
     @hookimpl
     def on_shutdown(self, runtime: Any) -> None:
-        for function in self.shutdown_functions:
-            try:
-                self.runner(runtime, function)
-            except Exception:  # noqa: BLE001 - one failing cleanup must not stop the others
-                log.exception("@on_shutdown function %s.%s failed", self.module.__name__, function.__name__)
+        run_shutdown_functions(runtime, self.shutdown_functions, self.origin)
 
 
 class PythonExecutor:
@@ -119,7 +106,7 @@ class PythonExecutor:
         assert self.python_dir is not None
         for file, module in list(self.modules.items()):
             origin = f"python/{_relative(file, self.python_dir.resolve())}"
-            hooks = LifecycleHooks(module, _run_lifecycle_function, origin)
+            hooks = LifecycleHooks(module, origin)
             if hooks.init_functions or hooks.shutdown_functions:
                 name = f"python:{module.__name__}"
                 runtime.register_plugin(hooks, name)
@@ -277,12 +264,6 @@ def _signature_problems(function: Any, endpoint: EndpointDefinition) -> list[str
     if missing:
         problems.append(f"function {function.__name__}() requires {', '.join(missing)}, not declared in the YAML")
     return problems
-
-
-def _run_lifecycle_function(runtime: Any, function: Any) -> None:
-    result = function()
-    if inspect.isawaitable(result):
-        runtime.run_async(_await, result)
 
 
 async def _await(awaitable: Any) -> Any:

@@ -43,6 +43,8 @@ from mxcp_core import (
     hookimpl,
     lifecycle_role,
     load_private_module,
+    run_init_functions,
+    run_shutdown_functions,
     udf_methods,
 )
 
@@ -328,14 +330,8 @@ def on_init(runtime):
     """The plugins' `@on_init` functions: one that fails stops the start, naming it (as a python/ module's does)."""
     loaded = runtime.context.state.get(STATE_KEY)
     for role, function, origin in loaded.lifecycle if loaded is not None else ():
-        if role != "init":
-            continue
-        try:
-            _run(runtime, function)
-        except Exception as exc:  # noqa: BLE001 - named, with the reason; the traceback with --debug
-            log.debug("@on_init %s failed", function, exc_info=True)
-            raise ConfigError(f"{origin}: @on_init function {function.__name__}() failed: "
-                              f"{type(exc).__name__}: {first_line(exc)}") from None
+        if role == "init":
+            run_init_functions(runtime, [function], origin)
 
 
 @hookimpl
@@ -343,19 +339,4 @@ def on_shutdown(runtime):
     loaded = runtime.context.state.get(STATE_KEY)
     for role, function, origin in loaded.lifecycle if loaded is not None else ():
         if role == "shutdown":
-            try:
-                _run(runtime, function)
-            except Exception:  # noqa: BLE001 - one failing cleanup must not stop the others
-                log.exception("%s: @on_shutdown function %s() failed", origin, function.__name__)
-
-
-def _run(runtime: Any, function: Callable[[], Any]) -> None:
-    import inspect
-
-    result = function()
-    if inspect.isawaitable(result):
-        runtime.run_async(_awaited, result)
-
-
-async def _awaited(awaitable: Any) -> Any:
-    return await awaitable
+            run_shutdown_functions(runtime, [function], origin)

@@ -188,3 +188,17 @@ def test_each_reload_runs_the_udf_plugin_code_as_it_is_now(make_project, tmp_pat
         assert seen == [f"v{n}" for n in range(1, 31)]
         loaded = [name for name in sys.modules if name.startswith("mxcp_plugin_") and name.endswith("_ver")]
         assert len(loaded) == 1, loaded
+
+
+def test_a_udf_plugin_on_init_that_exits_is_named_as_a_python_module_one_is(make_project, tmp_path, run_mxcp):
+    """One runner for user code's lifecycle functions: sys.exit() in a plugins/ @on_init is the project's error."""
+    site = "mxcp: 1\nproject: demo\nprofile: default\n"
+    root = make_project(tmp_path / "p", {
+        "mxcp-site.yml": site,
+        "plugins/quits.py": "import sys\nfrom mxcp.plugins import on_init\n\n\ndef register_functions(conn):\n"
+                            "    pass\n\n\n@on_init\ndef setup():\n    sys.exit(3)\n",
+        "tools/one.yml": "mxcp: 1\ntool:\n  name: one\n  return: {type: integer}\n  source: {code: \"SELECT 1\"}\n",
+    })
+    done = run_mxcp("run", "tool", "one", cwd=root)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "plugins/quits.py: @on_init function setup() failed: SystemExit: 3" in done.stderr

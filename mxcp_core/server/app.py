@@ -91,7 +91,7 @@ class Catalog:
         resources: list[types.Resource] = []
         templates: list[types.ResourceTemplate] = []
         prompts: list[types.Prompt] = []
-        for (kind, key), compiled in sorted(runtime.compiled.items(), key=lambda item: item[0]):
+        for (kind, key), compiled in sorted(runtime.compiled.items()):
             definition = compiled.definition
             if kind == "tool":
                 entry = _Entry(compiled, key, {"object": "object", "array": "wrap", "scalar": "wrap"}.get(

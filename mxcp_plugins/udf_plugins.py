@@ -284,6 +284,11 @@ _load_numbers = itertools.count(1)
 _loads: dict[Path, list[ProjectPlugins]] = {}
 
 
+def _forget(project: ProjectContext, found: ProjectPlugins) -> None:
+    for name in found.exposed:
+        project.plugin_objects.pop(name, None)
+
+
 def plugins_for(project: ProjectContext) -> ProjectPlugins:
     """The project's plugins, loaded on first use and kept in the project's own state.
 
@@ -296,9 +301,7 @@ def plugins_for(project: ProjectContext) -> ProjectPlugins:
         if found is not None:
             if found.configs == configs:
                 return found
-            for name in found.exposed:
-                project.plugin_objects.pop(name, None)
-            found.unload()
+            _forget(project, found)  # its modules leave sys.modules below, with every earlier load of the folder
             del project.state[STATE_KEY]
         folder = project.path("plugins")
         # A name of its own per load (never reused, unlike an object's id): another load of the same folder (a
@@ -311,8 +314,7 @@ def plugins_for(project: ProjectContext) -> ProjectPlugins:
         try:
             found.load(project)
         except BaseException:
-            for name in found.exposed:
-                project.plugin_objects.pop(name, None)
+            _forget(project, found)
             found.unload()
             raise
         project.state[STATE_KEY] = found

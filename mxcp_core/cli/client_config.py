@@ -81,11 +81,10 @@ def client_snippet(client: str, name: str, project_dir: Path, profile: str | Non
 
 def project_identity() -> tuple[str, Path]:
     """The project's name (its `project:`) and folder, from the site file found from the working directory."""
-    from ..config import find_site_file
-    from ..yamlfile import load_yaml_file
+    from ..config import find_site_file, read_site_file
 
     site_file = find_site_file()
-    data = load_yaml_file(site_file)
+    data, _ = read_site_file(site_file)  # `project: ${NAME}` interpolated, as every command reads it
     name = data.get("project") if isinstance(data, dict) else None
     return (str(name) if name else site_file.parent.name), site_file.parent
 

@@ -110,8 +110,9 @@ def validate(
         if json_output:
             from .output import emit_json
 
-            emit_json({"status": "ok" if not errors else "error", "result": result,
-                       **({"error": f"{plural(len(errors), 'problem')} found"} if errors else {})})
+            if errors:
+                fail(f"{plural(len(errors), 'problem')} found", json_output, result=result)
+            emit_json({"status": "ok", "result": result})
         else:
             out = sys.stderr if errors else sys.stdout
             lines = []

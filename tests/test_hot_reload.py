@@ -234,6 +234,22 @@ def test_serve_watch_reloads_when_a_file_changes(make_project, tmp_path):
         assert run_http(url, lambda c: c.call_tool("two", {})).structured_content == {"n": 2}
 
 
+def test_serve_watch_reloads_a_file_changed_while_the_server_was_starting(make_project, tmp_path):
+    # The module is imported while the server starts (after the endpoint files were read) and writes a new tool
+    # file then: a first look taken after start-up would count it as already served and never reload.
+    writes_two = (f"from pathlib import Path\n\nTWO = Path(__file__).parent.parent / 'tools' / 'two.yml'\n"
+                  f"if not TWO.exists():\n    TWO.write_text({TWO!r})\n\n" + version_code("v1"))
+    root = make_project(tmp_path / "p", {"tools/one.yml": ONE, "tools/version.yml": VERSION_TOOL,
+                                         "python/version.py": writes_two})
+    with http_server(root, "--watch") as (base, process):
+        url = f"{base}/mcp"
+
+        def listed():
+            return "two" in [t.name for t in run_http(url, lambda c: c.list_tools()).tools]
+
+        wait_for(listed, timeout=20)
+
+
 def test_settings_applied_at_start_only_are_named_not_silently_ignored(runtime, caplog):
     runtime.context.site_file.write_text(SITE + "limits: {workers: 3}\n")
     with caplog.at_level("WARNING"):

@@ -324,6 +324,9 @@ def serve(project: Project, options: ServeOptions, *, wire: StdioWire | None = N
     if options.transport == "stdio" and wire is None:
         wire = StdioWire.claim()
     try:
+        # `--watch` compares against the files as they were before loading, so an edit made while the server
+        # starts is reloaded too (a first look taken later would already include it).
+        watched = _look_at_files(project.context) if options.watch else None
         runtime = start_runtime(project, ignore_errors=options.ignore_errors)
         try:
             from .app import create_server
@@ -334,9 +337,9 @@ def serve(project: Project, options: ServeOptions, *, wire: StdioWire | None = N
                 if _sign_in_configured(runtime):
                     print("mxcp: note: the user config's auth (sign-in) applies to HTTP serving; this stdio server "
                           "serves the local user who started it", file=sys.stderr)
-                anyio.run(_serve_stdio, server, runtime, wire, options, ready)
+                anyio.run(_serve_stdio, server, runtime, wire, options, ready, watched)
             else:
-                anyio.run(_serve_http, server, runtime, options, ready)
+                anyio.run(_serve_http, server, runtime, options, ready, watched)
         finally:
             runtime.stop()
     finally:
@@ -344,12 +347,13 @@ def serve(project: Project, options: ServeOptions, *, wire: StdioWire | None = N
             wire.release()
 
 
-async def _watch_signals(runtime: Runtime, stop: Callable[[], None], watch: bool = False) -> None:
-    """SIGINT/SIGTERM stop serving (on_shutdown runs after); SIGHUP reloads the runtime; so does a changed
-    project file with `watch`."""
+async def _watch_signals(runtime: Runtime, stop: Callable[[], None], watch: bool = False,
+                         watched: dict[Any, Any] | None = None) -> None:
+    """SIGINT/SIGTERM stop serving (on_shutdown runs after); SIGHUP reloads the runtime; so does, with `watch`, a
+    project file that changes from the `watched` snapshot."""
     async with anyio.create_task_group() as tasks:
         if watch:
-            tasks.start_soon(_watch_files, runtime)
+            tasks.start_soon(_watch_files, runtime, watched)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
@@ -364,20 +368,26 @@ async def _watch_signals(runtime: Runtime, stop: Callable[[], None], watch: bool
 WATCH_INTERVAL = 0.5  # seconds between looks at the project's files
 
 
-async def _watch_files(runtime: Runtime) -> None:
-    """`serve --watch`: reload when a file the project reads changes, once it has stopped changing."""
-    import time
-
+def _look_at_files(context: Any) -> dict[Any, Any] | None:
+    """A snapshot of the project's watched files, or None when a folder cannot be read just now."""
     from .watch import snapshot
 
-    async def look() -> dict[Any, Any] | None:
-        try:
-            return await anyio.to_thread.run_sync(snapshot, runtime.context)
-        except Exception as exc:  # noqa: BLE001 - a folder that cannot be read never stops serving
-            log.warning("--watch: cannot look at the project's files (%s); trying again", exc)
-            return None
+    try:
+        return snapshot(context)
+    except Exception as exc:  # noqa: BLE001 - a folder that cannot be read never stops serving
+        log.warning("--watch: cannot look at the project's files (%s); trying again", exc)
+        return None
 
-    seen = await look()
+
+async def _watch_files(runtime: Runtime, first: dict[Any, Any] | None) -> None:
+    """`serve --watch`: reload when a file the project reads changes from `first` (taken before loading), once
+    it has stopped changing."""
+    import time
+
+    async def look() -> dict[Any, Any] | None:
+        return await anyio.to_thread.run_sync(_look_at_files, runtime.context)
+
+    seen = first
     pause = WATCH_INTERVAL
     while True:
         await anyio.sleep(pause)
@@ -404,12 +414,12 @@ async def _watch_files(runtime: Runtime) -> None:
 
 
 async def _serve_stdio(server: Any, runtime: Runtime, wire: StdioWire, options: ServeOptions,
-                       ready: Callable[[str], None] | None = None) -> None:
+                       ready: Callable[[str], None] | None = None, watched: dict[Any, Any] | None = None) -> None:
     from mcp.server.stdio import stdio_server
 
     stdin, stdout = await _wire_streams(wire, getattr(server, "inflight", None) and server.inflight.drained)
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(_watch_signals, runtime, tasks.cancel_scope.cancel, options.watch)
+        tasks.start_soon(_watch_signals, runtime, tasks.cancel_scope.cancel, options.watch, watched)
         async with stdio_server(stdin=stdin, stdout=stdout) as (read_stream, write_stream):
             if ready is not None:
                 ready("stdio")
@@ -455,10 +465,10 @@ async def _sign_in(runtime: Runtime, options: ServeOptions) -> Any:
 
 
 async def _serve_http(server: Any, runtime: Runtime, options: ServeOptions,
-                      ready: Callable[[str], None] | None) -> None:
+                      ready: Callable[[str], None] | None, watched: dict[Any, Any] | None = None) -> None:
     sign_in = await _sign_in(runtime, options)
     try:
-        await _serve_http_app(server, runtime, options, ready, sign_in)
+        await _serve_http_app(server, runtime, options, ready, sign_in, watched)
     finally:
         if sign_in is not None and sign_in.close is not None:
             with contextlib.suppress(Exception):
@@ -466,7 +476,8 @@ async def _serve_http(server: Any, runtime: Runtime, options: ServeOptions,
 
 
 async def _serve_http_app(server: Any, runtime: Runtime, options: ServeOptions,
-                          ready: Callable[[str], None] | None, sign_in: Any) -> None:
+                          ready: Callable[[str], None] | None, sign_in: Any,
+                          watched: dict[Any, Any] | None = None) -> None:
     import uvicorn
 
     app = build_http_app(server, runtime, options, sign_in)
@@ -478,7 +489,7 @@ async def _serve_http_app(server: Any, runtime: Runtime, options: ServeOptions,
         web.should_exit = True
 
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(_watch_signals, runtime, stop, options.watch)
+        tasks.start_soon(_watch_signals, runtime, stop, options.watch, watched)
         path = "/sse" if options.transport == "sse" else MCP_PATH
         warning = host_policy(options).warning
         if warning:

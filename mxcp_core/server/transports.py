@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -326,7 +327,7 @@ def serve(project: Project, options: ServeOptions, *, wire: StdioWire | None = N
     try:
         # `--watch` compares against the files as they were before loading, so an edit made while the server
         # starts is reloaded too (a first look taken later would already include it).
-        watched = _look_at_files(project.context) if options.watch else None
+        watch = functools.partial(_watch_files, first=_look_at_files(project.context)) if options.watch else None
         runtime = start_runtime(project, ignore_errors=options.ignore_errors)
         try:
             from .app import create_server
@@ -337,9 +338,9 @@ def serve(project: Project, options: ServeOptions, *, wire: StdioWire | None = N
                 if _sign_in_configured(runtime):
                     print("mxcp: note: the user config's auth (sign-in) applies to HTTP serving; this stdio server "
                           "serves the local user who started it", file=sys.stderr)
-                anyio.run(_serve_stdio, server, runtime, wire, options, ready, watched)
+                anyio.run(_serve_stdio, server, runtime, wire, options, ready, watch)
             else:
-                anyio.run(_serve_http, server, runtime, options, ready, watched)
+                anyio.run(_serve_http, server, runtime, options, ready, watch)
         finally:
             runtime.stop()
     finally:
@@ -347,13 +348,12 @@ def serve(project: Project, options: ServeOptions, *, wire: StdioWire | None = N
             wire.release()
 
 
-async def _watch_signals(runtime: Runtime, stop: Callable[[], None], watch: bool = False,
-                         watched: dict[Any, Any] | None = None) -> None:
-    """SIGINT/SIGTERM stop serving (on_shutdown runs after); SIGHUP reloads the runtime; so does, with `watch`, a
-    project file that changes from the `watched` snapshot."""
+async def _watch_signals(runtime: Runtime, stop: Callable[[], None], watch: FileWatch | None = None) -> None:
+    """SIGINT/SIGTERM stop serving (on_shutdown runs after); SIGHUP reloads the runtime; so does a changed
+    project file when `watch` (`serve --watch`) is given."""
     async with anyio.create_task_group() as tasks:
-        if watch:
-            tasks.start_soon(_watch_files, runtime, watched)
+        if watch is not None:
+            tasks.start_soon(watch, runtime)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
@@ -366,6 +366,7 @@ async def _watch_signals(runtime: Runtime, stop: Callable[[], None], watch: bool
 
 
 WATCH_INTERVAL = 0.5  # seconds between looks at the project's files
+FileWatch = Callable[[Runtime], Awaitable[None]]  # `serve --watch`'s task: _watch_files with its first look
 
 
 def _look_at_files(context: Any) -> dict[Any, Any] | None:
@@ -414,12 +415,12 @@ async def _watch_files(runtime: Runtime, first: dict[Any, Any] | None) -> None:
 
 
 async def _serve_stdio(server: Any, runtime: Runtime, wire: StdioWire, options: ServeOptions,
-                       ready: Callable[[str], None] | None = None, watched: dict[Any, Any] | None = None) -> None:
+                       ready: Callable[[str], None] | None = None, watch: FileWatch | None = None) -> None:
     from mcp.server.stdio import stdio_server
 
     stdin, stdout = await _wire_streams(wire, getattr(server, "inflight", None) and server.inflight.drained)
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(_watch_signals, runtime, tasks.cancel_scope.cancel, options.watch, watched)
+        tasks.start_soon(_watch_signals, runtime, tasks.cancel_scope.cancel, watch)
         async with stdio_server(stdin=stdin, stdout=stdout) as (read_stream, write_stream):
             if ready is not None:
                 ready("stdio")
@@ -465,10 +466,10 @@ async def _sign_in(runtime: Runtime, options: ServeOptions) -> Any:
 
 
 async def _serve_http(server: Any, runtime: Runtime, options: ServeOptions,
-                      ready: Callable[[str], None] | None, watched: dict[Any, Any] | None = None) -> None:
+                      ready: Callable[[str], None] | None, watch: FileWatch | None = None) -> None:
     sign_in = await _sign_in(runtime, options)
     try:
-        await _serve_http_app(server, runtime, options, ready, sign_in, watched)
+        await _serve_http_app(server, runtime, options, ready, sign_in, watch)
     finally:
         if sign_in is not None and sign_in.close is not None:
             with contextlib.suppress(Exception):
@@ -477,7 +478,7 @@ async def _serve_http(server: Any, runtime: Runtime, options: ServeOptions,
 
 async def _serve_http_app(server: Any, runtime: Runtime, options: ServeOptions,
                           ready: Callable[[str], None] | None, sign_in: Any,
-                          watched: dict[Any, Any] | None = None) -> None:
+                          watch: FileWatch | None = None) -> None:
     import uvicorn
 
     app = build_http_app(server, runtime, options, sign_in)
@@ -489,7 +490,7 @@ async def _serve_http_app(server: Any, runtime: Runtime, options: ServeOptions,
         web.should_exit = True
 
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(_watch_signals, runtime, stop, options.watch, watched)
+        tasks.start_soon(_watch_signals, runtime, stop, watch)
         path = "/sse" if options.transport == "sse" else MCP_PATH
         warning = host_policy(options).warning
         if warning:

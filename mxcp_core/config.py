@@ -76,8 +76,21 @@ class LimitsConfig:
 
 
 @attrs.define
+class SqlEngineConfig:
+    """`profiles.<name>.sql`: the engine that runs the profile's SQL endpoints, `mxcp query` and `db.execute`.
+
+    `duckdb` (the embedded database of `duckdb:`) is the core's; any other name comes from a plugin's
+    `open_sql_engine` hook, connecting with the user config's secret `secret` (e.g. `type: postgres`).
+    """
+
+    engine: str = "duckdb"
+    secret: str | None = None
+
+
+@attrs.define
 class SiteProfile:
     duckdb: DuckDBConfig = attrs.Factory(DuckDBConfig)
+    sql: SqlEngineConfig = attrs.Factory(SqlEngineConfig)
 
 
 @attrs.define

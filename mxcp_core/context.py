@@ -73,7 +73,7 @@ def cursor(*, bind_identity: bool = False) -> Any:
         if slot is None:
             slot = CursorSlot(call.user if call is not None else None)
             current_cursor.set(slot)
-        found = slot.cursor = runtime.database.acquire()
+        found = slot.cursor = runtime.database.acquire(user=slot.user)
         slot.identity = runtime.database.identity
         if call is not None:
             call.on_interrupt(found.interrupt)

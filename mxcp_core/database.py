@@ -1,27 +1,60 @@
-"""DuckDB ownership: one database per project and profile, a pooled cursor per call, safe from many threads."""
+"""The SQL engine of a profile: the core's DuckDB database, or one a plugin opens (`open_sql_engine`).
+
+DuckDB: one database per project and profile, a cursor per call, safe from many threads.
+"""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ExecutionError
+from .errors import ConfigError, ExecutionError
+from .records import Problem
 
 if TYPE_CHECKING:
     import duckdb
 
     from .hooks import Hooks
-    from .records import ProjectContext
+    from .records import ProjectContext, UserContext
     from .sql_identity import IdentityFunctions
 
 log = logging.getLogger(__name__)
 
+DUCKDB = "duckdb"
+# Database objects an on_init hook may create (`CREATE TABLE ...`), so `validate` cannot tell they are missing.
+_ON_INIT_MAY_CREATE = re.compile(r"Catalog Error: (Table|View|Schema|Type|Sequence) with name ", re.IGNORECASE)
+
+
+def open_engine(project: ProjectContext, hooks: Hooks) -> Any:
+    """The engine the active profile's `sql.engine` names: DuckDB (the core's), or the one a plugin provides.
+
+    Fails closed: an engine no loaded plugin provides (not installed, or disabled) stops the start, naming the key.
+    """
+    settings = project.site.profile_config(project.profile).sql
+    if settings.engine == DUCKDB:
+        return Database(project, hooks)
+    engine = hooks.open_sql_engine(settings=settings, project=project)
+    if engine is None:
+        hint = " (pip install 'mxcp-pluggy[postgres]')" if settings.engine == "postgres" else ""
+        raise ConfigError(
+            f"no loaded plugin provides the SQL engine '{settings.engine}'{hint}; is its plugin installed and "
+            "enabled?", file=project.site_file, key_path=f"profiles.{project.profile}.sql.engine")
+    return engine
+
 
 class Database:
-    """The project's DuckDB database: one connection; each call gets its own cursor (sharing its functions)."""
+    """The project's DuckDB database: one connection; each call gets its own cursor (sharing its functions).
+
+    Any engine offers what this class offers to the rest of the core (hookspecs.md, `open_sql_engine`): `open`,
+    `close`, `acquire`/`release` of a call's cursor, `cursor()` for work outside calls, `statements` and `check`
+    for `validate`, and the `project`, `paused` and `identity` attributes.
+    """
+
+    name = DUCKDB
 
     def __init__(self, project: ProjectContext, hooks: Hooks) -> None:
         self.project = project
@@ -97,8 +130,10 @@ class Database:
                 self._conn = None
                 self.identity = None
 
-    def acquire(self) -> duckdb.DuckDBPyConnection:
-        """A fresh cursor for one call: its own transaction and temporary objects, never seen by the next call."""
+    def acquire(self, user: UserContext | None = None) -> duckdb.DuckDBPyConnection:
+        """A fresh cursor for one call: its own transaction and temporary objects, never seen by the next call.
+
+        The caller (`user`) is bound later, by the identity functions, only when the SQL asks for it."""
         return self.connection.cursor()
 
     def release(self, cursor: duckdb.DuckDBPyConnection, healthy: bool = True) -> None:
@@ -117,6 +152,35 @@ class Database:
             healthy = True
         finally:
             self.release(cursor, healthy)
+
+
+    # -- checking SQL (`validate`, and `serve` at start) ----------------------------------------------------
+    def statements(self, sql: str) -> tuple[tuple[str, frozenset[str]], ...]:
+        """The statements of a SQL text, each with the `$name` parameters it uses (DuckDB's parser)."""
+        from .sql import split_statements
+
+        return split_statements(sql)
+
+    def check(self, statement: str, *, phase: str) -> list[str | Problem]:
+        """Let DuckDB bind one statement (tables, columns, functions) without running it: what is wrong."""
+        import duckdb
+
+        with self.cursor() as cursor:
+            try:
+                cursor.execute(f"PREPARE mxcp_validate AS {statement.rstrip().rstrip(';')}")
+                cursor.execute("DEALLOCATE mxcp_validate")
+            except duckdb.CatalogException as exc:
+                first = str(exc).strip().splitlines()[0]
+                message = f"SQL does not prepare: {first}"
+                if phase == "serving" or not _ON_INIT_MAY_CREATE.search(first):
+                    # Functions come from register_functions (plugins, plugins/ folder), which run when `validate`
+                    # opens the database too: one missing there is missing when serving, so both call it an error.
+                    return [message]
+                # Without on_init hooks (mxcp validate) a table they create is not there yet: worth a look only.
+                return [Problem(message=f"{message} (unless an on_init hook creates it)", severity="warning")]
+            except duckdb.Error as exc:
+                return [f"SQL does not prepare: {str(exc).strip().splitlines()[0]}"]
+        return []
 
 
 def _quietly_close(conn: Any) -> None:

@@ -148,13 +148,13 @@ class Runtime:
     """A started project: the database open, executors ready, lifecycle hooks run (as far as its `phase`)."""
 
     def __init__(self, project: Project, *, skip_invalid: bool = False, phase: Phase | str = Phase.SERVING) -> None:
-        from .database import Database
+        from .database import open_engine
 
         self.project = project
         self.hooks = project.hooks
         self.phase = Phase(phase)
         self.context = _checking_context(project.context) if self.phase is Phase.CHECKING else project.context
-        self.database = Database(self.context, project.hooks)
+        self.database = open_engine(self.context, project.hooks)
         self.gate = ReloadGate()
         self.skip_invalid = skip_invalid
         self.compiled: dict[tuple[str, str], CompiledEndpoint] = {}
@@ -766,6 +766,7 @@ class Runtime:
                             bad.message)
                 if bad.name:
                     staged.dropped[(bad.kind, bad.name)] = bad.message
+            _refuse_engine_change(self.context, fresh.context)
             _warn_start_only_changes(self.context, fresh.context)
             for definition in registry.all():
                 staged.compiled[(definition.kind, definition.key)] = compile_endpoint(definition)
@@ -949,6 +950,15 @@ class UriTemplateMatcher:
     def match(self, uri: str) -> dict[str, str] | None:
         found = self._regex.match(uri)
         return found.groupdict() if found else None
+
+
+def _refuse_engine_change(current: Any, fresh: Any) -> None:
+    """The SQL engine is chosen at start: a reload cannot move the served data to another engine."""
+    before = current.site.profile_config(current.profile).sql
+    after = fresh.site.profile_config(fresh.profile).sql
+    if (before.engine, before.secret) != (after.engine, after.secret):
+        raise MxcpError(f"profiles.{fresh.profile}.sql changed ({before.engine} -> {after.engine}); the SQL engine is "
+                        "chosen at start: restart the server to apply it")
 
 
 def _checking_context(project_context: Any) -> Any:

@@ -240,6 +240,12 @@ class Hooks:
                 by_name[provider.name] = (plugin_name, provider)
         return by_name
 
+    def open_sql_engine(self, settings: Any, project: ProjectContext) -> Any | None:
+        return self.pm.hook.open_sql_engine(settings=settings, project=project)
+
+    def open_audit_sink(self, settings: Any, project: ProjectContext) -> Any | None:
+        return self.pm.hook.open_audit_sink(settings=settings, project=project)
+
     def open_sign_in_store(self, persistence: dict[str, Any], project: ProjectContext) -> SignInStore | None:
         return self.pm.hook.open_sign_in_store(persistence=persistence, project=project)
 

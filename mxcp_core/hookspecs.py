@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import duckdb
     import typer
 
+    from .config import SqlEngineConfig
     from .records import (
         ConfigSection,
         EndpointCall,
@@ -54,6 +55,16 @@ def configure_database(conn: duckdb.DuckDBPyConnection, project: ProjectContext)
 @hookspec
 def register_functions(conn: duckdb.DuckDBPyConnection, project: ProjectContext) -> None:
     """A DuckDB database was opened: register user-defined functions on the connection."""
+
+
+@hookspec(firstresult=True)
+def open_sql_engine(settings: SqlEngineConfig, project: ProjectContext) -> Any | None:
+    """The engine for a profile's `sql.engine` other than duckdb (postgres, ...); None when not this plugin's."""
+
+
+@hookspec(firstresult=True)
+def open_audit_sink(settings: Any, project: ProjectContext) -> Any | None:
+    """Where audit records go for the profile's `audit.sink` (jsonl, postgres, ...); None when not this plugin's."""
 
 
 @hookspec(firstresult=True)

@@ -107,6 +107,9 @@ def run_sql(
     """
     import duckdb
 
+    engine_run = getattr(cursor, "run_sql", None)
+    if engine_run is not None:  # a cursor of another engine (open_sql_engine) runs SQL its own way
+        return engine_run(sql, params, max_rows=max_rows)
     statements = parsed_statements(sql)
     if not statements:
         return Rows([], [])

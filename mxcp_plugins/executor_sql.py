@@ -11,19 +11,14 @@ from mxcp_core import (
     EndpointDefinition,
     ExecutionError,
     MxcpError,
-    Problem,
     call_cursor,
     hookimpl,
     run_sql,
-    split_statements,
-    sql_parameter_names,
     tracing,
 )
 
 # The statement's first keyword (SELECT, WITH, ...): the only part of the SQL text a span may carry.
 _FIRST_KEYWORD = re.compile(r"\s*([A-Za-z]+)\b")
-# Database objects an on_init hook may create (`CREATE TABLE ...`), so `validate` cannot tell they are missing.
-_ON_INIT_MAY_CREATE = re.compile(r"Catalog Error: (Table|View|Schema|Type|Sequence) with name ", re.IGNORECASE)
 
 
 class SqlExecutor:
@@ -46,15 +41,16 @@ class SqlExecutor:
         return text
 
     def validate(self, endpoint: EndpointDefinition, runtime: Any) -> list[str]:
+        engine = runtime.database
         try:
             sql = self._text(endpoint)
-            statements = split_statements(sql)
+            statements = engine.statements(sql)
         except (OSError, MxcpError) as exc:
             return [str(exc)]
         if not statements:
             return ["the SQL source is empty"]
         problems = []
-        used = sql_parameter_names(sql)
+        used = frozenset().union(*(names for _, names in statements))
         declared = {p.name for p in endpoint.parameters}
         if used - declared:
             problems.append(
@@ -65,7 +61,7 @@ class SqlExecutor:
                 "declared parameter(s) not used in the SQL: " + ", ".join(sorted(declared - used))
             )
         if len(statements) == 1:
-            problems.extend(_prepare(runtime, statements[0][0]))
+            problems.extend(engine.check(statements[0][0], phase=runtime.phase))
         return problems
 
     def execute(self, call: EndpointCall) -> Any:
@@ -92,28 +88,6 @@ def sql_span_attributes(text: str) -> dict[str, Any]:
     if keyword:
         attributes["db.operation.name"] = keyword.group(1).upper()
     return attributes
-
-
-def _prepare(runtime: Any, query: str) -> list[str]:
-    """Let DuckDB bind the statement (tables, columns, functions) without running it."""
-    import duckdb
-
-    with runtime.cursor() as cursor:
-        try:
-            cursor.execute(f"PREPARE mxcp_validate AS {query.rstrip().rstrip(';')}")
-            cursor.execute("DEALLOCATE mxcp_validate")
-        except duckdb.CatalogException as exc:
-            first = str(exc).strip().splitlines()[0]
-            message = f"SQL does not prepare: {first}"
-            if runtime.phase == "serving" or not _ON_INIT_MAY_CREATE.search(first):
-                # Functions come from register_functions (plugins, plugins/ folder), which run when `validate`
-                # opens the database too: one missing there is missing when serving, so both call it an error.
-                return [message]
-            # Without on_init hooks (mxcp validate) a table they create is not there yet: worth a look, not a failure.
-            return [Problem(message=f"{message} (unless an on_init hook creates it)", severity="warning")]
-        except duckdb.Error as exc:
-            return [f"SQL does not prepare: {str(exc).strip().splitlines()[0]}"]
-    return []
 
 
 @hookimpl

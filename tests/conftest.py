@@ -184,3 +184,21 @@ def run_mxcp() -> Callable[..., subprocess.CompletedProcess[str]]:
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A real PostgreSQL server on 127.0.0.1 for the session (tests/postgres_server.py); stopped at the end."""
+    from postgres_server import start_postgres
+
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_database(postgres: Any) -> str:
+    """A fresh, empty database on the session's PostgreSQL server: its name."""
+    return postgres.fresh_database()

@@ -806,3 +806,32 @@ def test_a_providers_extra_authorization_parameters_reach_its_login(make_proxy, 
     upstream = {k: v[0] for k, v in parse_qs(urlsplit(hops[1]).query).items()}
     assert upstream["audience"] == "api.example.com" and upstream["prompt"] == "consent"
     assert upstream["state"] != "forged" and auth.code  # the proxy's own state wins, and the login completes
+
+
+def test_sqlite_put_if_absent_keeps_the_first_writers_record_across_stores_on_one_file(tmp_path):
+    """Two processes' stores on one file racing to create the encryption key all end with the same one."""
+    import threading
+
+    path = tmp_path / "shared.db"
+    stores = [SqliteSignInStore(path), SqliteSignInStore(path)]
+    answers: list[dict] = []
+    start = threading.Barrier(8)
+
+    def race(index: int) -> None:
+        start.wait()
+        answers.append(stores[index % 2].put_if_absent("key", "fernet", {"key": f"writer-{index}"}))
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert len(answers) == 8 and len({a["key"] for a in answers}) == 1
+        assert stores[0].get("key", "fernet") == answers[0] == stores[1].get("key", "fernet")
+        # An expired record counts as absent.
+        stores[0].put("login", "x", {"v": 1}, expires_at=1.0)
+        assert stores[1].put_if_absent("login", "x", {"v": 2}) == {"v": 2}
+    finally:
+        for store in stores:
+            store.close()

@@ -222,15 +222,22 @@ class SignInProxy:
     def _cipher(self) -> Any:
         # The key lives in the store next to what it protects: this keeps upstream tokens and client secrets out
         # of plain sight (backups, a casual `sqlite3 .dump`), not away from someone who can read the whole store.
-        # Two replicas creating it at the same moment: the last writer wins and both re-read it before use.
+        # Replicas sharing a store must agree on it: a store offering `put_if_absent` (the postgres one) keeps the
+        # first writer's key when two create it at the same moment. With others the last writer's is stored, and a
+        # replica that raced it would encrypt with a key no other replica reads.
         with self._fernet_lock:
             if self._fernet is None:
                 from cryptography.fernet import Fernet
 
                 record = self.store.get(KEY, "fernet")
                 if record is None:
-                    self.store.put(KEY, "fernet", {"key": Fernet.generate_key().decode()})
-                    record = self.store.get(KEY, "fernet")
+                    fresh = {"key": Fernet.generate_key().decode()}
+                    put_if_absent = getattr(self.store, "put_if_absent", None)
+                    if put_if_absent is not None:
+                        record = put_if_absent(KEY, "fernet", fresh)
+                    else:
+                        self.store.put(KEY, "fernet", fresh)
+                        record = self.store.get(KEY, "fernet")
                 assert record is not None
                 self._fernet = Fernet(record["key"].encode())
             return self._fernet

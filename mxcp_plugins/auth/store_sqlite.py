@@ -110,6 +110,28 @@ class SqliteSignInStore:
                 (kind, key, grant, data, expires_at),
             )
 
+    def put_if_absent(self, kind: str, key: str, record: Mapping[str, Any], *, expires_at: float | None = None,
+                      grant: str | None = None) -> dict[str, Any]:
+        """Store `record` unless a live one is there; the record stored now (the first writer's when processes
+        sharing the file race: one IMMEDIATE transaction takes the write lock before reading)."""
+        data = json.dumps(dict(record), separators=(",", ":"))
+        with self._lock:
+            db = self._conn()
+            now = time.time()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                found = self._decode(db.execute("SELECT record, expires_at FROM sign_in WHERE kind = ? AND key = ?",
+                                                (kind, key)).fetchone(), now)
+                if found is None:
+                    db.execute('INSERT OR REPLACE INTO sign_in (kind, key, "grant", record, expires_at) '
+                               "VALUES (?, ?, ?, ?, ?)", (kind, key, grant, data, expires_at))
+                    found = json.loads(data)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return found
+
     def get(self, kind: str, key: str) -> dict[str, Any] | None:
         with self._lock:
             now = time.time()

@@ -48,9 +48,10 @@ _LAZY = {
     "run_tests": "testing_runner:run_tests",
     "TEST_ASSERTION_KEYS": "testing_runner:ASSERTION_KEYS",
     "endpoint_test_problems": "testing_runner:structure_problems",
-    # SQL on DuckDB
+    # SQL on the profile's engine (DuckDB, or one of open_sql_engine)
     "call_cursor": "context:cursor",
     "run_sql": "sql:run_sql",
+    "Rows": "sql:Rows",
     "split_statements": "sql:split_statements",
     "sql_parameter_names": "sql:parameter_names",
     "first_line": "sql:first_line",

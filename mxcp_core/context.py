@@ -108,9 +108,12 @@ def bound(runtime: Runtime, call: EndpointCall | None = None, user: UserContext 
         yield
         healthy = True
     finally:
-        cursor = slot.cursor
-        if cursor is not None:
-            runtime.database.release(cursor, healthy and not (call is not None and call.cancelled))
-        current_cursor.reset(tokens[2])
-        current_call.reset(tokens[1])
-        current_runtime.reset(tokens[0])
+        try:
+            cursor = slot.cursor
+            if cursor is not None:
+                # An engine's commit may fail here (PostgreSQL's deferred constraints): the call fails with it.
+                runtime.database.release(cursor, healthy and not (call is not None and call.cancelled))
+        finally:
+            current_cursor.reset(tokens[2])
+            current_call.reset(tokens[1])
+            current_runtime.reset(tokens[0])

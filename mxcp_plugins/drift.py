@@ -99,7 +99,8 @@ def _tables(runtime: Any) -> dict[str, dict[str, Any]]:
             "LEFT JOIN information_schema.columns c "
             "  ON c.table_catalog = t.table_catalog AND c.table_schema = t.table_schema "
             "  AND c.table_name = t.table_name "
-            "WHERE t.table_schema = 'main' AND t.table_catalog = current_database() "
+            # current_schema(): DuckDB's `main`, PostgreSQL's first schema on the search path (`public`)
+            "WHERE t.table_schema = current_schema() AND t.table_catalog = current_database() "
             "ORDER BY t.table_name, c.ordinal_position"
         ).fetchall()
     tables: dict[str, dict[str, Any]] = {}

@@ -17,6 +17,8 @@ from mxcp_core import (
     tracing,
 )
 
+# OpenTelemetry's `db.system.name` of the SQL engines whose MXCP name differs.
+_OTEL_SYSTEMS = {"postgres": "postgresql"}
 # The statement's first keyword (SELECT, WITH, ...): the only part of the SQL text a span may carry.
 _FIRST_KEYWORD = re.compile(r"\s*([A-Za-z]+)\b")
 
@@ -27,9 +29,13 @@ class SqlExecutor:
 
     def __init__(self) -> None:
         self._texts: dict[tuple[str, str], str] = {}
+        self._system = "duckdb"
 
     def start(self, runtime: Any) -> None:
         self._texts.clear()
+        # Spans name the profile's engine (`sql.engine`).
+        name = runtime.context.site.profile_config(runtime.context.profile).sql.engine
+        self._system = _OTEL_SYSTEMS.get(name, name)
 
     def _text(self, endpoint: EndpointDefinition) -> str:
         key = (endpoint.kind, endpoint.key)
@@ -69,7 +75,7 @@ class SqlExecutor:
         text = self._text(call.endpoint)
         if not tracing.active():
             return run_sql(call_cursor(), text, call.arguments, max_rows=call.max_rows)
-        with tracing.span("mxcp.sql", sql_span_attributes(text)) as span:
+        with tracing.span("mxcp.sql", sql_span_attributes(text, self._system)) as span:
             rows = run_sql(call_cursor(), text, call.arguments, max_rows=call.max_rows)
             span.set_attribute("db.response.returned_rows", len(rows))
             return rows
@@ -79,10 +85,10 @@ class SqlExecutor:
 
 
 @functools.lru_cache(maxsize=512)  # an endpoint's text is the same on every call: hashed once
-def sql_span_attributes(text: str) -> dict[str, Any]:
+def sql_span_attributes(text: str, system: str = "duckdb") -> dict[str, Any]:
     """What a span says about a statement: a hash of its text and its first keyword. Never the text itself, which
     may hold literals as sensitive as any argument; never the parameter values."""
-    attributes = {"db.system.name": "duckdb", "db.system": "duckdb",
+    attributes = {"db.system.name": system, "db.system": system,
                   "mxcp.sql.sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
     keyword = _FIRST_KEYWORD.match(text)
     if keyword:

@@ -239,7 +239,7 @@ def test_tasks_of_an_async_endpoint_share_the_call_cursor(make_project, tmp_path
     with started(root) as runtime:
         acquired, released = [], []
         original_acquire, original_release = runtime.database.acquire, runtime.database.release
-        monkeypatch.setattr(runtime.database, "acquire", lambda: acquired.append(1) or original_acquire())
+        monkeypatch.setattr(runtime.database, "acquire", lambda **kw: acquired.append(1) or original_acquire(**kw))
         monkeypatch.setattr(runtime.database, "release",
                             lambda cursor, healthy=True: released.append(1) or original_release(cursor, healthy))
         assert anyio.run(lambda: runtime.call_async("tool", "gathered")) == 10

@@ -164,9 +164,9 @@ def query(
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Run SQL against the project's DuckDB database.
+    """Run SQL against the project's database (DuckDB, or the profile's sql.engine).
 
-    With the project's extensions, secrets and functions loaded
+    On DuckDB with the project's extensions, secrets and functions loaded
     (UDF plugins, get_username() & co.).
 
     Examples:
@@ -225,7 +225,7 @@ def count_rest(cursor: Any) -> tuple[int, bool]:
 
     Counting reads the rest of the result in DuckDB's Python conversion (about 0.3 s per million rows); running a
     COUNT(*) instead would run the query a second time, with its side effects (a `nextval`, an INSERT ...
-    RETURNING)."""
+    RETURNING). Any engine's cursor offers fetchmany; another engine's raises ExecutionError itself."""
     import duckdb
 
     from ..errors import ExecutionError

@@ -413,6 +413,12 @@ class RuntimeView(Protocol):
     context: ProjectContext
     phase: str
     reloading: bool
+    # The profile's SQL engine (hookspecs.md, `open_sql_engine`): plugins read its `name` and check SQL with
+    # `statements(sql)` and `check(statement, phase=...)`; opening and closing it is the core's.
+    database: Any
+    # The typed facade over the plugin manager (mxcp_core.hooks.Hooks), for a plugin whose feature is itself
+    # extended by hooks (the audit plugin asks `open_audit_sink` for its sink).
+    hooks: Any
 
     @property
     def started(self) -> bool:
@@ -425,7 +431,7 @@ class RuntimeView(Protocol):
         """One compiled endpoint, or None."""
 
     def cursor(self) -> Any:
-        """A context manager giving a fresh DuckDB cursor, for work outside a call."""
+        """A context manager giving a fresh cursor of the profile's engine, for work outside a call."""
 
     def run_async(self, func: Callable[..., Any], *args: Any) -> Any:
         """Run a coroutine function on the runtime's own event loop and wait for its result (from a worker thread)."""

@@ -1,6 +1,8 @@
-"""Builtin plugin: the JSONL audit log — an intent record before each endpoint call, a completion record after.
+"""Builtin plugin: the audit log — an intent record before each endpoint call, a completion record after.
 
-Enabled by the site profile's `audit.enabled` or MXCP_AUDIT_ENABLED=1; the file defaults to audit/logs-<profile>.jsonl.
+Enabled by the site profile's `audit.enabled` or MXCP_AUDIT_ENABLED=1. The records go to the sink `audit.sink`
+names, opened through the `open_audit_sink` hook: this plugin opens `jsonl`, a file that defaults to
+audit/logs-<profile>.jsonl (`audit_postgres` opens `postgres`).
 Each record carries the hash of the one before it (`prev_hash`) and its own (`record_hash`), so `mxcp log verify`
 can tell a changed, removed or inserted record; the active file is sealed into a numbered segment at a size limit.
 docs/audit.md describes the records, the hash chain, how to pair records, and what happens when the file cannot be
@@ -66,6 +68,12 @@ class AuditSettings:
     max_segment_mb: float | None = attrs.field(default=50.0, validator=_positive)
     # `mxcp log-cleanup` deletes sealed segments whose newest record is older than this.
     retention_days: int = attrs.field(default=90, validator=[_positive, attrs.validators.le(MAX_RETENTION_DAYS)])
+    # Where records go: `jsonl` (this plugin's file) or a sink another plugin opens (`postgres`: audit_postgres).
+    sink: str = "jsonl"
+    # The user-config secret a database sink connects with (postgres: `type: postgres`), and its table.
+    secret: str | None = None
+    table: str = attrs.field(default="mxcp_audit", validator=attrs.validators.matches_re(
+        r"[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?"))
 
     @property
     def max_segment_bytes(self) -> int:
@@ -74,16 +82,19 @@ class AuditSettings:
 
 @hookimpl
 def config_sections():
-    return [ConfigSection("audit", AuditSettings, scope="site_profile", description="the JSONL audit log")]
+    return [ConfigSection("audit", AuditSettings, scope="site_profile", description="the audit log")]
+
+
+def audit_enabled(settings: AuditSettings) -> bool:
+    env = env_flag("MXCP_AUDIT_ENABLED")
+    return env if env is not None else settings.enabled
 
 
 def audit_path(project: Any, settings: AuditSettings | None = None) -> Path | None:
-    """Where records go for this project, or None when auditing is off."""
+    """Where the JSONL sink writes for this project, or None when auditing is off."""
     if settings is None:
         settings = project.plugin_config("audit", scope="site_profile")
-    env = env_flag("MXCP_AUDIT_ENABLED")
-    enabled = env if env is not None else settings.enabled
-    if not enabled:
+    if not audit_enabled(settings):
         return None
     return configured_path(project, settings)
 
@@ -226,7 +237,10 @@ def _last_sealed_hash(active: Path) -> str | None:
 
 
 class Sink:
-    """One audit log: whole chained lines appended, and the completion records it could not take yet.
+    """The JSONL sink: whole chained lines appended to a file, and the completion records it could not take yet.
+
+    Offers the sink interface of hookspecs.md (`open_audit_sink`): write, keep, flush, pending, close, where,
+    reader.
 
     Threads of one process serialize on `lock`; processes on an exclusive `flock` of the active file, held while
     learning the last record's hash, appending and rotating. The last hash is cached with the file's identity and
@@ -241,6 +255,16 @@ class Sink:
         self._fd: int | None = None
         self._fd_owner = 0  # the process that opened it
         self._fd_identity = (0, 0)  # its (st_dev, st_ino)
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+    def reader(self) -> Any:
+        """The log as `mxcp log`, `log verify` and `log-cleanup` read it."""
+        from .audit_log import FileLog
+
+        return FileLog(self.path)
 
     def write(self, body: bytes, *, fsync: bool, max_segment_bytes: int = 0) -> None:
         """Append `body` after any pending records; raises OSError (it is not written) when the file can't."""
@@ -385,6 +409,9 @@ def _fsync_folder(folder: Path) -> None:
 
 _sinks: dict[Path, Sink] = {}
 _sinks_lock = threading.Lock()
+# Every sink a call was audited with (any kind), so shutdown can flush and close them.
+_opened: dict[int, Any] = {}
+_STATE_KEY = "audit.sink"
 
 
 def sink_for(path: Path) -> Sink:
@@ -392,14 +419,57 @@ def sink_for(path: Path) -> Sink:
         return _sinks.setdefault(path, Sink(path))
 
 
+@hookimpl
+def open_audit_sink(settings: AuditSettings, project: Any) -> Sink | None:
+    if settings.sink != "jsonl":
+        return None
+    return sink_for(configured_path(project, settings))
+
+
+class NoSink(Exception):
+    """The profile's audit.sink cannot be opened: calls are refused whatever on_failure says."""
+
+
+def open_sink(hooks: Any, project: Any, settings: AuditSettings) -> Any:
+    """The sink `settings.sink` names, asked of the plugins (open_audit_sink); NoSink naming the key when none.
+
+    Fails closed: a sink that no loaded plugin opens (not installed, disabled, misspelled) is never replaced by
+    another one, nor by no audit at all.
+    """
+    key = f"profiles.{project.profile}.audit.sink"
+    try:
+        sink = hooks.open_audit_sink(settings=settings, project=project) if hooks is not None else None
+    except Exception as exc:  # noqa: BLE001 - a sink that cannot be opened (its secret missing, ...) stops calls
+        raise NoSink(f"the audit sink '{settings.sink}' ({key}) cannot be opened: {reason(exc)}") from None
+    if sink is None:
+        hint = " (pip install 'mxcp-pluggy[postgres]')" if settings.sink == "postgres" else ""
+        raise NoSink(f"no loaded plugin provides the audit sink '{settings.sink}' named by {key} in "
+                     f"{project.site_file.name}{hint}; is its plugin installed and enabled?")
+    return sink
+
+
+def _sink_of_call(call: Any, project: Any, settings: AuditSettings) -> Any:
+    # Asked once per project context (a reload makes a new one) and settings: a dict lookup per call after that.
+    cached = project.state.get(_STATE_KEY)
+    if cached is not None and (cached[0] is settings or cached[0] == settings):
+        return cached[1]
+    sink = open_sink(call.runtime.hooks, project, settings)
+    project.state[_STATE_KEY] = (settings, sink)
+    _opened[id(sink)] = sink
+    return sink
+
+
 @hookimpl(wrapper=True, tryfirst=True)  # outermost: denials by other wrappers are recorded too
 def call_endpoint(call: Any) -> Any:
     project = call.runtime.context
     settings = project.plugin_config("audit", scope="site_profile")
-    path = audit_path(project, settings)
-    if path is None:
+    if not audit_enabled(settings):
         return (yield)
-    sink = sink_for(path)
+    try:
+        sink = _sink_of_call(call, project, settings)
+    except NoSink as exc:
+        log.error("%s: %s '%s' refused", exc, call.endpoint.kind, call.endpoint.key)
+        raise ExecutionError(f"call refused: {exc}; nothing was run") from None
     call_id = uuid.uuid4().hex
     inputs = _input_data(call)  # the same in both records: made once
     try:
@@ -408,12 +478,12 @@ def call_endpoint(call: Any) -> Any:
     except Exception as exc:  # noqa: BLE001 - whatever stops the record, the call must not run unrecorded
         why = reason(exc)
         if settings.on_failure == "refuse":
-            log.error("audit log %s cannot be written (%s): %s '%s' refused", path, why,
+            log.error("audit log %s cannot be written (%s): %s '%s' refused", sink.where, why,
                       call.endpoint.kind, call.endpoint.key)
             raise ExecutionError(
-                f"call refused: the audit log {path} cannot be written ({why}); nothing was run"
+                f"call refused: the audit log {sink.where} cannot be written ({why}); nothing was run"
             ) from None
-        log.error("audit log %s cannot be written (%s): %s '%s' runs unaudited (on_failure: log)", path, why,
+        log.error("audit log %s cannot be written (%s): %s '%s' runs unaudited (on_failure: log)", sink.where, why,
                   call.endpoint.kind, call.endpoint.key)
     started = time.perf_counter()
     status, error, result = "success", None, None
@@ -428,7 +498,7 @@ def call_endpoint(call: Any) -> Any:
                   (time.perf_counter() - started) * 1000)
 
 
-def _complete(sink: Sink, settings: AuditSettings, call: Any, call_id: str, inputs: Any, status: str,
+def _complete(sink: Any, settings: AuditSettings, call: Any, call_id: str, inputs: Any, status: str,
               error: str | None, result: Any, duration_ms: float) -> None:
     """Write the completion record. The call has run: its outcome stands whatever happens here."""
     body = _body(call, call_id, inputs, status, error, result, duration_ms)
@@ -440,8 +510,8 @@ def _complete(sink: Sink, settings: AuditSettings, call: Any, call_id: str, inpu
                 else "further calls run unaudited (on_failure: log)")
         log.critical(
             "AUDIT RECORD NOT WRITTEN: %s '%s' (call_id %s) finished with status %s, but the audit log %s cannot "
-            "be written (%s). The record is kept in memory and written first once the file works; %s.",
-            call.endpoint.kind, call.endpoint.key, call_id, status, sink.path, reason(exc), then,
+            "be written (%s). The record is kept in memory and written first once the sink works; %s.",
+            call.endpoint.kind, call.endpoint.key, call_id, status, sink.where, reason(exc), then,
         )
 
 
@@ -455,19 +525,26 @@ def register_commands(cli: Any) -> None:
 @hookimpl
 def on_shutdown(runtime: Any) -> None:
     """Records still pending get a last chance; if the file still fails, say loudly what is lost."""
-    for sink in list(_sinks.values()):
+    every = {id(sink): sink for sink in _sinks.values()}
+    every.update(_opened)
+    for sink in every.values():
         if sink.pending:
             try:
                 sink.flush(fsync=True)
-            except OSError as exc:
-                log.critical("audit log %s: %d completion records lost at shutdown (%s)", sink.path,
+            except Exception as exc:  # noqa: BLE001 - say what is lost, then close the others too
+                log.critical("audit log %s: %d completion records lost at shutdown (%s)", sink.where,
                              len(sink.pending), reason(exc))
-        sink.close()
+        try:
+            sink.close()
+        except Exception as exc:  # noqa: BLE001
+            log.error("audit log %s: closing failed: %s", sink.where, reason(exc))
 
 
 def reason(exc: BaseException) -> str:
     # strerror alone: the path is named separately, and the client's copy of the message drops paths.
-    return (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) or type(exc).__name__
+    # A multi-line message (a database driver's, with hints) is shortened to its first line.
+    text = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) or type(exc).__name__
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 def _input_data(call: Any) -> Any:

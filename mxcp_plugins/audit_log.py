@@ -1,6 +1,9 @@
 """Reading the audit log: `mxcp log` (filters, table, CSV and DuckDB export), `mxcp log verify` (the hash chain)
 and `mxcp log-cleanup` (retention). The writing side, the record format and the chain are in `audit`.
 
+The commands read the log through the profile's sink (`reader()`, hookspecs.md `open_audit_sink`): the JSONL
+sink's files (`FileLog`), or another sink's store (a PostgreSQL table), seen as segments of numbered lines.
+
 Commands are registered by the `audit` plugin; this module imports nothing heavy (Rich and DuckDB are imported by
 the commands that use them).
 """
@@ -44,14 +47,24 @@ CLEANUP_OPERATION = "log-cleanup"  # operation_name of the record log-cleanup wr
 
 @attrs.frozen
 class Segment:
-    """One file of the log: a sealed, numbered segment, or the active file (number None)."""
+    """One file of the log: a sealed, numbered segment, or the active file (number None).
 
-    path: Path
+    A sink that is not a file (a database table) is one segment with a `label` and no path, whose lines are
+    numbered by another `unit` (a table's `seq`).
+    """
+
+    path: Path | None
     number: int | None
+    label: str | None = None
+    unit: str = "line"
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return self.label if self.label is not None else self.path.name
+
+    @property
+    def location(self) -> str:
+        return str(self.path) if self.path is not None else self.name
 
     @property
     def sealed(self) -> bool:
@@ -64,6 +77,54 @@ def segments(active: Path) -> list[Segment]:
     if active.is_file():
         found.append(Segment(active, None))
     return found
+
+
+class FileLog:
+    """The JSONL sink's log, as the commands read it: its segments and their lines.
+
+    Any sink's reader offers the same: `name`, `where` and `folder` (for messages), `segments()`,
+    `iter_lines(segment)`, `newest_first()`, `missing()` (why there is nothing to read, or None),
+    `expired(retention_days, now)` and `cleanup(settings, now)`.
+    """
+
+    def __init__(self, active: Path) -> None:
+        self.active = active
+
+    @property
+    def name(self) -> str:
+        return self.active.name
+
+    @property
+    def where(self) -> str:
+        return str(self.active)
+
+    @property
+    def folder(self) -> str:
+        return str(self.active.parent)
+
+    def segments(self) -> list[Segment]:
+        return segments(self.active)
+
+    def iter_lines(self, segment: Segment) -> Iterator[Line]:
+        return iter_lines(segment)
+
+    def newest_first(self) -> Iterator[Line]:
+        for segment in reversed(self.segments()):
+            yield from reversed(list(iter_lines(segment)))
+
+    def missing(self) -> str | None:
+        return None if self.segments() else f"{self.active} does not exist"
+
+    def expired(self, retention_days: int, now: datetime) -> list[Expired]:
+        return _expired_files(self.active, retention_days, now)
+
+    def cleanup(self, settings: audit.AuditSettings, now: datetime) -> list[Expired]:
+        return _cleanup_files(self.active, settings, now)
+
+
+def as_log(log: Any) -> Any:
+    """The reader of `log`: a JSONL active file's path, or already a reader."""
+    return FileLog(log) if isinstance(log, Path) else log
 
 
 _TEXT_FIELDS = ("record_id", "call_id", "timestamp", "operation_type", "operation_name", "operation_status",
@@ -203,7 +264,7 @@ class LogFilter:
         return True
 
 
-def select(active: Path, selection: LogFilter, limit: int | None) -> list[dict[str, Any]]:
+def select(log: Any, selection: LogFilter, limit: int | None) -> list[dict[str, Any]]:
     """Matching records, newest first (file order reversed), at most `limit` (None: all).
 
     An intent record (`started`) is left out when its call's completion record is in the log, since the
@@ -212,19 +273,18 @@ def select(active: Path, selection: LogFilter, limit: int | None) -> list[dict[s
     """
     completed: set[Any] = set()
     found: list[dict[str, Any]] = []
-    for segment in reversed(segments(active)):
-        for line in reversed(list(iter_lines(segment))):
-            record = line.audit_record()
-            if record is None:
-                continue
-            if record.get("operation_status") != audit.STARTED:
-                completed.add(record.get("call_id"))
-            elif selection.status is None and record.get("call_id") in completed:
-                continue
-            if selection.matches(record):
-                found.append(record)
-                if limit is not None and len(found) >= limit:
-                    return found
+    for line in as_log(log).newest_first():
+        record = line.audit_record()
+        if record is None:
+            continue
+        if record.get("operation_status") != audit.STARTED:
+            completed.add(record.get("call_id"))
+        elif selection.status is None and record.get("call_id") in completed:
+            continue
+        if selection.matches(record):
+            found.append(record)
+            if limit is not None and len(found) >= limit:
+                return found
     return found
 
 
@@ -338,12 +398,13 @@ class Finding:
     message: str
     record_id: str | None = None
     path: str | None = None
+    unit: str = "line"  # what `line` counts: a file's lines, or a table's `seq`
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
 
     def format(self) -> str:
-        where = f"{self.segment} line {self.line}" if self.line else self.segment
+        where = f"{self.segment} {self.unit} {self.line}" if self.line else self.segment
         record = f" (record_id {self.record_id})" if self.record_id else ""
         return f"{where}{record}: {self.kind}: {self.message}"
 
@@ -381,25 +442,26 @@ class Verification:
 
 
 def _where(line: Line) -> str:
-    return f"{line.segment.name} line {line.number}"
+    return f"{line.segment.name} {line.segment.unit} {line.number}"
 
 
-def verify(active: Path, expect_hashes: list[str] | None = None) -> Verification:
+def verify(log: Any, expect_hashes: list[str] | None = None) -> Verification:
     """Check the hash chain of every segment: the first changed, removed or inserted record fails it.
 
     Writers keep writing meanwhile: a failure seen while a segment was sealed or removed (the files changed
     between listing and reading) is checked again, after a short pause; if the files keep changing, the result
     is a `retry` failure (run verify again), not a break.
     """
+    source = as_log(log)
     attempts = 20
     for attempt in range(attempts):
-        files = segments(active)
-        result = _verify_files(active, files, expect_hashes)
-        if result.ok or [s.path for s in segments(active)] == [s.path for s in files]:
+        files = source.segments()
+        result = _verify_files(source, files, expect_hashes)
+        if result.ok or [s.name for s in source.segments()] == [s.name for s in files]:
             return result
         time.sleep(min(0.01 * (attempt + 1), 0.1))
     return _fail(Verification(), Finding(
-        active.name, 0, "retry", f"the log's segments kept changing while verify read them ({attempts} tries: "
+        source.name, 0, "retry", f"the log's segments kept changing while verify read them ({attempts} tries: "
         "writers sealing segments very fast, or log-cleanup); nothing found wrong yet, run verify again"))
 
 
@@ -419,14 +481,14 @@ def _is_cleanup(record: dict[str, Any]) -> bool:
     return (record.get("operation_type"), record.get("operation_name")) == ("audit", CLEANUP_OPERATION)
 
 
-def _verify_files(active: Path, files: list[Segment], expect_hashes: list[str] | None) -> Verification:
+def _verify_files(source: Any, files: list[Segment], expect_hashes: list[str] | None) -> Verification:
     result = Verification()
     entries: list[_Entry] = []
     # Lines that are not records, each with the number of chained records before it.
     unreadable: list[tuple[int, Line]] = []
     for index, segment in enumerate(files):
         count, first, last = 0, None, None
-        for line in iter_lines(segment):
+        for line in source.iter_lines(segment):
             value = line.record()
             if value is None:
                 unreadable.append((len(entries), _slim(line, None, None)[0]))
@@ -437,7 +499,7 @@ def _verify_files(active: Path, files: list[Segment], expect_hashes: list[str] |
                     segment.name, line.number, "changed",
                     'not an audit record: a JSON object without schema_name "mxcp.audit" and an integer '
                     "schema_version, or with fields of the wrong type; no writer wrote it",
-                    _record_id(value), str(segment.path)))
+                    _record_id(value), segment.location, segment.unit))
             count += 1
             stamp = record.get("timestamp")
             first, last = first or stamp, stamp or last
@@ -449,18 +511,18 @@ def _verify_files(active: Path, files: list[Segment], expect_hashes: list[str] |
                            "a record without record_hash outside the oldest segment")
                     return _fail(result, Finding(segment.name, line.number, "inserted",
                                                  f"{why}: inserted, or its hash fields were removed",
-                                                 _record_id(record), str(segment.path)))
+                                                 _record_id(record), segment.location, segment.unit))
                 result.unchained += 1
                 continue
             hashes = audit.line_hash(line.raw)
             if hashes is None:
                 return _fail(result, Finding(segment.name, line.number, "changed",
                                              "its record_hash is not the last member of the line as written",
-                                             _record_id(record), str(segment.path)))
+                                             _record_id(record), segment.location, segment.unit))
             slim_line, slim_record = _slim(line, record, entries[-1] if entries else None)
             stated, actual = hashes
             entries.append(_Entry(slim_line, slim_record, actual if stated == actual else stated, actual, index))
-        result.segments.append({"segment": segment.name, "path": str(segment.path), "sealed": segment.sealed,
+        result.segments.append({"segment": segment.name, "path": segment.location, "sealed": segment.sealed,
                                 "records": count, "first_timestamp": first, "last_timestamp": last})
         result.records += count
         result.first_timestamp = result.first_timestamp or first
@@ -495,7 +557,7 @@ def _verify_files(active: Path, files: list[Segment], expect_hashes: list[str] |
             message = ("not a record (a write cut short, completed into a line by the next write), after the last "
                        "record: nothing follows to show whether it replaced one")
         result.warnings.append(Finding(line.segment.name, line.number, "torn" if torn else "unreadable", message,
-                                       None, str(line.segment.path)))
+                                       None, line.segment.location, line.segment.unit))
     present = {segment.name for segment in files}
     for cleanup_entry in cleanups:
         for removed in _removed_segments(cleanup_entry.record):
@@ -510,7 +572,7 @@ def _verify_files(active: Path, files: list[Segment], expect_hashes: list[str] |
             f"{result.unchained} records written before the hash chain (schema version 1 or 2) cannot be verified: "
             "anyone who can write the file could have written or changed them"))
     if not files:
-        result.warnings.append(Finding(active.name, 0, "missing", f"no audit log at {active}: nothing to verify"))
+        result.warnings.append(Finding(source.name, 0, "missing", f"no audit log at {source.where}: nothing to verify"))
     elif not entries:
         result.warnings.append(Finding(files[-1].name, 0, "unchained", "no chained records: nothing was verified"))
     else:
@@ -519,7 +581,7 @@ def _verify_files(active: Path, files: list[Segment], expect_hashes: list[str] |
     for expected in expect_hashes or []:
         if expected not in known:
             return _fail(result, Finding(
-                active.name, 0, "missing",
+                source.name, 0, "missing",
                 f"no record has record_hash {expected}: the record it named was changed or removed (or removed "
                 "by log-cleanup with its segment), or the log was rewritten"))
     return result
@@ -615,7 +677,7 @@ def _classify_break(entries: list[_Entry], index: int, seen: dict[str, int],
         return Finding(between[0].segment.name, between[0].number, "changed",
                        f"this line is not a readable record, and the record at {_where(entry.line)} follows a "
                        "record that is missing: a record here was changed or damaged",
-                       None, str(between[0].segment.path))
+                       None, between[0].segment.location, between[0].segment.unit)
     if entry.segment_index != before.segment_index and entry.line.number == 1:
         gap = ""
         low, high = before.line.segment.number, entry.line.segment.number
@@ -636,11 +698,14 @@ def _record_id(record: dict[str, Any]) -> str | None:
 
 def _finding(entry: _Entry, kind: str, message: str) -> Finding:
     return Finding(entry.line.segment.name, entry.line.number, kind, message, _record_id(entry.record),
-                   str(entry.line.segment.path))
+                   entry.line.segment.location, entry.line.segment.unit)
 
 
 def _position(entry: _Entry) -> dict[str, Any]:
-    return {"segment": entry.line.segment.name, "line": entry.line.number, "record_id": _record_id(entry.record)}
+    position = {"segment": entry.line.segment.name, "line": entry.line.number, "record_id": _record_id(entry.record)}
+    if entry.line.segment.unit != "line":  # a table's rows: `line` is the row's seq
+        position["unit"] = entry.line.segment.unit
+    return position
 
 
 def _fail(result: Verification, finding: Finding) -> Verification:
@@ -654,22 +719,37 @@ def _fail(result: Verification, finding: Finding) -> Verification:
 
 @attrs.frozen
 class Expired:
-    """A sealed segment log-cleanup removes."""
+    """A sealed segment log-cleanup removes (or, in a table, the run of its oldest rows: `label` names it)."""
 
-    path: Path
+    path: Path | None
     records: int
     first_timestamp: str | None
     last_timestamp: str | None
     last_record_hash: str | None
     size: int
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.label if self.label is not None else self.path.name
 
     def as_dict(self) -> dict[str, Any]:
-        return {"segment": self.path.name, "path": str(self.path), "records": self.records,
+        return {"segment": self.name, "path": None if self.path is None else str(self.path), "records": self.records,
                 "first_timestamp": self.first_timestamp, "last_timestamp": self.last_timestamp,
                 "last_record_hash": self.last_record_hash, "bytes": self.size}
 
 
-def expired_segments(active: Path, retention_days: int, now: datetime) -> list[Expired]:
+def expired_segments(log: Any, retention_days: int, now: datetime) -> list[Expired]:
+    """What log-cleanup would remove now (the reader's `expired`)."""
+    return as_log(log).expired(retention_days, now)
+
+
+def cleanup(log: Any, settings: audit.AuditSettings, now: datetime) -> list[Expired]:
+    """Remove what is past the retention, after appending a record naming it (the reader's `cleanup`)."""
+    return as_log(log).cleanup(settings, now)
+
+
+def _expired_files(active: Path, retention_days: int, now: datetime) -> list[Expired]:
     """The oldest sealed segments whose newest record is older than the retention, up to the first that is not.
 
     Only a run of the oldest goes, so the log stays one chain; a segment with no readable timestamp is kept.
@@ -698,13 +778,13 @@ def expired_segments(active: Path, retention_days: int, now: datetime) -> list[E
     return found
 
 
-def cleanup(active: Path, settings: audit.AuditSettings, now: datetime) -> list[Expired]:
+def _cleanup_files(active: Path, settings: audit.AuditSettings, now: datetime) -> list[Expired]:
     """Remove the expired segments, after appending a record naming them (the anchor `verify` trusts)."""
-    if not expired_segments(active, settings.retention_days, now):
+    if not _expired_files(active, settings.retention_days, now):
         return []
     with audit.sink_for(active).exclusive(fsync=settings.fsync) as append:
         # Again under the lock: a writer may have sealed a segment since.
-        expired = expired_segments(active, settings.retention_days, now)
+        expired = _expired_files(active, settings.retention_days, now)
         if not expired:
             return []
         # Checked before the record is written, so a folder that refuses removals leaves no record claiming any.
@@ -713,7 +793,7 @@ def cleanup(active: Path, settings: audit.AuditSettings, now: datetime) -> list[
                             "folder (read-only?); nothing was removed and nothing recorded")
         # The record comes first: a crash (or a failed removal) after it leaves a segment named as removed but
         # still there, which verify reports as a warning; the other order could leave segments gone unrecorded.
-        append(audit.record_body(_cleanup_record(expired, settings.retention_days)))
+        append(audit.record_body(cleanup_record(expired, settings.retention_days)))
         failed = []
         for segment in expired:
             try:
@@ -729,7 +809,8 @@ def cleanup(active: Path, settings: audit.AuditSettings, now: datetime) -> list[
     return expired
 
 
-def _cleanup_record(expired: list[Expired], retention_days: int) -> dict[str, Any]:
+def cleanup_record(expired: list[Expired], retention_days: int) -> dict[str, Any]:
+    """The record log-cleanup appends before removing `expired`: what verify checks the oldest record left by."""
     import getpass
 
     try:
@@ -752,19 +833,27 @@ def _cleanup_record(expired: list[Expired], retention_days: int) -> dict[str, An
 # -- commands --------------------------------------------------------------------------------------------------
 
 
-def _log_location(profile: str | None) -> tuple[Path, audit.AuditSettings]:
-    """The project's active audit file and settings; a clear error when the profile does not audit."""
-    project = commands.open_project(profile).context
+def _log_location(profile: str | None) -> tuple[Any, audit.AuditSettings]:
+    """The reader of the profile's audit sink, and its settings; a clear error when the profile does not audit."""
+    opened = commands.open_project(profile)
+    project = opened.context
     if project.profile not in project.site.profiles and project.profile != project.site.profile:
         raise MxcpError(f"profile '{project.profile}' is not in {project.root / 'mxcp-site.yml'} (profiles: "
                         f"{', '.join(project.site.profiles) or 'none'})")
     settings = project.plugin_config("audit", scope="site_profile")
-    path = audit.audit_path(project, settings)
-    if path is None:
+    if not audit.audit_enabled(settings):
         raise MxcpError(
             f"the audit log is off for profile '{project.profile}': set profiles.{project.profile}.audit.enabled: "
             f"true in {project.root / 'mxcp-site.yml'}, or MXCP_AUDIT_ENABLED=1 for one command")
-    return path, settings
+    try:
+        sink = audit.open_sink(opened.hooks, project, settings)
+    except audit.NoSink as exc:
+        raise MxcpError(str(exc)) from None
+    reader = getattr(sink, "reader", None)
+    if reader is None:
+        raise MxcpError(f"the audit sink '{settings.sink}' (profiles.{project.profile}.audit.sink) cannot be read "
+                        "by mxcp log: read it with the tools of where it writes")
+    return reader(), settings
 
 
 def log_command(
@@ -834,10 +923,10 @@ def log_command(
             since=parse_moment(since, "--since", now) if since is not None else None,
             until=parse_moment(until, "--until", now, end_of_day=True) if until is not None else None,
         )
-        path, _ = _log_location(profile)
+        source, _ = _log_location(profile)
         exporting = export_csv_to is not None or export_duckdb_to is not None
         chosen = limit if limit is not None else (0 if exporting else DEFAULT_LIMIT)
-        found = select(path, selection, chosen or None)
+        found = select(source, selection, chosen or None)
         if exporting:
             exported = []
             if export_csv_to is not None:
@@ -851,12 +940,13 @@ def log_command(
                           + (" (table logs)" if e["format"] == "duckdb" else "") for e in exported),
                 highlight=False))
             return
-        if not segments(path):
+        missing = source.missing() if not found else None
+        if missing:
             commands.ok([], json_output, lambda _: commands.console().print(
-                f"no audit records yet: {path} does not exist", highlight=False))
+                f"no audit records yet: {missing}", highlight=False))
             return
         found = [_printable(record) for record in found]
-        commands.ok(found, json_output, lambda _: _render_table(found, path, chosen))
+        commands.ok(found, json_output, lambda _: _render_table(found, source.where, chosen))
 
 
 def _printable(value: Any) -> Any:
@@ -870,13 +960,13 @@ def _printable(value: Any) -> Any:
     return value
 
 
-def _render_table(found: list[dict[str, Any]], path: Path, limit: int) -> None:
+def _render_table(found: list[dict[str, Any]], where: str, limit: int) -> None:
     from rich.markup import escape
     from rich.table import Table
 
     out = commands.console()
     if not found:
-        out.print(f"no matching audit records in {escape(str(path))}", highlight=False)
+        out.print(f"no matching audit records in {escape(where)}", highlight=False)
         return
     table = Table(title=f"{commands.plural(len(found), 'record')}, newest first", title_justify="left")
     for column in ("time (UTC)", "type", "name", "status", "ms", "caller", "user", "policy", "error"):
@@ -937,20 +1027,20 @@ def verify_command(
             if not re.fullmatch(r"[0-9a-fA-F]{64}", given.strip()):
                 raise MxcpError(f"--expect-hash {given!r} is not a record_hash (64 hexadecimal digits)")
             expected.append(given.strip().lower())
-        path, _ = _log_location(profile)
-        result = verify(path, expected)
+        source, _ = _log_location(profile)
+        result = verify(source, expected)
         if json_output:
             payload: dict[str, Any] = {"status": "ok" if result.ok else "error", "result": result.as_dict()}
             if result.failure:
                 payload["error"] = result.failure.format()
             commands.emit_json(payload)
         else:
-            _render_verification(result, path)
+            _render_verification(result, source.folder)
         if not result.ok:
             raise typer.Exit(1)
 
 
-def _render_verification(result: Verification, path: Path) -> None:
+def _render_verification(result: Verification, folder: str) -> None:
     from rich.markup import escape
 
     out = commands.console()
@@ -962,12 +1052,12 @@ def _render_verification(result: Verification, path: Path) -> None:
         return
     if result.failure:
         err.print(f"[bold red]✗ audit log NOT intact:[/] {escape(result.failure.format())}", highlight=False)
-        err.print(f"  in {escape(result.failure.path or str(path.parent))}", highlight=False)
+        err.print(f"  in {escape(result.failure.path or folder)}", highlight=False)
         return
     summary = (f"{commands.plural(len(result.segments), 'segment')}, {commands.plural(result.records, 'record')}"
                + (f" ({result.unchained} unchained)" if result.unchained else ""))
     if not result.chained:
-        out.print(f"nothing verified in {escape(str(path.parent))}: {summary}", highlight=False)
+        out.print(f"nothing verified in {escape(folder)}: {summary}", highlight=False)
         return
     span = f", {result.first_timestamp} → {result.last_timestamp}" if result.first_timestamp else ""
     out.print(f"[green]✓[/] audit log intact: {summary}{span}", highlight=False)
@@ -975,8 +1065,9 @@ def _render_verification(result: Verification, path: Path) -> None:
     origin = start.get("anchor")
     if start.get("cleanup"):
         origin = (f"which follows segments removed by log-cleanup at {start.get('cleanup_timestamp')} "
-                  f"({start['cleanup']['segment']} line {start['cleanup']['line']})")
-    out.print(f"  verified from {start.get('segment')} line {start.get('line')} ({origin})", highlight=False)
+                  f"({start['cleanup']['segment']} {start['cleanup'].get('unit', 'line')} {start['cleanup']['line']})")
+    out.print(f"  verified from {start.get('segment')} {start.get('unit', 'line')} {start.get('line')} ({origin})",
+              highlight=False)
     out.print(f"  head record_hash {result.head_hash}", highlight=False)
 
 
@@ -998,10 +1089,10 @@ def cleanup_command(
       mxcp log-cleanup --profile prod --json-output
     """
     with commands.reporting_errors(json_output, debug):
-        path, settings = _log_location(profile)
+        source, settings = _log_location(profile)
         now = datetime.now(timezone.utc)
-        removed = (expired_segments(path, settings.retention_days, now) if dry_run
-                   else cleanup(path, settings, now))
+        removed = (expired_segments(source, settings.retention_days, now) if dry_run
+                   else cleanup(source, settings, now))
         result = {"dry_run": dry_run, "retention_days": settings.retention_days,
                   "segments": [segment.as_dict() for segment in removed],
                   "records": sum(segment.records for segment in removed)}
@@ -1009,11 +1100,11 @@ def cleanup_command(
         def render(_: Any) -> None:
             out = commands.console()
             if not removed:
-                out.print(f"nothing older than {settings.retention_days} days in {path.parent}", highlight=False)
+                out.print(f"nothing older than {settings.retention_days} days in {source.folder}", highlight=False)
                 return
             verb = "would remove" if dry_run else "removed"
             for segment in removed:
-                out.print(f"{'-' if dry_run else '[red]-[/]'} {segment.path.name}: "
+                out.print(f"{'-' if dry_run else '[red]-[/]'} {segment.name}: "
                           f"{commands.plural(segment.records, 'record')}, newest {segment.last_timestamp}",
                           highlight=False)
             out.print(f"{verb} {commands.plural(len(removed), 'segment')} "

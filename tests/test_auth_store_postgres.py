@@ -344,10 +344,7 @@ def test_two_replicas_sharing_the_store_accept_each_others_sign_ins(auth_server,
         auth.split("profiles:\n      default:\n", 1)[1]
     roots = [tmp_path / "replica-a", tmp_path / "replica-b"]
     configs = [write_project(root, config_text) for root in roots]
-    # duckdb_setup would turn the `type: postgres` secret into a DuckDB secret, which needs DuckDB's postgres
-    # extension: this machine is offline and cannot fetch it, and nothing here uses it (the store reads the secret).
-    disabled = ",".join(filter(None, [os.environ.get("MXCP_DISABLE_PLUGINS"), "duckdb_setup"]))
-    env = {"MXCP_TEST_PG_PASSWORD": postgres.password, "MXCP_DISABLE_PLUGINS": disabled}
+    env = {"MXCP_TEST_PG_PASSWORD": postgres.password}
     with replica(roots[0], configs[0], base_port, base_url, env) as a, \
             replica(roots[1], configs[1], other_port, base_url, env) as b:
         A, B = SimpleNamespace(url=a), SimpleNamespace(url=b)

@@ -32,6 +32,7 @@ class Example:
     env: dict[str, str] = attrs.Factory(dict)
     extra: str | None = None  # the optional extra of pyproject.toml it needs (see extras.EXTRAS)
     redis: bool = False
+    setup: str | None = None  # SQL the project's README has you run first (`mxcp query --file`)
 
 
 CATALOGUE = [
@@ -41,6 +42,7 @@ CATALOGUE = [
     Example("redis-cache", tests=4, extra="redis", redis=True),
     Example("original-style", tests=7, env={"WEATHER_API_KEY": "demo-weather-key"}, extra="cel"),
     Example("access-control", tests=12, extra="cel"),
+    Example("postgres-rls", tests=11, setup="setup/duckdb.sql"),  # its PostgreSQL profile: test_example_postgres_rls
 ]
 
 
@@ -115,6 +117,9 @@ def test_mxcp_test_passes_in_example(example: Example, tmp_path: Path, request: 
     port = request.getfixturevalue("redis_port") if example.redis else None
     root = copy_example(example, tmp_path)
     env = example_env(example, root, tmp_path, port)
+    if example.setup is not None:
+        subprocess.run([sys.executable, "-c", "from mxcp_core.cli import main; main()", "query", "--file", example.setup],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=180, check=True)
     done = subprocess.run(
         [sys.executable, "-c", "from mxcp_core.cli import main; main()", "test", "--json-output"],
         cwd=root, env=env, capture_output=True, text=True, timeout=180, check=False,

@@ -153,7 +153,6 @@ class Database:
         finally:
             self.release(cursor, healthy)
 
-
     # -- checking SQL (`validate`, and `serve` at start) ----------------------------------------------------
     def statements(self, sql: str) -> tuple[tuple[str, frozenset[str]], ...]:
         """The statements of a SQL text, each with the `$name` parameters it uses (DuckDB's parser)."""

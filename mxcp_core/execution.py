@@ -957,8 +957,9 @@ def _refuse_engine_change(current: Any, fresh: Any) -> None:
     before = current.site.profile_config(current.profile).sql
     after = fresh.site.profile_config(fresh.profile).sql
     if (before.engine, before.secret) != (after.engine, after.secret):
-        raise MxcpError(f"profiles.{fresh.profile}.sql changed ({before.engine} -> {after.engine}); the SQL engine is "
-                        "chosen at start: restart the server to apply it")
+        raise MxcpError(f"profiles.{fresh.profile}.sql changed (engine {before.engine} -> {after.engine}, secret "
+                        f"{before.secret} -> {after.secret}); the SQL engine is chosen at start: restart the server "
+                        "to apply it")
 
 
 def _checking_context(project_context: Any) -> Any:

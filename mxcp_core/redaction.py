@@ -138,10 +138,23 @@ def _is_number_text(text: str) -> bool:
 masker = SecretMasker()
 
 
+# Parameters of a secret type that say where to connect, not how to prove who you are. Masking them would blank
+# every "5432", "127.0.0.1" or database name in errors, logs and audit records. A value that came from a
+# reference (vault://, file://, op://) is masked whatever its key (project.py registers those on resolving).
+LOCATION_KEYS = {
+    "postgres": frozenset({"host", "hostaddr", "port", "database", "dbname", "user", "username", "sslmode",
+                           "application_name", "connect_timeout", "target_session_attrs"}),
+}
+
+
 def register_secrets(secrets: Iterable[Any]) -> None:
     """Mask these secrets' values (`SecretConfig` records) from now on, in every channel."""
     for secret in secrets:
-        masker.add(secret_values(secret.parameters))
+        parameters = secret.parameters
+        location = LOCATION_KEYS.get(str(getattr(secret, "type", "")).lower())
+        if location and isinstance(parameters, Mapping):
+            parameters = {key: value for key, value in parameters.items() if key not in location}
+        masker.add(secret_values(parameters))
 
 
 def secret_values(parameters: Any) -> Iterable[str]:

@@ -259,3 +259,19 @@ def test_a_sensitive_number_echoed_as_a_number_is_masked_in_data():
 
     masked = masker.mask_data({"echo": 987654, "text": "pin 987654", "other": 12, "flag": True}, ["987654"])
     assert masked == {"echo": MASK, "text": f"pin {MASK}", "other": 12, "flag": True}
+
+
+def test_a_postgres_secret_masks_its_password_not_where_it_connects(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Masking host, port, database and user would blank every "5432" or "orders" in results and audit records."""
+    from mxcp_core.config import SecretConfig
+
+    fresh = redaction.SecretMasker()
+    monkeypatch.setattr(redaction, "masker", fresh)
+    redaction.register_secrets([
+        SecretConfig("pg_main", "postgres", {"host": "db.internal", "port": 5432, "database": "orders",
+                                             "user": "mxcp_reader", "password": "pg-pass-4821"}),
+        SecretConfig("api", "custom", {"host": "api.internal", "token": "tok-99173"}),
+    ])
+    text = "db.internal:5432/orders as mxcp_reader with pg-pass-4821; api.internal tok-99173"
+    assert redaction.mask(text) == (f"db.internal:5432/orders as mxcp_reader with {redaction.MASK}; "
+                                    f"{redaction.MASK} {redaction.MASK}")

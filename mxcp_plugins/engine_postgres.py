@@ -4,7 +4,8 @@
 - Each call runs in ONE transaction on one pooled connection, which starts with the caller's identity as
   transaction-local settings (`mxcp.user_id`, `mxcp.username`, `mxcp.role`, `mxcp.email`: what `SET LOCAL` sets),
   so row-level security policies can read `current_setting('mxcp.username', true)`. The call's end commits (or rolls
-  back when it failed) and gives the connection back.
+  back when it failed), resets the session (`DISCARD ALL`: nothing a call set there reaches the next caller) and
+  gives the connection back. SQL that would end the transaction early (`COMMIT`, `ROLLBACK`, `BEGIN`...) is refused.
 - Endpoint SQL keeps MXCP's `$name` parameters: a scanner finds them outside strings, quoted identifiers,
   dollar-quoted bodies and comments, and turns them into psycopg placeholders, so the values always travel as
   bind parameters, never inside the SQL text.
@@ -48,6 +49,10 @@ CANCEL_SECONDS = 5.0
 # data-modifying WITH): with a row limit, only the rows asked for leave the server.
 _STREAMABLE = re.compile(r"\s*(select|values|table|with)\b", re.IGNORECASE)
 _MODIFIES = re.compile(r"\b(insert|update|delete|merge|into)\b", re.IGNORECASE)
+# Statements that end (or would start) the call's transaction, which carries the caller's identity and the read-only
+# mode: after a COMMIT, the rest of the call ran outside both. `ROLLBACK TO [SAVEPOINT]` keeps the transaction.
+_CONTROL = re.compile(r"\s*(begin|start|commit|end|rollback|abort|prepare\s+transaction)\b", re.IGNORECASE)
+_TO_SAVEPOINT = re.compile(r"\s*rollback(\s+(work|transaction))?\s+to\b", re.IGNORECASE)
 
 
 # -- the SQL scanner --------------------------------------------------------------------------------------------
@@ -61,6 +66,7 @@ class Statement:
     query: str
     numbered: str
     streamable: bool
+    control: str = ""  # a transaction-control keyword (COMMIT, ROLLBACK, BEGIN...) the statement starts with
 
 
 def _ident_char(char: str) -> bool:
@@ -95,9 +101,12 @@ def scan(sql: str) -> tuple[Statement, ...]:
         text = sql[start:end].strip()
         if "".join(code).strip():
             blank = "".join(code)
+            control = _CONTROL.match(blank)
             statements.append(Statement(
                 text=text, names=tuple(names), query="".join(query).strip(), numbered="".join(numbered).strip(),
-                streamable=bool(_STREAMABLE.match(blank)) and not _MODIFIES.search(blank)))
+                streamable=bool(_STREAMABLE.match(blank)) and not _MODIFIES.search(blank),
+                control="" if control is None or _TO_SAVEPOINT.match(blank) else
+                " ".join(control.group(1).upper().split())))
         query.clear()
         numbered.clear()
         code.clear()
@@ -158,6 +167,7 @@ def scan(sql: str) -> tuple[Statement, ...]:
             while j < size and _ident_char(sql[j]):
                 j += 1
             word = sql[i + 1:j]
+            digits = word.isascii() and word.isdigit()  # ASCII: int() refuses some that isdigit() takes (`$²`)
             if j < size and sql[j] == "$" and not word[:1].isdigit():
                 # A dollar-quoted body: `$$` or `$tag$`, up to the same delimiter.
                 delimiter = sql[i:j + 1]
@@ -166,9 +176,11 @@ def scan(sql: str) -> tuple[Statement, ...]:
                     raise _syntax_error(f"an unterminated {delimiter} quote", sql, i)
                 verbatim(sql[i:end + len(delimiter)], is_code=False)
                 i = end + len(delimiter)
-            elif word and (word.isdigit() or not word[0].isdigit()):
-                if word.isdigit():
+            elif digits or (word and not word[0].isdigit()):
+                if digits:
                     word = str(int(word))
+                    if word == "0":  # bound as "the last value" otherwise
+                        raise ExecutionError("SQL syntax error: $0 is not a parameter (they count from $1)")
                 elif not word.isidentifier():  # `$1abc`: digits then letters are nothing PostgreSQL reads
                     raise ExecutionError(f"SQL syntax error: ${word} is not a parameter name")
                 if word not in names:
@@ -193,6 +205,15 @@ def scan(sql: str) -> tuple[Statement, ...]:
             i = j
     finish(size)
     return tuple(statements)
+
+
+def refuse_transaction_control(statements: Sequence[Statement]) -> None:
+    """Each call is one transaction, committed by MXCP at its end: SQL that would end it early is refused."""
+    for statement in statements:
+        if statement.control:
+            raise ExecutionError(
+                f"SQL error: {statement.control} is not allowed: each call runs in one transaction, which MXCP "
+                "commits when the call ends (rolls back when it fails); SAVEPOINT and ROLLBACK TO SAVEPOINT work")
 
 
 def bind(statement: Statement, params: Mapping[str, Any] | Sequence[Any] | None) -> dict[str, Any] | None:
@@ -294,6 +315,7 @@ class PostgresCursor:
             raise ExecutionError("this cursor's call has ended; SQL runs on the cursor of the current call")
         if self._interrupted:  # the call was cancelled or timed out: it starts no more SQL
             raise ExecutionError("query interrupted")
+        refuse_transaction_control(statements)
         self._close_server_cursor()
         if (isinstance(params, Sequence) and not isinstance(params, str) and params
                 and not any(statement.names for statement in statements)):
@@ -321,6 +343,10 @@ class PostgresCursor:
             return exc
         if self._interrupted and isinstance(exc, psycopg.errors.QueryCanceled):
             return ExecutionError("query interrupted")
+        if isinstance(exc, psycopg.errors.InFailedSqlTransaction):
+            # Python code that caught an error and went on: unlike DuckDB, the failure ended the call's work.
+            return ExecutionError(f"{_sql_error(exc)} (an earlier statement of this call failed, which aborts the "
+                                  "call's transaction on PostgreSQL; wrap statements that may fail in a SAVEPOINT)")
         return _sql_error(exc)
 
     def _current(self) -> Any:
@@ -479,8 +505,10 @@ class PostgresEngine:
         try:
             conn = pool.getconn()
         except PoolTimeout:
-            raise ExecutionError(f"no PostgreSQL connection to {self._where} became free within "
-                                 f"{POOL_WAIT_SECONDS:g}s (limits.workers sizes the pool)") from None
+            # Also what a server that went away looks like: the pool keeps trying to reconnect meanwhile.
+            raise ExecutionError(f"no PostgreSQL connection to {self._where} within {POOL_WAIT_SECONDS:g}s: the "
+                                 "server is unreachable (see the log), or every pooled connection is busy "
+                                 "(limits.workers sizes the pool)") from None
         except psycopg.Error as exc:
             raise ExecutionError(f"cannot connect to PostgreSQL at {self._where}: {mask(first_line(exc))}") from None
         cursor = PostgresCursor(conn)
@@ -518,6 +546,7 @@ class PostgresEngine:
             except psycopg.Error:
                 pass  # a broken connection: the pool discards it
         finally:
+            _discard_session(conn)
             pool = self._pool
             if pool is not None:
                 try:
@@ -542,7 +571,9 @@ class PostgresEngine:
 
     # -- checking SQL (`validate`, and `serve` at start) --------------------------------------------------------
     def statements(self, sql: str) -> tuple[tuple[str, frozenset[str]], ...]:
-        return tuple((statement.text, frozenset(statement.names)) for statement in scan(sql))
+        found = scan(sql)
+        refuse_transaction_control(found)  # `validate` says so, not only the first call
+        return tuple((statement.text, frozenset(statement.names)) for statement in found)
 
     def check(self, statement: str, *, phase: str) -> list[Any]:
         """Let the server prepare the statement (tables, columns, functions, types) without running it."""
@@ -562,6 +593,21 @@ class PostgresEngine:
             return []
         finally:
             self.release(cursor, healthy=False)  # validation never writes
+
+
+def _discard_session(conn: Any) -> None:
+    """Reset the session after a call: what it may have changed there (SET ROLE, a session-level SET or set_config,
+    temporary tables, LISTEN, advisory locks, prepared statements) must never reach the next caller. Here, not in the
+    pool's `reset`, which runs on a pool thread: handing the connection over cost more than this round trip."""
+    try:
+        conn.autocommit = True  # DISCARD ALL cannot run inside a transaction
+        try:
+            conn.execute("DISCARD ALL")
+        finally:
+            conn.autocommit = False
+    except Exception:  # noqa: BLE001 - a session that could not be reset never serves again
+        log.debug("resetting a PostgreSQL session failed; closing the connection", exc_info=True)
+        conn.close()
 
 
 def _identity(user: Any) -> tuple[str, str, str, str]:

@@ -114,6 +114,23 @@ def test_scanner_refuses_unterminated_text(sql):
         scan(sql)
 
 
+def test_scanner_refuses_parameter_zero():
+    # Parameters count from $1; `$0` once bound the last value given.
+    with pytest.raises(ExecutionError, match=r"\$0 is not a parameter"):
+        scan("SELECT $0")
+    assert scan("SELECT $01")[0].names == ("1",)
+    assert scan("SELECT $²")[0].names == ()  # not a parameter (it was a ValueError), left to the server to refuse
+
+
+def test_scanner_marks_transaction_control():
+    controls = [s.control for s in scan(
+        "BEGIN; start transaction read write; COMMIT AND CHAIN; end; Rollback; ABORT; PREPARE TRANSACTION 'x'; "
+        "ROLLBACK TO SAVEPOINT s; rollback work to s; SAVEPOINT s; RELEASE s; PREPARE q AS SELECT 1; "
+        "DO $$ BEGIN COMMIT; END $$; SELECT 'commit'; /* commit */ SELECT 1")]
+    assert controls == ["BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "PREPARE TRANSACTION",
+                        "", "", "", "", "", "", "", ""]
+
+
 def test_binding_follows_the_duckdb_rules():
     (named,) = scan("SELECT $a, $b, $a")
     assert bind(named, {"a": 1, "b": {"k": [1]}, "unused": 3})["a"] == 1
@@ -411,6 +428,87 @@ def test_a_failed_call_rolls_back_and_sql_errors_are_one_line(pg_project, postgr
     assert postgres.sql("SELECT count(*) FROM t", pg_database) == [(0,)]  # the first INSERT was rolled back
 
 
+def test_a_call_leaves_no_session_state_to_the_next_caller(pg_project, postgres, pg_database):
+    # A call may change its session (SET ROLE, a session-level SET, a temporary table): none of it may reach the
+    # next caller on the same pooled connection.
+    role = f"r_{pg_database}"
+    postgres.sql(f"CREATE ROLE {role}", pg_database)
+    root = pg_project({
+        "tools/dirty.yml": tool_yaml(
+            "dirty", f"SET ROLE {role}; SET search_path = nowhere; SELECT set_config('app.tenant', $tenant, false); "
+            "CREATE TEMP TABLE scratch (x int); SELECT current_user AS u", parameters="[{name: tenant, type: string}]",
+            returns="{type: object}"),
+        "tools/clean.yml": tool_yaml(
+            "clean", "SELECT current_user AS u, current_setting('search_path') AS path, "
+            "coalesce(current_setting('app.tenant', true), '') AS tenant, "
+            "to_regclass('pg_temp.scratch') IS NULL AS no_temp", returns="{type: object}"),
+    })
+    try:
+        with started(root) as runtime:
+            assert runtime.call("tool", "dirty", {"tenant": "acme"}) == {"u": role}
+            for _ in range(3):
+                assert runtime.call("tool", "clean", user=UserContext(username="bob")) == {
+                    "u": postgres.user, "path": '"$user", public', "tenant": "", "no_temp": True}
+    finally:
+        postgres.sql(f"DROP ROLE {role}")
+
+
+def test_transaction_control_is_refused_so_each_call_stays_one_transaction(pg_project, postgres, pg_database):
+    postgres.sql("CREATE TABLE t (id int)", pg_database)
+    root = pg_project({
+        # A COMMIT would end the transaction that carries the caller and the read-only mode.
+        "tools/escape.yml": tool_yaml("escape", "COMMIT; SET TRANSACTION READ WRITE; INSERT INTO t VALUES (1)"),
+        "tools/partial.yml": tool_yaml("partial", "INSERT INTO t VALUES (2); COMMIT; SELECT 1 / 0"),
+        "tools/savepoints.yml": tool_yaml(
+            "savepoints", "SAVEPOINT s; INSERT INTO t VALUES (3); ROLLBACK TO SAVEPOINT s; SELECT count(*) FROM t",
+            returns="{type: integer}"),
+    })
+    with started(root, readonly=True) as runtime, pytest.raises(ExecutionError, match="COMMIT is not allowed"):
+        runtime.call("tool", "escape")
+    with started(root) as runtime:
+        with pytest.raises(ExecutionError, match="COMMIT is not allowed"):
+            runtime.call("tool", "partial")
+        assert runtime.call("tool", "savepoints") == 0
+        with runtime.cursor() as cursor:
+            for sql in ("ROLLBACK", "end", "BEGIN ISOLATION LEVEL SERIALIZABLE", "start transaction"):
+                with pytest.raises(ExecutionError, match="is not allowed"):
+                    cursor.execute(sql)
+    assert postgres.sql("SELECT count(*) FROM t", pg_database) == [(0,)]
+    problems = {p.endpoint: p.message for p in validate_project(open_project(root)) if p.severity == "error"}
+    assert set(problems) == {"escape", "partial"} and "COMMIT is not allowed" in problems["partial"]
+
+
+def test_python_code_that_goes_on_after_a_failed_statement(pg_project, postgres, pg_database):
+    postgres.sql("CREATE TABLE t (id int)", pg_database)
+    root = pg_project({
+        "python/p.py": """\
+            from mxcp.runtime import db
+
+            def careless() -> int:
+                try:
+                    db.execute("SELECT * FROM missing")
+                except Exception:
+                    pass
+                return db.execute("SELECT count(*) AS n FROM t").fetchone()["n"]
+
+            def careful() -> int:
+                db.execute("SAVEPOINT s")
+                try:
+                    db.execute("SELECT * FROM missing")
+                    db.execute("RELEASE SAVEPOINT s")
+                except Exception:
+                    db.execute("ROLLBACK TO SAVEPOINT s")
+                return db.execute("SELECT count(*) AS n FROM t").fetchone()["n"]
+            """,
+        **{f"tools/{name}.yml": f"mxcp: 1\ntool:\n  name: {name}\n  language: python\n  return: {{type: integer}}\n"
+                                "  source: {file: ../python/p.py}\n" for name in ("careless", "careful")},
+    })
+    with started(root) as runtime:
+        with pytest.raises(ExecutionError, match="transaction is aborted.*an earlier statement of this call failed"):
+            runtime.call("tool", "careless")
+        assert runtime.call("tool", "careful") == 0
+
+
 def test_readonly_runs_read_only_transactions(pg_project, postgres, pg_database):
     postgres.sql("CREATE TABLE t (id int)", pg_database)
     root = pg_project({"tools/write.yml": tool_yaml("write", "INSERT INTO t VALUES (1)")})
@@ -426,6 +524,25 @@ def test_reload_closes_and_reopens_the_pool(pg_project):
         runtime.wait_for_reloads()
         assert runtime.unavailable is None
         assert runtime.call("tool", "one") == 1
+
+
+def test_a_config_reload_picks_up_a_rotated_password(pg_project, postgres, pg_database, user_config):
+    parameters = as_role(postgres, pg_database, "rotating_app")
+    root = pg_project({"tools/me.yml": tool_yaml("me", "SELECT current_user AS u", returns="{type: object}")},
+                      parameters=parameters)
+    try:
+        with started(root) as runtime:
+            assert runtime.call("tool", "me") == {"u": "rotating_app"}
+            postgres.sql("ALTER ROLE rotating_app PASSWORD 'rotated-pw'")
+            user_config(user_config_text({**parameters, "password": "rotated-pw"}))
+            runtime.reload(description="rotation", config=True)
+            runtime.wait_for_reloads()
+            assert runtime.unavailable is None and runtime.config_problem is None
+            # Sessions opened with the old password are gone: new ones must log in with the new one.
+            postgres.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'rotating_app'")
+            assert runtime.call("tool", "me") == {"u": "rotating_app"}
+    finally:
+        postgres.sql("ALTER ROLE rotating_app PASSWORD 'role-pw'")
 
 
 def test_a_commit_that_fails_fails_the_call(pg_project, postgres, pg_database):

@@ -835,3 +835,43 @@ def test_sqlite_put_if_absent_keeps_the_first_writers_record_across_stores_on_on
     finally:
         for store in stores:
             store.close()
+
+
+def test_a_store_waiting_on_its_database_does_not_stop_the_event_loop(tmp_path):
+    """Store calls run in a worker thread: a store stuck behind a lock (or a PostgreSQL server gone away) would
+    otherwise stop every other request of the replica, /health included, for as long as it waits."""
+    import anyio
+
+    class SlowStore(SqliteSignInStore):
+        def get(self, kind, key):
+            time.sleep(0.5)  # a row lock held elsewhere
+            return super().get(kind, key)
+
+    store = SlowStore(tmp_path / "slow.db")
+    upstream = ProviderConnection(client_id="c", client_secret="s", config_url="http://127.0.0.1:9/unused")
+    endpoints = SimpleNamespace(issuer="http://127.0.0.1:9", authorization_endpoint="http://127.0.0.1:9/a",
+                                token_endpoint="http://127.0.0.1:9/t", userinfo_endpoint=None)
+    ticks = 0
+
+    async def main() -> None:
+        nonlocal ticks
+        proxy = SignInProxy(store=store, upstream=upstream, endpoints=endpoints, provider_name="idp",
+                            base_url="http://127.0.0.1:1", resource_url="http://127.0.0.1:1/mcp",
+                            http=httpx2.AsyncClient())
+
+        async def heartbeat() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await anyio.sleep(0.01)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(heartbeat)
+            assert await proxy.load_access_token("no-such-token") is None
+            group.cancel_scope.cancel()
+
+    try:
+        anyio.run(main)
+    finally:
+        store.close()
+    assert ticks >= 15, f"the event loop ran {ticks} times in 0.5 s: the store call blocked it"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import html
 import ipaddress
@@ -156,6 +157,23 @@ class _Verifier:
         return access
 
 
+class _OffTheLoop:
+    """The store's methods as coroutines that run them in a worker thread. A store waits on its database (a lock
+    held elsewhere, a PostgreSQL server gone away, SQLite's busy timeout): on the event loop, that wait would stop
+    every other request of the replica, `/health` included."""
+
+    def __init__(self, store: SignInStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._store, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await anyio.to_thread.run_sync(functools.partial(method, *args, **kwargs))
+
+        return call
+
+
 class SignInProxy:
     """An `OAuthAuthorizationServerProvider` that signs users in through `upstream` and issues opaque tokens.
 
@@ -171,6 +189,7 @@ class SignInProxy:
                  code_ttl: int = 300, allow_registration: bool = True, client_metadata_documents: bool = True,
                  allow_private_metadata_hosts: bool = False) -> None:
         self.store = store
+        self._db = _OffTheLoop(store)
         self.upstream = upstream
         self.endpoints = endpoints
         self.provider_name = provider_name
@@ -242,6 +261,11 @@ class SignInProxy:
                 self._fernet = Fernet(record["key"].encode())
             return self._fernet
 
+    async def _cipher_ready(self) -> None:
+        """Read (or create) the key before `_encrypt`/`_decrypt`, off the event loop as every store call."""
+        if self._fernet is None:
+            await anyio.to_thread.run_sync(self._cipher)
+
     def _encrypt(self, value: str) -> str:
         return self._cipher().encrypt(value.encode()).decode()
 
@@ -274,8 +298,9 @@ class SignInProxy:
     async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
         if client_id in self.static_clients:
             return self.static_clients[client_id]
-        record = self.store.get(CLIENT, client_id)
+        record = await self._db.get(CLIENT, client_id)
         if record is not None:
+            await self._cipher_ready()
             data = dict(record)
             encrypted = data.pop("client_secret_enc", None)
             if encrypted is not None:
@@ -295,8 +320,9 @@ class SignInProxy:
         data = client_info.model_dump(mode="json", exclude_none=True)
         secret = data.pop("client_secret", None)
         if secret is not None:
+            await self._cipher_ready()
             data["client_secret_enc"] = self._encrypt(secret)
-        self.store.put(CLIENT, client_info.client_id, data)
+        await self._db.put(CLIENT, client_info.client_id, data)
         logger.info("sign-in: registered client %s (%s)", client_info.client_id, client_info.client_name or "unnamed")
 
     async def _metadata_document_client(self, url: str) -> OAuthClientInformationFull | None:
@@ -393,7 +419,7 @@ class SignInProxy:
         scopes = [s for s in scopes if s in self.scopes]
         state = secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(48)
-        self.store.put(LOGIN, _hash(state), {
+        await self._db.put(LOGIN, _hash(state), {
             "client_id": client.client_id,
             "redirect_uri": str(params.redirect_uri),
             "redirect_uri_provided_explicitly": params.redirect_uri_provided_explicitly,
@@ -439,8 +465,8 @@ class SignInProxy:
         bound = login.get("browser") or ""
         return cookie if cookie and bound and secrets.compare_digest(_hash(cookie), bound) else None
 
-    def _save(self, key: str, login: Mapping[str, Any]) -> None:
-        self.store.put(LOGIN, key, login, expires_at=login["expires_at"])
+    async def _save(self, key: str, login: Mapping[str, Any]) -> None:
+        await self._db.put(LOGIN, key, login, expires_at=login["expires_at"])
 
     async def _consent(self, request: Request) -> Response:
         """GET: the consent page (or, for a client configured by the operator, straight on); POST: the answer.
@@ -456,7 +482,7 @@ class SignInProxy:
         else:
             state, token = request.query_params.get("login", ""), ""
         key = _hash(state) if state else ""
-        login = self.store.get(LOGIN, key) if state else None
+        login = await self._db.get(LOGIN, key) if state else None
         if login is None or login["expires_at"] <= time.time():
             return _page("Sign-in failed", "This login expired or was already used. Start again from your "
                          "application.", status=400)
@@ -468,11 +494,11 @@ class SignInProxy:
             if browser is None:
                 browser = secrets.token_urlsafe(32)
                 login = {**login, "browser": _hash(browser)}
-                self._save(key, login)
+                await self._save(key, login)
             if login["client_id"] in self.static_clients:
                 # A client the operator configured: no question to ask, but the login is still bound to this browser.
                 login = {**login, "approved": login["browser"]}
-                self._save(key, login)
+                await self._save(key, login)
                 return self._bound(RedirectResponse(self._upstream_url(state, login["verifier"]), status_code=302,
                                                     headers={"Cache-Control": "no-store"}), state, browser)
             return self._bound(self._consent_page(state, browser, login), state, browser)
@@ -480,11 +506,11 @@ class SignInProxy:
             return _page("Sign-in refused", "This approval did not come from the page this server showed. Start "
                          "again from your application.", status=403)
         if form.get("decision") != "approve":
-            self.store.delete(LOGIN, key)
+            await self._db.delete(LOGIN, key)
             url = construct_redirect_uri(login["redirect_uri"], error="access_denied",
                                          error_description="the user declined", state=login.get("state"))
             return RedirectResponse(url, status_code=303, headers={"Cache-Control": "no-store"})
-        self._save(key, {**login, "approved": login["browser"]})  # approved by this browser, and only for it
+        await self._save(key, {**login, "approved": login["browser"]})  # approved by this browser, and only for it
         return RedirectResponse(self._upstream_url(state, login["verifier"]), status_code=303,
                                 headers={"Cache-Control": "no-store"})
 
@@ -514,13 +540,13 @@ class SignInProxy:
     async def _callback(self, request: Request) -> Response:
         query = request.query_params
         state = query.get("state")
-        login = self.store.get(LOGIN, _hash(state)) if state else None
+        login = await self._db.get(LOGIN, _hash(state)) if state else None
         # Only the browser that was asked, and approved, may finish its login.
         if login is None or self._browser_of(request, state, login) is None \
                 or login.get("approved") != login.get("browser"):
             return _page("Sign-in failed", "This login expired, was already used, or was started in another "
                          "browser. Start again from your application.", status=400)
-        login = self.store.take(LOGIN, _hash(state))
+        login = await self._db.take(LOGIN, _hash(state))
         if login is None:  # a second callback raced this one
             return _page("Sign-in failed", "This login was already used.", status=400)
 
@@ -542,7 +568,8 @@ class SignInProxy:
         code = secrets.token_urlsafe(32)
         grant = uuid.uuid4().hex
         expires_at = time.time() + self.code_ttl
-        self.store.put(CODE, _hash(code), {
+        await self._cipher_ready()
+        await self._db.put(CODE, _hash(code), {
             "client_id": login["client_id"],
             "scopes": login["scopes"],
             "code_challenge": login["code_challenge"],
@@ -631,28 +658,28 @@ class SignInProxy:
                                       authorization_code: str) -> AuthorizationCode | None:
         # A replayed code (RFC 6749 §4.1.2) revokes what the first exchange issued, whatever comes next. The code
         # is still answered so that the exchange reports "already used".
-        record = self._live_or_revoked(client, authorization_code, CODE, USED_CODE, "authorization code replayed")
+        record = await self._live_or_revoked(client, authorization_code, CODE, USED_CODE, "authorization code replayed")
         return self._code_from(record, authorization_code) if record is not None else None
 
     async def exchange_authorization_code(self, client: OAuthClientInformationFull,
                                           authorization_code: AuthorizationCode) -> OAuthToken:
         key = _hash(authorization_code.code)
-        record = self.store.take(CODE, key)
+        record = await self._db.take(CODE, key)
         if record is None or record["client_id"] != client.client_id:
-            used = self.store.get(USED_CODE, key)
+            used = await self._db.get(USED_CODE, key)
             if used is not None and used["client_id"] == client.client_id:
-                self.store.delete_grant(used["grant"])
+                await self._db.delete_grant(used["grant"])
             raise TokenError("invalid_grant", "authorization code already used")
         grant = record["grant"]
         marker = {k: record[k] for k in ("client_id", "scopes", "code_challenge", "redirect_uri",
                                          "redirect_uri_provided_explicitly", "resource", "expires_at", "subject")}
         # Not part of the grant: it outlives a revocation, so later replays still read "already used".
-        self.store.put(USED_CODE, key, {**marker, "grant": grant}, expires_at=time.time() + self.refresh_ttl)
-        return self._issue(grant, client.client_id, list(record["scopes"]),
+        await self._db.put(USED_CODE, key, {**marker, "grant": grant}, expires_at=time.time() + self.refresh_ttl)
+        return await self._issue(grant, client.client_id, list(record["scopes"]),
                            record.get("resource") or self.resource_url, record["subject"], record["claims"],
                            record["upstream"])
 
-    def _issue(self, grant: str, client_id: str, scopes: list[str], resource: str, subject: str,
+    async def _issue(self, grant: str, client_id: str, scopes: list[str], resource: str, subject: str,
                claims: Mapping[str, Any], upstream: str) -> OAuthToken:
         now = time.time()
         access, refresh = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
@@ -662,9 +689,9 @@ class SignInProxy:
         # earlier (truncating lost up to a second, and a call in that gap got a 401 and a whole new login).
         access_expiry = math.ceil(now + self.access_ttl)
         refresh_expiry = math.ceil(now + self.refresh_ttl)
-        self.store.put(ACCESS, _hash(access), {**base, "expires_at": access_expiry}, expires_at=access_expiry,
+        await self._db.put(ACCESS, _hash(access), {**base, "expires_at": access_expiry}, expires_at=access_expiry,
                        grant=grant)
-        self.store.put(REFRESH, _hash(refresh), {**base, "expires_at": refresh_expiry}, expires_at=refresh_expiry,
+        await self._db.put(REFRESH, _hash(refresh), {**base, "expires_at": refresh_expiry}, expires_at=refresh_expiry,
                        grant=grant)
         return OAuthToken(access_token=access, token_type="Bearer", expires_in=self.access_ttl,
                           scope=" ".join(scopes) or None, refresh_token=refresh)
@@ -679,20 +706,20 @@ class SignInProxy:
     async def load_refresh_token(self, client: OAuthClientInformationFull, refresh_token: str) -> RefreshToken | None:
         # Refresh token reuse (RFC 9700 §4.14.2): a rotated token came back, so one of its holders is not the
         # client. The whole grant is revoked; the exchange that follows answers invalid_grant.
-        record = self._live_or_revoked(client, refresh_token, REFRESH, ROTATED, "rotated refresh token reused")
+        record = await self._live_or_revoked(client, refresh_token, REFRESH, ROTATED, "rotated refresh token reused")
         return self._refresh_from(record, refresh_token) if record is not None else None
 
-    def _live_or_revoked(self, client: OAuthClientInformationFull, token: str, live: str, spent: str,
+    async def _live_or_revoked(self, client: OAuthClientInformationFull, token: str, live: str, spent: str,
                          misuse: str) -> Mapping[str, Any] | None:
         """The client's record of `token`: live, or already spent (a replay, which revokes its whole grant)."""
         key = _hash(token)
-        record = self.store.get(live, key)
+        record = await self._db.get(live, key)
         if record is not None:
             return record if record["client_id"] == client.client_id else None
-        record = self.store.get(spent, key)
+        record = await self._db.get(spent, key)
         if record is None or record["client_id"] != client.client_id:
             return None
-        if self.store.delete_grant(record["grant"]):
+        if await self._db.delete_grant(record["grant"]):
             logger.warning("sign-in: %s by client %s; grant %s revoked", misuse, client.client_id, record["grant"])
         return record
 
@@ -701,26 +728,27 @@ class SignInProxy:
         if any(s not in refresh_token.scopes for s in scopes):
             raise TokenError("invalid_scope", "requested scopes exceed the original grant")
         key = _hash(refresh_token.token)
-        record = self.store.take(REFRESH, key)
+        record = await self._db.take(REFRESH, key)
         if record is None or record["client_id"] != client.client_id:
-            rotated = self.store.get(ROTATED, key)
+            rotated = await self._db.get(ROTATED, key)
             if rotated is not None and rotated["client_id"] == client.client_id:
-                self.store.delete_grant(rotated["grant"])
+                await self._db.delete_grant(rotated["grant"])
             raise TokenError("invalid_grant", "refresh token already used")
         grant = record["grant"]
-        self.store.put(ROTATED, key, {k: record.get(k) for k in ("client_id", "scopes", "resource", "subject",
+        await self._db.put(ROTATED, key, {k: record.get(k) for k in ("client_id", "scopes", "resource", "subject",
                                                                  "expires_at", "grant")},
                        expires_at=record.get("expires_at"))
         granted = list(record["scopes"])
         scopes = [s for s in scopes if s in granted] if scopes else granted
-        return self._issue(grant, client.client_id, scopes, record["resource"],
+        return await self._issue(grant, client.client_id, scopes, record["resource"],
                            record["subject"], record["claims"], record["upstream"])
 
     # -- access tokens ------------------------------------------------------------------------------------------
     async def load_access_token(self, token: str) -> AccessToken | None:
-        record = self.store.get(ACCESS, _hash(token))
+        record = await self._db.get(ACCESS, _hash(token))
         if record is None or record["expires_at"] <= time.time():
             return None
+        await self._cipher_ready()
         claims = dict(record["claims"])
         claims.update({
             "iss": self.base_url,
@@ -734,9 +762,9 @@ class SignInProxy:
     async def revoke_token(self, token: AccessToken | RefreshToken) -> None:
         key = _hash(token.token)
         for kind in (ACCESS, REFRESH):
-            record = self.store.get(kind, key)
+            record = await self._db.get(kind, key)
             if record is not None:
-                self.store.delete_grant(record["grant"])
+                await self._db.delete_grant(record["grant"])
                 logger.info("sign-in: client %s revoked grant %s", record["client_id"], record["grant"])
                 return
 

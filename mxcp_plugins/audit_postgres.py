@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import select
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -62,9 +63,14 @@ def _quoted(table: str) -> str:
 
 
 def lock_key(table: str) -> int:
-    """The advisory lock every writer of `table` takes: a signed 64-bit number derived from its name."""
+    """The advisory lock taken while `table` does not exist yet (to create it): a signed 64-bit number from its
+    name. Appends lock the table itself (LOCK_CLASS + its oid): one lock however the setting spells it."""
     digest = hashlib.sha256(f"mxcp.audit:{table}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+# The high 32 bits of the appends' lock key; the table's oid (32 bits) is the low part.
+LOCK_CLASS = (int.from_bytes(hashlib.sha256(b"mxcp.audit").digest()[:4], "big") & 0x7FFFFFFF) << 32
 
 
 _CREATE = """
@@ -116,7 +122,10 @@ SELECT inserted.seq, inserted.record_hash, digested.shortened FROM inserted, dig
 
 
 def _text(value: Any) -> str | None:
-    return None if value is None else value if isinstance(value, str) else json.dumps(value)
+    # PostgreSQL text cannot hold NUL: a column gets it as its JSON escape (the line has it escaped already).
+    # Raw, it failed the record, and a kept completion with it every record after it.
+    text = None if value is None else value if isinstance(value, str) else json.dumps(value)
+    return text.replace("\x00", "\\u0000") if text is not None and "\x00" in text else text
 
 
 def _columns(body: bytes) -> dict[str, Any]:
@@ -148,7 +157,7 @@ class PostgresSink:
                       f"/{keywords.get('dbname', '')}")
         self.pending: list[bytes] = []
         self.lock = threading.Lock()  # guards pending, the idle connections and what this process wrote last
-        self._key = lock_key(table)
+        self._lock_params = {"key": lock_key(table), "lock_class": LOCK_CLASS, "name": _quoted(table)}
         self._idle: list[Any] = []
         self._pid = os.getpid()
         self._forked: list[Any] = []  # a parent's connections, never used nor closed by a forked child
@@ -235,7 +244,7 @@ class PostgresSink:
         statement = self._statement("append")
         shortened = False
         with conn.pipeline():
-            conn.execute(self._statement("lock"), {"key": self._key})
+            conn.execute(self._statement("lock"), self._lock_params)
             cursors = []
             for index, values in enumerate(params):
                 # Only the first record may find the table shortened: the others follow it.
@@ -257,21 +266,31 @@ class PostgresSink:
 
             table = _identifier(self.table)
             self._sql = {
-                "lock": sql.SQL("SELECT pg_advisory_xact_lock(%(key)s)"),
+                # By the table's oid when it exists: `mxcp_audit` and `public.mxcp_audit` (or another role's
+                # search_path finding the same table) must serialise on one lock, or their appends fork the chain.
+                "lock": sql.SQL("SELECT pg_advisory_xact_lock(coalesce(%(lock_class)s::bigint | "
+                                "to_regclass(%(name)s::text)::oid::bigint, %(key)s::bigint))"),
                 "append": sql.SQL(_APPEND).format(table=table),
                 "create": sql.SQL(_CREATE).format(table=table),
             }
         return self._sql[name]
 
     def _take(self) -> Any:
-        with self.lock:
-            if os.getpid() != self._pid:
-                # A forked child must not use (or close: that would end the parent's session) its parent's.
-                self._forked.extend(self._idle)
-                self._idle, self._pid = [], os.getpid()
-            if self._idle:
-                return self._idle.pop()
-        return self.connect()
+        while True:
+            with self.lock:
+                if os.getpid() != self._pid:
+                    # A forked child must not use (or close: that would end the parent's session) its parent's.
+                    self._forked.extend(self._idle)
+                    self._idle, self._pid = [], os.getpid()
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return self.connect()
+            if _alive(conn):
+                return conn
+            # Ended by the server while idle (restart, pg_terminate_backend, idle_session_timeout): using it
+            # would fail the record, and refuse the call. Look again at the table too (it may be a new database).
+            self._ready = False
+            _close_quietly(conn)
 
     def _give(self, conn: Any, healthy: bool) -> None:
         from psycopg import pq
@@ -290,6 +309,9 @@ class PostgresSink:
         """A new connection (not autocommit); the first also checks the database and creates the table."""
         psycopg = require_psycopg("the PostgreSQL audit sink")
         conn = psycopg.connect(**self.keywords, autocommit=False)
+        # Whatever the database's or role's default: an append must read the last row with a snapshot taken after
+        # the lock is granted (REPEATABLE READ takes it at the lock's statement, and writers would fork the chain).
+        conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
         if self._ready or not create:
             return conn
         try:
@@ -299,7 +321,7 @@ class PostgresSink:
                                 "(the record hashes are taken over UTF-8 text)")
             if conn.execute("SELECT to_regclass(%s)", [_quoted(self.table)]).fetchone()[0] is None:
                 # Under the writers' lock: two processes creating it at once would otherwise collide.
-                conn.execute(self._statement("lock"), {"key": self._key})
+                conn.execute(self._statement("lock"), self._lock_params)
                 conn.execute(self._statement("create"))
             conn.commit()
         except BaseException:
@@ -307,6 +329,19 @@ class PostgresSink:
             raise
         self._ready = True
         return conn
+
+
+def _alive(conn: Any) -> bool:
+    """False when an idle connection's session has ended: the server said goodbye (an error, then end of file),
+    so its socket is readable. No round trip; a silent network cut still shows only when the record is sent."""
+    if conn.closed:
+        return False
+    try:
+        poller = select.poll()  # not select.select: a busy server's descriptors may exceed FD_SETSIZE
+        poller.register(conn.fileno(), select.POLLIN)
+        return not poller.poll(0)
+    except Exception:  # noqa: BLE001 - a connection that cannot be asked is not kept
+        return False
 
 
 def _close_quietly(conn: Any) -> None:
@@ -435,7 +470,7 @@ class PostgresLog:
                 return []
             conn.rollback()
             # Again under the writers' lock, held to the commit: no record is appended in between.
-            conn.execute(self.sink._statement("lock"), {"key": self.sink._key})
+            conn.execute(self.sink._statement("lock"), self.sink._lock_params)
             expired, last_seq = self._expired(conn, settings.retention_days, now)
             if not expired:
                 return []

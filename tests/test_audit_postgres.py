@@ -7,6 +7,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -313,15 +314,18 @@ tool:
   return: {type: integer}
   source: {file: ../python/kill.py}
 """
-# Ends every other session of the database, the sink's among them: as a server restart or a network cut would.
+# Ends every other session of the database, the sink's among them, and refuses new ones: as a server going down
+# would. (A session ended between records alone is replaced, and the record written: see the test after.)
 KILL_CODE = """\
 import os
 import psycopg
 
 def kill() -> int:
-    with psycopg.connect(os.environ["KILL_CONNINFO"], autocommit=True) as conn:
-        return len(conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall())
+    database = os.environ["KILL_DATABASE"]
+    with psycopg.connect(os.environ["KILL_CONNINFO"], autocommit=True) as conn:  # to another database
+        conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        return len(conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                                [database]).fetchall())
 """
 
 
@@ -331,7 +335,8 @@ def test_a_dropped_connection_keeps_the_completion_record_and_the_next_call_writ
 ) -> None:
     (project / "tools" / "kill.yml").write_text(KILL_TOOL)
     (project / "python" / "kill.py").write_text(KILL_CODE)
-    monkeypatch.setenv("KILL_CONNINFO", postgres.conninfo(pg_database))
+    monkeypatch.setenv("KILL_CONNINFO", postgres.conninfo("postgres"))
+    monkeypatch.setenv("KILL_DATABASE", pg_database)
     with Runtime(open_project(project)) as runtime:
         login(runtime, "ann")
         with caplog.at_level(logging.CRITICAL):
@@ -339,6 +344,7 @@ def test_a_dropped_connection_keeps_the_completion_record_and_the_next_call_writ
         assert "AUDIT RECORD NOT WRITTEN: tool 'kill'" in caplog.text
         sink = runtime.context.state[audit._STATE_KEY][1]
         assert len(sink.pending) == 1
+        postgres.sql(f"ALTER DATABASE {pg_database} ALLOW_CONNECTIONS true")  # the server is back
         login(runtime, "bob")  # a new connection: the kept record goes first, then this call's
         assert sink.pending == []
     found = [json.loads(r["line"]) for r in rows(postgres, pg_database)]
@@ -528,3 +534,97 @@ def test_the_table_setting_must_be_a_table_name(project: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         open_project(project)
     assert caught.value.key_path.startswith("profiles.default.audit") and "table" in str(caught.value)
+
+
+def test_a_session_the_server_ended_between_calls_is_not_used_so_no_call_is_refused(
+    project: Path, postgres: Any, pg_database: str, run_mxcp
+) -> None:
+    # A server restart, pg_terminate_backend or idle_session_timeout ends the kept connections while idle; the
+    # next call must get a new one, not be refused (on_failure: refuse) or lose its intent record (log).
+    with Runtime(open_project(project)) as runtime:
+        login(runtime, "ann")
+        ended = postgres.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                             f"'{pg_database}' AND pid <> pg_backend_pid()", pg_database)
+        assert ended  # the sink's kept connection was there, and is gone
+        time.sleep(0.2)  # the server's goodbye reaches the socket
+        login(runtime, "bob")
+    found = [json.loads(r["line"]) for r in rows(postgres, pg_database)]
+    assert [(r["operation_status"], r["input_data"]["user"]) for r in found] == [
+        ("started", "ann"), ("success", "ann"), ("started", "bob"), ("success", "bob")]
+    assert run_mxcp("log", "verify", cwd=project).returncode == 0
+
+
+def test_a_caller_whose_id_holds_a_nul_is_audited_and_blocks_no_record_after_it(
+    project: Path, postgres: Any, pg_database: str, run_mxcp, caplog: pytest.LogCaptureFixture
+) -> None:
+    # PostgreSQL text cannot hold NUL. The line escapes it (JSON), but the user_id column took the raw text: the
+    # record failed, and kept (a completion) it failed every record after it: one crafted identity ended auditing.
+    (project / "mxcp-site.yml").write_text(SITE % ", on_failure: log")
+    with caplog.at_level(logging.ERROR), Runtime(open_project(project)) as runtime:
+        runtime.call("tool", "login", {"user": "x", "password": "correct-horse-battery"},
+                     user={"user_id": "mal\x00lory", "username": "mallory"})
+        login(runtime, "bob")
+    assert "cannot be written" not in caplog.text and "NOT WRITTEN" not in caplog.text
+    found = rows(postgres, pg_database)
+    assert [json.loads(r["line"])["user_id"] for r in found] == ["mal\x00lory"] * 2 + [None] * 2
+    assert found[0]["user_id"] == "mal\\u0000lory"  # the column, for queries: NUL as its JSON escape
+    assert run_mxcp("log", "verify", cwd=project).returncode == 0
+
+
+def test_the_chain_holds_when_the_database_defaults_to_repeatable_read(
+    project: Path, postgres: Any, pg_database: str, run_mxcp, tmp_path: Path
+) -> None:
+    # Each append must read the last row after the writers' lock is granted. Under a default of REPEATABLE READ
+    # (set by a DBA on the database or role) the snapshot was taken by the lock's statement, before the wait:
+    # concurrent writers chained to the same stale row and the table forked.
+    postgres.sql(f"ALTER DATABASE {pg_database} SET default_transaction_isolation = 'repeatable read'")
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    writers = [subprocess.Popen([sys.executable, str(script), str(project), name, "4", "30"],
+                                stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    for writer in writers:
+        assert writer.wait(timeout=120) == 0, writer.stderr.read()
+    found = rows(postgres, pg_database)
+    assert len(found) == 2 * 4 * 30
+    assert [r["prev_hash"] for r in found] == [None] + [r["record_hash"] for r in found[:-1]]
+    verified = run_mxcp("log", "verify", "--json-output", cwd=project)
+    assert verified.returncode == 0, verified.stdout
+
+
+SPELLED_WRITER = """\
+import sys, threading
+from mxcp_plugins import audit, audit_postgres
+from mxcp_plugins.postgres_connect import parameters_from
+import json
+sink = audit_postgres.PostgresSink(parameters_from(json.loads(sys.argv[1]), secret_name="s", where={}), sys.argv[2])
+
+def write(thread):
+    for n in range(30):
+        sink.write(audit.record_body({"schema_name": "mxcp.audit", "schema_version": 3,
+            "record_id": f"{sys.argv[2]}-{thread}-{n}", "timestamp": "2026-01-01T00:00:00+00:00"}), fsync=False)
+
+workers = [threading.Thread(target=write, args=(t,)) for t in range(4)]
+for w in workers: w.start()
+for w in workers: w.join()
+sink.close()
+"""
+
+
+def test_writers_naming_one_table_two_ways_share_its_lock(
+    project: Path, postgres: Any, pg_database: str, tmp_path: Path
+) -> None:
+    # `mxcp_audit` and `public.mxcp_audit` are one table: a lock derived from the setting's text gave them two
+    # locks, and their appends forked the chain.
+    postgres.sql("CREATE TABLE mxcp_audit (seq bigserial PRIMARY KEY, line text NOT NULL, record_hash text, "
+                 "prev_hash text, record_id text, call_id text, \"timestamp\" timestamptz, operation_type text, "
+                 "operation_name text, operation_status text, user_id text)", pg_database)
+    script = tmp_path / "spelled.py"
+    script.write_text(SPELLED_WRITER)
+    parameters = json.dumps(postgres.parameters(pg_database))
+    writers = [subprocess.Popen([sys.executable, str(script), parameters, table], stderr=subprocess.PIPE,
+                                text=True) for table in ("mxcp_audit", "public.mxcp_audit")]
+    for writer in writers:
+        assert writer.wait(timeout=120) == 0, writer.stderr.read()
+    found = rows(postgres, pg_database)
+    assert len(found) == 2 * 4 * 30
+    assert [r["prev_hash"] for r in found] == [None] + [r["record_hash"] for r in found[:-1]]

@@ -137,16 +137,23 @@ def cpu_seconds(pids: list[int]) -> dict[int, float]:
     return used
 
 
-def postgres_pids() -> list[int]:
-    """Every PostgreSQL server process here (the postmaster and its backends: the bench's own server only)."""
-    found = []
+def postgres_pids(data: Path) -> list[int]:
+    """The bench's own PostgreSQL server: the postmaster of the cluster in `data` and its children (backends,
+    background workers). Not every process named postgres: a system cluster (Debian starts one on 5432 when the
+    package is installed) or another test run's servers would count as the bench's CPU."""
+    try:
+        postmaster = int((data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return []
+    found = [postmaster]
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "comm").read_text().strip() == "postgres":
-                    found.append(int(entry.name))
-            except OSError:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
+            if parent == postmaster:
+                found.append(int(entry.name))
     return found
 
 
@@ -220,12 +227,12 @@ def direct(root: Path, environ: dict[str, str], clients: int, calls: int, *args:
 
 
 def through_haproxy(root: Path, environ: dict[str, str], count: int, clients: int, calls: int, folder: Path,
-                    *args: str, pg: bool = False) -> dict[str, Any]:
+                    *args: str, pg: PostgresServer | None = None) -> dict[str, Any]:
     with replicas(root, environ, count, *args) as started, \
             haproxy([port for port, _ in started], folder / f"haproxy-{uuid.uuid4().hex[:6]}", keep_alive=True) as proxy:
         watched = {"replicas": lambda: [pid for _, pid in started], "haproxy": lambda: [proxy.process.pid]}
-        if pg:
-            watched["postgres"] = postgres_pids
+        if pg is not None:
+            watched["postgres"] = lambda: postgres_pids(pg.data)
         return http_load(proxy.port, clients, calls, watched)
 
 
@@ -296,7 +303,11 @@ def start_postgres() -> tuple[PostgresServer | None, str]:
     except ImportError:
         return None, "psycopg not installed (pip install 'mxcp-pluggy[postgres]')"
     server = PostgresServer(bindir)
-    server.start()
+    try:
+        server.start()
+    except BaseException:
+        server.stop()  # its temporary folder, and a server that started but was not answering
+        raise
     return server, ""
 
 
@@ -325,8 +336,9 @@ def main() -> None:
         sys.exit("HAProxy is not installed: apt-get install haproxy")
     cores = os.cpu_count() or 1
     workdir = Path(tempfile.mkdtemp(prefix="mxcp-bench-scale-"))
-    pg, why_not = start_postgres()
+    pg: PostgresServer | None = None
     try:
+        pg, why_not = start_postgres()
         database = pg.fresh_database("bench") if pg else None
         root, environ = make_project(workdir / "project", pg, database)
         print(f"machine: {cores} cores ({platform.machine()}, Python {platform.python_version()}); "
@@ -354,8 +366,8 @@ def main() -> None:
             print(f"\nPostgreSQL figures skipped: {why_not}")
             return
 
-        pg_one = through_haproxy(root, environ, 1, clients, calls, workdir, "--profile", "warehouse", pg=True)
-        pg_two = through_haproxy(root, environ, 2, clients, calls, workdir, "--profile", "warehouse", pg=True)
+        pg_one = through_haproxy(root, environ, 1, clients, calls, workdir, "--profile", "warehouse", pg=pg)
+        pg_two = through_haproxy(root, environ, 2, clients, calls, workdir, "--profile", "warehouse", pg=pg)
         print("\nPostgreSQL engine (a transaction per call, the caller in SET LOCAL settings)")
         print(f"  through HAProxy, 1 replica:             {pg_one['calls_per_s']:8.1f} calls/s  "
               f"p50 {pg_one['p50_ms']:.2f} ms  (x{pg_one['calls_per_s'] / one['calls_per_s']:.2f} of DuckDB)")
@@ -369,7 +381,7 @@ def main() -> None:
         if not hasattr(audit_postgres, "open_audit_sink"):
             print("\nThe shared postgres audit sink: skipped (mxcp_plugins/audit_postgres.py has no open_audit_sink)")
             return
-        audited = through_haproxy(root, environ, 1, clients, calls, workdir, "--profile", "audited", pg=True)
+        audited = through_haproxy(root, environ, 1, clients, calls, workdir, "--profile", "audited", pg=pg)
         sink = open_postgres_sink(root, environ)
         try:
             single = sink_capacity(sink, 1, records)

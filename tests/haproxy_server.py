@@ -6,6 +6,8 @@ foreground (`-db`) with a config generated into a temporary folder:
 - a frontend on 127.0.0.1 with a free port, `balance roundrobin` over the backends;
 - `option httpchk GET /health` every 300 ms: a replica answering anything but 200 (mxcp's /health says 503 when
   its last reload failed), or not answering, leaves the rotation after 2 failures and comes back after 1 success;
+- `retries 2` with `option redispatch 1`: a request that cannot connect to its replica (killed, crashed, not yet
+  seen DOWN by the health check) is retried on another one instead of answered 503;
 - `option http-server-close` and `http-reuse never`: every request gets its own server-side connection, so
   consecutive requests of one client connection are balanced one by one instead of sticking to one replica;
 - a stats page on another free port, whose CSV tells which servers are UP (`wait_until_up`).
@@ -60,6 +62,10 @@ defaults
     timeout connect 5s
     timeout client 60s
     timeout server 60s
+    # A request whose connection to a replica fails (killed, crashed, not yet seen DOWN by the health check) is
+    # retried on another replica instead of answered 503: it never reached the first, so no call runs twice.
+    retries 2
+    option redispatch 1
 {connections}
 
 frontend mcp

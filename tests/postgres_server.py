@@ -1,7 +1,8 @@
 """A real PostgreSQL 15 server for the tests: `initdb` into a temporary folder, `pg_ctl` on 127.0.0.1 with a free port.
 
 The binaries come from the system's packages (`postgresql-15` on Debian; `.ci/run` installs it). PostgreSQL refuses
-to run as root, so under root the cluster runs as the `postgres` system user (or `nobody`), owning its folder.
+to run as root, so under root the cluster runs as the `postgres` system user (or `nobody`), owning its folder
+(made in /tmp when TMPDIR is a folder that user cannot enter).
 One server serves the whole test session (about 2 s to start); each test that needs isolation makes its own
 database with `fresh_database()`. The server is stopped when the session ends, with `pg_ctl stop -m immediate`.
 
@@ -13,6 +14,7 @@ import glob
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -52,6 +54,16 @@ def _run_as() -> str | None:
     return None
 
 
+def _folder_base(owner: str | None) -> str | None:
+    """Where the cluster's folder goes: the temporary folder, unless the server runs as another user (root's case)
+    who cannot reach it (a private TMPDIR, pytest's 0700 tmp_path): then /tmp."""
+    base = Path(tempfile.gettempdir()).resolve()
+    if owner is None:
+        return None
+    reachable = all(folder.stat().st_mode & stat.S_IXOTH for folder in (base, *base.parents))
+    return None if reachable else "/tmp"
+
+
 class PostgresServer:
     """One running cluster: where it listens, how to connect, and a way to make a fresh database."""
 
@@ -62,9 +74,9 @@ class PostgresServer:
         self.user = SUPERUSER
         self.password = PASSWORD
         self.dbname = "postgres"
-        self.folder = Path(tempfile.mkdtemp(prefix="mxcp-pg-"))
-        self.data = self.folder / "data"
         self.owner = _run_as()
+        self.folder = Path(tempfile.mkdtemp(prefix="mxcp-pg-", dir=_folder_base(self.owner)))
+        self.data = self.folder / "data"
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def _call(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -146,3 +158,6 @@ def start_postgres() -> PostgresServer:
                 raise
             server.stop()
             server = PostgresServer(bindir)
+        except BaseException:
+            server.stop()  # an initdb or pg_ctl that timed out, an interrupt: no folder or server left behind
+            raise

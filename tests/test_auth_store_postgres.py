@@ -218,6 +218,38 @@ def test_a_database_that_went_away_fails_the_call_and_comes_back(postgres, pg_da
         store.close()
 
 
+def test_a_statement_stuck_behind_a_lock_fails_instead_of_hanging(postgres, pg_database):
+    """The proxy calls the store on its event loop: a statement waiting on a lock (an operator's LOCK TABLE, a
+    long migration) must fail after the store's statement timeout, not freeze the replica until the lock goes."""
+    import psycopg
+
+    store = PostgresSignInStore(keywords(postgres, pg_database), statement_timeout=1.0)
+    locker = psycopg.connect(postgres.conninfo(pg_database))
+    try:
+        store.put("access", "t", {"a": 1})
+        locker.execute("LOCK TABLE mxcp_sign_in IN ACCESS EXCLUSIVE MODE")
+        answers: list[Any] = []
+
+        def read() -> None:
+            try:
+                answers.append(store.get("access", "t"))
+            except MxcpError as exc:
+                answers.append(exc)
+
+        reader = threading.Thread(target=read, daemon=True)
+        started = time.monotonic()
+        reader.start()
+        reader.join(10)
+        assert answers, "the store's read was still waiting for the lock after 10 s"
+        assert isinstance(answers[0], MxcpError) and "statement timeout" in str(answers[0])
+        assert time.monotonic() - started < 5
+        locker.rollback()
+        assert store.get("access", "t") == {"a": 1}  # the same pooled connections serve on once the lock is gone
+    finally:
+        locker.close()
+        store.close()
+
+
 def test_an_unreachable_store_names_itself_never_the_password(postgres, pg_database):
     wrong = {**keywords(postgres, pg_database), "password": "wrong-password-value"}
     with pytest.raises(MxcpError) as caught:
@@ -383,3 +415,19 @@ def test_two_replicas_sharing_the_store_accept_each_others_sign_ins(auth_server,
         assert postgres.password not in log
         for value in (tokens["access_token"], tokens["refresh_token"], fresh["access_token"]):
             assert value not in log
+
+
+def test_a_failing_purge_does_not_fail_the_record_being_stored(store, monkeypatch, caplog):
+    """The purge of expired rows rides along with a `put` once a minute; if it fails (say, a large backlog running
+    into the statement timeout) the put still stores its record."""
+    from mxcp_plugins.auth import store_postgres
+
+    def failing(now: float) -> int:
+        raise store_postgres.SignInStoreError("sign-in store postgres (here) could not purge: canceling statement")
+
+    monkeypatch.setattr(store, "_purge", failing)
+    monkeypatch.setattr(store, "_last_purge", 0.0)
+    with caplog.at_level("WARNING", logger=store_postgres.__name__):
+        store.put("access", "t", {"a": 1}, expires_at=time.time() + 60)
+    assert store.get("access", "t") == {"a": 1}
+    assert "could not purge" in caplog.text

@@ -13,11 +13,13 @@ process that computed it (a Python tool), so where a call landed is observed fro
 from __future__ import annotations
 
 import contextlib
+import http.client
 import itertools
 import json
 import os
 import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -159,10 +161,38 @@ def test_a_killed_replica_leaves_the_rotation_and_calls_go_on(tmp_path: Path):
         survivor = started[0][1]
         started[1][1].kill()
         started[1][1].wait()
+        # At once, before the health check has noticed: requests (each on a new connection, so round robin sends
+        # every other one to the dead replica) fail to connect there and are retried on the other
+        # (`option redispatch`), not answered 503 after HAProxy's retries on the dead one.
+        during = [post_call(proxy.port, n) for n in range(6)]
         proxy.wait_until({"replica1": "UP", "replica2": "DOWN"})
         after = anyio.run(call_many, proxy.url, 6)
+    assert [status for status, _ in during] == [200] * 6, during
+    assert [answer(body)["pid"] for _, body in during] == [survivor.pid] * 6, during
     assert [r["square"] for r in after] == [n * n for n in range(6)]
     assert {r["pid"] for r in after} == {survivor.pid}
+
+
+def answer(body: str) -> dict[str, Any]:
+    """The structured result of a `tools/call` answered as JSON or as one server-sent event."""
+    data = next((line[5:] for line in body.splitlines() if line.startswith("data:")), body)
+    message = json.loads(data)
+    assert not message["result"].get("isError"), message
+    return message["result"]["structuredContent"]
+
+
+def post_call(port: int, n: int) -> tuple[int, str]:
+    """One stateless `tools/call` of `where` posted on a connection of its own: the status and the body."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "where", "arguments": {"n": n}}})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", "/mcp", body=body, headers={
+            "Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": "2025-06-18"})
+        response = conn.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        conn.close()
 
 
 def test_reload_is_per_replica_a_new_file_is_served_by_each_replica_after_its_sighup(tmp_path: Path):
@@ -264,3 +294,54 @@ def test_replicas_behind_haproxy_audit_each_call_once_in_the_shared_postgres_sin
     verified = run_mxcp("log", "verify", cwd=root, env=environ)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert postgres.password not in verified.stdout + verified.stderr
+
+
+# -- the test servers themselves ----------------------------------------------------------------------------------
+
+
+def test_a_postgres_server_that_fails_to_start_leaves_no_folder_behind(monkeypatch: pytest.MonkeyPatch):
+    """tests/postgres_server.py: an initdb that times out (a slow CI machine) raises, and removes its folder."""
+    import postgres_server
+
+    if postgres_server.postgres_bindir() is None:
+        pytest.skip(postgres_server.SKIP_REASON)
+    made: list[Path] = []
+    real_init = postgres_server.PostgresServer.__init__
+
+    def init(self: Any, bindir: Path) -> None:
+        real_init(self, bindir)
+        made.append(self.folder)
+
+    real_call = postgres_server.PostgresServer._call
+
+    def timed_out(self: Any, *args: str, **kwargs: Any) -> Any:
+        if args[0] == "initdb":
+            raise subprocess.TimeoutExpired(args[0], 60)
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(postgres_server.PostgresServer, "__init__", init)
+    monkeypatch.setattr(postgres_server.PostgresServer, "_call", timed_out)
+    with pytest.raises(subprocess.TimeoutExpired):
+        postgres_server.start_postgres()
+    assert made and not any(folder.exists() for folder in made)
+
+
+def test_a_postgres_server_under_root_starts_from_a_private_temporary_folder(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch):
+    """Under root the server runs as the postgres user, who cannot enter a 0700 TMPDIR (pytest's tmp_path, a CI
+    runner's private temp): the cluster's folder goes where that user can reach it, instead of initdb failing."""
+    import postgres_server
+
+    if postgres_server.postgres_bindir() is None:
+        pytest.skip(postgres_server.SKIP_REASON)
+    if postgres_server._run_as() is None:
+        pytest.skip("only under root does the server run as another user")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    server = postgres_server.start_postgres()
+    try:
+        assert server.sql("SELECT 1") == [(1,)]
+    finally:
+        server.stop()
+    assert not server.folder.exists()

@@ -36,6 +36,9 @@ KEYS = ("type", "secret", "table")
 PURGE_EVERY = 60.0  # seconds between opportunistic purges of expired rows (per process)
 POOL_SIZE = 4  # the proxy's store calls are short; a few connections serve a replica's threads
 CONNECT_WAIT = 5.0  # seconds a call waits for a pooled connection (the proxy waits on its event loop)
+# Seconds one statement may run (or wait for a lock) before the server cancels it: the proxy calls the store on its
+# event loop, so a statement stuck behind a lock would otherwise freeze the whole replica, /health included.
+STATEMENT_TIMEOUT = 5.0
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -60,7 +63,8 @@ class PostgresSignInStore:
     """
 
     def __init__(self, keywords: Mapping[str, Any], *, table: tuple[str, ...] = (DEFAULT_TABLE,),
-                 pool_size: int = POOL_SIZE, connect_wait: float = CONNECT_WAIT) -> None:
+                 pool_size: int = POOL_SIZE, connect_wait: float = CONNECT_WAIT,
+                 statement_timeout: float = STATEMENT_TIMEOUT) -> None:
         self._psycopg = require_psycopg("the sign-in store 'postgres' (auth.persistence.type)")
         from psycopg import sql
         from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
@@ -78,8 +82,13 @@ class PostgresSignInStore:
         # The table first, on a connection of its own: a wrong host or password fails here, before serving, with
         # libpq's own reason (the pool would only time out).
         self._guarded("could not be opened", lambda: self._create_table(keywords))
+        timeout_ms = str(max(1, int(statement_timeout * 1000)))
+
+        def configure(conn: Any) -> None:  # session-wide: the pool's connections are autocommit
+            conn.execute("SELECT set_config('statement_timeout', %s, false)", (timeout_ms,))
+
         self._pool = ConnectionPool(kwargs={**keywords, "autocommit": True}, min_size=1, max_size=max(1, pool_size),
-                                    timeout=connect_wait, name="mxcp-sign-in", open=True)
+                                    timeout=connect_wait, name="mxcp-sign-in", configure=configure, open=True)
 
     def __repr__(self) -> str:
         return f"PostgresSignInStore({self.where})"
@@ -137,7 +146,12 @@ class PostgresSignInStore:
             if now - self._last_purge < PURGE_EVERY:
                 return
             self._last_purge = now
-        self._purge(now)
+        try:
+            self._purge(now)
+        except SignInStoreError as exc:
+            # Opportunistic: the record being stored matters more (and a purge over a large backlog may run into
+            # the statement timeout). The next purge, a minute on, tries again.
+            log.warning("%s; expired rows are purged later", exc)
 
     def _purge(self, now: float) -> int:
         statement = self._sql.SQL("DELETE FROM {} WHERE expires_at IS NOT NULL AND expires_at <= %s").format(

@@ -1,4 +1,5 @@
--- PostgreSQL side of the example. Run as a superuser (or the database owner) in the database mxcp will use:
+-- PostgreSQL side of the example. Run in the database mxcp will use, as a superuser or as the database's owner
+-- with CREATEROLE (it creates the login role mxcp_reader unless that exists):
 --   psql "host=... dbname=shop user=postgres" -f setup/postgres.sql
 -- Then give the login role its own password: ALTER ROLE mxcp_reader PASSWORD '...';
 

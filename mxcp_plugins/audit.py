@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import attrs
 
-from mxcp_core import ConfigSection, ExecutionError, env_flag, hookimpl, mask, to_jsonable
+from mxcp_core import ConfigSection, ExecutionError, MxcpError, env_flag, hookimpl, mask, to_jsonable
 
 SCHEMA_NAME = "mxcp.audit"
 # 2: an intent record (operation_status "started") precedes each completion record; `call_id` pairs them.
@@ -448,12 +448,27 @@ def open_sink(hooks: Any, project: Any, settings: AuditSettings) -> Any:
     return sink
 
 
-def _sink_of_call(call: Any, project: Any, settings: AuditSettings) -> Any:
+@hookimpl
+def on_init(runtime: Any) -> None:
+    """Open the sink when the runtime starts: one that cannot be opened (an unknown `sink`, its plugin disabled, its
+    secret missing) stops `serve` and `run` here, naming the key, instead of a server that passes its health checks
+    while refusing every call."""
+    project = runtime.context
+    settings = project.plugin_config("audit", scope="site_profile")
+    if not audit_enabled(settings):
+        return
+    try:
+        _sink_of(runtime, project, settings)
+    except NoSink as exc:
+        raise MxcpError(str(exc)) from None
+
+
+def _sink_of(runtime: Any, project: Any, settings: AuditSettings) -> Any:
     # Asked once per project context (a reload makes a new one) and settings: a dict lookup per call after that.
     cached = project.state.get(_STATE_KEY)
     if cached is not None and (cached[0] is settings or cached[0] == settings):
         return cached[1]
-    sink = open_sink(call.runtime.hooks, project, settings)
+    sink = open_sink(runtime.hooks, project, settings)
     project.state[_STATE_KEY] = (settings, sink)
     _opened[id(sink)] = sink
     return sink
@@ -466,7 +481,7 @@ def call_endpoint(call: Any) -> Any:
     if not audit_enabled(settings):
         return (yield)
     try:
-        sink = _sink_of_call(call, project, settings)
+        sink = _sink_of(call.runtime, project, settings)
     except NoSink as exc:
         log.error("%s: %s '%s' refused", exc, call.endpoint.kind, call.endpoint.key)
         raise ExecutionError(f"call refused: {exc}; nothing was run") from None

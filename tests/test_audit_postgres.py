@@ -354,19 +354,23 @@ def test_a_dropped_connection_keeps_the_completion_record_and_the_next_call_writ
     assert run_mxcp("log", "verify", cwd=project).returncode == 0
 
 
-def test_a_sink_no_plugin_opens_refuses_calls_naming_the_key(
+def test_a_sink_no_plugin_opens_stops_the_start_naming_the_key(
     project: Path, postgres: Any, pg_database: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, run_mxcp
 ) -> None:
+    """Not a server that passes its health checks while refusing every call: the start itself stops."""
     marker = tmp_path / "ran.txt"
     disable_plugins(monkeypatch, "audit_postgres")
-    with Runtime(open_project(project)) as runtime, pytest.raises(ExecutionError) as caught:
+    with pytest.raises(MxcpError) as caught, Runtime(open_project(project)) as runtime:
         runtime.call("tool", "touch", {"path": str(marker)})
     assert "no loaded plugin provides the audit sink 'postgres'" in str(caught.value)
     assert "profiles.default.audit.sink" in str(caught.value) and not marker.exists()
+    ran = run_mxcp("run", "tool", "touch", "--param", f"path={marker}", cwd=project,
+                   env={"MXCP_DISABLE_PLUGINS": "audit_postgres"})
+    assert ran.returncode != 0 and "profiles.default.audit.sink" in ran.stderr and not marker.exists()
     disable_plugins(monkeypatch)
 
     (project / "mxcp-site.yml").write_text(SITE.replace("sink: postgres", "sink: kafka") % ", on_failure: log")
-    with Runtime(open_project(project)) as runtime, pytest.raises(ExecutionError) as caught:
+    with pytest.raises(MxcpError) as caught, Runtime(open_project(project)) as runtime:
         runtime.call("tool", "touch", {"path": str(marker)})
     assert "audit sink 'kafka' named by profiles.default.audit.sink" in str(caught.value) and not marker.exists()
     listed = run_mxcp("log", cwd=project)
@@ -379,7 +383,7 @@ def test_a_missing_or_wrong_secret_refuses_calls_without_showing_the_password(
 ) -> None:
     marker = tmp_path / "ran.txt"
     (project / "mxcp-site.yml").write_text(SITE.replace("pg_audit", "pg_other") % "")
-    with Runtime(open_project(project)) as runtime, pytest.raises(ExecutionError) as caught:
+    with pytest.raises(MxcpError) as caught, Runtime(open_project(project)) as runtime:
         runtime.call("tool", "touch", {"path": str(marker)})
     assert "profiles.default.audit.secret" in str(caught.value) and "pg_other" in str(caught.value)
     (project / "mxcp-site.yml").write_text(SITE % "")

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import attrs
 
-from mxcp_core import ConfigSection, ExecutionError, MxcpError, env_flag, hookimpl, mask, to_jsonable
+from mxcp_core import ConfigError, ConfigSection, ExecutionError, MxcpError, env_flag, hookimpl, mask, to_jsonable
 
 SCHEMA_NAME = "mxcp.audit"
 # 2: an intent record (operation_status "started") precedes each completion record; `call_id` pairs them.
@@ -37,6 +37,7 @@ STARTED = "started"
 # Completion records kept in memory while the file cannot take them (written before the next record). With
 # `on_failure: refuse` calls stop at the first failure, so this only fills when failures are merely logged.
 MAX_PENDING = 1000
+DEFAULT_TABLE = "mxcp_audit"  # a database sink's table
 MAX_RETENTION_DAYS = 36500  # a hundred years: more is a typo (and beyond the dates log-cleanup can compute)
 
 # A chained line ends with this member, then `}`: the hash covers the line's bytes without it.
@@ -72,7 +73,7 @@ class AuditSettings:
     sink: str = "jsonl"
     # The user-config secret a database sink connects with (postgres: `type: postgres`), and its table.
     secret: str | None = None
-    table: str = attrs.field(default="mxcp_audit", validator=attrs.validators.matches_re(
+    table: str = attrs.field(default=DEFAULT_TABLE, validator=attrs.validators.matches_re(
         r"[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?"))
 
     @property
@@ -423,6 +424,12 @@ def sink_for(path: Path) -> Sink:
 def open_audit_sink(settings: AuditSettings, project: Any) -> Sink | None:
     if settings.sink != "jsonl":
         return None
+    if settings.secret or settings.table != DEFAULT_TABLE:
+        # A database sink's settings with the file sink: the records would not be where the user looks.
+        key = "secret" if settings.secret else "table"
+        raise ConfigError(f"{key} is a database sink's setting; with sink: jsonl the records go to "
+                          f"{configured_path(project, settings)}", file=project.site_file,
+                          key_path=f"profiles.{project.profile}.audit.{key}")
     return sink_for(configured_path(project, settings))
 
 

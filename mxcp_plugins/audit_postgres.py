@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from mxcp_core import MxcpError, hookimpl
+from mxcp_core import ConfigError, MxcpError, hookimpl
 
 from . import audit
 from .postgres_connect import connection_parameters, require_psycopg
@@ -40,6 +40,9 @@ def open_audit_sink(settings: Any, project: Any) -> PostgresSink | None:
     if settings.sink != SINK:
         return None
     key_path = f"profiles.{project.profile}.audit"
+    if settings.path:  # the file's setting: taken for the table, records would not be where the user looks
+        raise ConfigError(f"path is the jsonl sink's setting; with sink: {SINK} the records go to the table "
+                          f"'{settings.table}'", file=project.site_file, key_path=f"{key_path}.path")
     require_psycopg(f"the PostgreSQL audit sink ({key_path}.sink: {SINK})")
     keywords = connection_parameters(project, settings.secret, key_path=f"{key_path}.secret")
     # One sink per server and table for the process, kept across reloads (its pending records and connections).

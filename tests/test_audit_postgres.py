@@ -632,3 +632,18 @@ def test_writers_naming_one_table_two_ways_share_its_lock(
     found = rows(postgres, pg_database)
     assert len(found) == 2 * 4 * 30
     assert [r["prev_hash"] for r in found] == [None] + [r["record_hash"] for r in found[:-1]]
+
+
+@pytest.mark.parametrize(("sink", "extra", "key"), [
+    ("jsonl", "", "profiles.default.audit.secret"),  # the template names a secret
+    ("postgres", ", path: audit/calls.jsonl", "profiles.default.audit.path"),
+])
+def test_another_sinks_setting_stops_the_start_rather_than_being_ignored(
+    project: Path, tmp_path: Path, sink: str, extra: str, key: str
+) -> None:
+    """Records would not be where the user looks: a file path with the table sink, a secret with the file sink."""
+    marker = tmp_path / "ran.txt"
+    (project / "mxcp-site.yml").write_text((SITE % extra).replace("sink: postgres", f"sink: {sink}"))
+    with pytest.raises(MxcpError) as caught, Runtime(open_project(project)) as runtime:
+        runtime.call("tool", "touch", {"path": str(marker)})
+    assert key in str(caught.value) and not marker.exists()

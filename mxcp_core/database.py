@@ -36,6 +36,10 @@ def open_engine(project: ProjectContext, hooks: Hooks) -> Any:
     """
     settings = project.site.profile_config(project.profile).sql
     if settings.engine == DUCKDB:
+        if settings.secret:  # DuckDB's database is `duckdb.path`: a connection secret would be silently unused
+            raise ConfigError("a secret is for an engine that connects to a server; DuckDB's database is "
+                              f"profiles.{project.profile}.duckdb.path", file=project.site_file,
+                              key_path=f"profiles.{project.profile}.sql.secret")
         return Database(project, hooks)
     engine = hooks.open_sql_engine(settings=settings, project=project)
     if engine is None:

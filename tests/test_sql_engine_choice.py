@@ -56,3 +56,11 @@ def test_a_reload_that_switches_the_engine_is_refused_and_the_old_set_serves_on(
         assert runtime.call("tool", "one", {}) == 1
     finally:
         runtime.stop()
+
+
+def test_a_secret_with_the_duckdb_engine_is_refused_not_ignored(make_project, tmp_path):
+    site = "mxcp: 1\nproject: demo\nprofile: default\nprofiles:\n  default:\n    sql: {secret: pg_main}\n"
+    root = make_project(tmp_path / "p", {"mxcp-site.yml": site, "tools/one.yml": TOOL})
+    with pytest.raises(ConfigError) as caught:
+        Runtime(open_project(root))
+    assert "profiles.default.sql.secret" in str(caught.value)

@@ -2,8 +2,9 @@
 
 - A psycopg 3 connection pool per runtime, opened by `open()` and closed by `close()` (a reload does both).
 - Each call runs in ONE transaction on one pooled connection, which starts with the caller's identity as
-  transaction-local settings (`mxcp.user_id`, `mxcp.username`, `mxcp.role`, `mxcp.email`: what `SET LOCAL` sets),
-  so row-level security policies can read `current_setting('mxcp.username', true)`. The call's end commits (or rolls
+  transaction-local settings (`mxcp.user_id`, `mxcp.username`, `mxcp.role`, `mxcp.email`, `mxcp.provider`: what
+  `SET LOCAL` sets), so row-level security policies can read `current_setting('mxcp.username', true)`, and DuckDB's
+  `get_username()` & co. in endpoint SQL are rewritten to read them. The call's end commits (or rolls
   back when it failed), resets the session (`DISCARD ALL`: nothing a call set there reaches the next caller) and
   gives the connection back. SQL that would end the transaction early (`COMMIT`, `ROLLBACK`, `BEGIN`...) is refused.
 - Endpoint SQL keeps MXCP's `$name` parameters: a scanner finds them outside strings, quoted identifiers,
@@ -53,6 +54,25 @@ _MODIFIES = re.compile(r"\b(insert|update|delete|merge|into)\b", re.IGNORECASE)
 # mode: after a COMMIT, the rest of the call ran outside both. `ROLLBACK TO [SAVEPOINT]` keeps the transaction.
 _CONTROL = re.compile(r"\s*(begin|start|commit|end|rollback|abort|prepare\s+transaction)\b", re.IGNORECASE)
 _TO_SAVEPOINT = re.compile(r"\s*rollback(\s+(work|transaction))?\s+to\b", re.IGNORECASE)
+# DuckDB's identity functions (mxcp_core/sql_identity.py), so the same endpoint SQL runs on both engines: a call of
+# one becomes a read of the transaction-local setting `acquire()` sets, NULL for the anonymous caller (set to '') as
+# on DuckDB. An expression, not a function of ours in the database: nothing to install, and it works in a column
+# DEFAULT, where a subquery would not.
+IDENTITY_SETTINGS = {
+    "get_user_id": "user_id",
+    "get_username": "username",
+    "get_user_email": "email",
+    "get_user_provider": "provider",
+    "get_user_role": "role",
+}
+# Not rewritten but refused: the upstream token would have to travel in a set_config() parameter, and statement
+# logging (log_statement, auto_explain, pg_stat_statements...) can write those to the server's log.
+EXTERNAL_TOKEN = "get_user_external_token"
+_IDENTITY_NAME = re.compile(r"get_(?:username|user_(?:id|email|provider|role|external_token))", re.IGNORECASE)
+# A call: the bare name, optional whitespace, `()` (with arguments it is some other function).
+_IDENTITY_CALL = re.compile(_IDENTITY_NAME.pattern + r"\s*\(\s*\)", re.IGNORECASE)
+# The word before a name that makes it the name of a function being defined or dropped, not a call.
+_DEFINES = re.compile(r"\b(function|procedure|routine|exists)\s*$", re.IGNORECASE)
 
 
 # -- the SQL scanner --------------------------------------------------------------------------------------------
@@ -73,6 +93,32 @@ def _ident_char(char: str) -> bool:
     return char.isalnum() or char == "_"
 
 
+def _name_char(char: str) -> bool:
+    # What continues an unquoted name for PostgreSQL: also `$` and any non-ASCII character.
+    return char.isalnum() or char in "_$" or not char.isascii()
+
+
+def _identity_call(sql: str, start: int, end: int, before: str) -> tuple[int, str] | None:
+    """The end of an identity function's call at `start` (within the code run ending at `end`), and its
+    replacement; None when it is no call of ours: part of a longer name, schema-qualified (`x.get_username()`: the
+    user's own function), or the name a CREATE/DROP FUNCTION defines. `before` is the code so far, comments and
+    strings blanked (a `.` may stand before a comment or whitespace)."""
+    call = _IDENTITY_CALL.match(sql, start, end)
+    if call is None or (start > 0 and _name_char(sql[start - 1])):
+        return None
+    before = before.rstrip()
+    if before.endswith(".") or _DEFINES.search(before):
+        return None
+    name = _IDENTITY_NAME.match(sql, start).group(0).lower()
+    if name == EXTERNAL_TOKEN:
+        line = sql.count("\n", 0, start) + 1
+        raise ExecutionError(
+            f"SQL error: {EXTERNAL_TOKEN}() (line {line}) is DuckDB-only: on PostgreSQL the caller's upstream token "
+            "is never sent to the server, where statement logging could record it; read it in a Python endpoint "
+            "(get_user_context().external_token)")
+    return call.end(), f"NULLIF(current_setting('mxcp.{IDENTITY_SETTINGS[name]}', true), '')"
+
+
 def _syntax_error(what: str, sql: str, at: int) -> ExecutionError:
     line = sql.count("\n", 0, at) + 1
     return ExecutionError(f"SQL syntax error: {what} starting on line {line}")
@@ -82,8 +128,11 @@ def _syntax_error(what: str, sql: str, at: int) -> ExecutionError:
 def scan(sql: str) -> tuple[Statement, ...]:
     """Split `sql` on `;` and find its `$name` / `$1` parameters, skipping what is not SQL code: single-quoted
     strings (with `''`, and backslash escapes in `E'...'`), double-quoted identifiers, dollar-quoted bodies
-    (`$$...$$`, `$tag$...$tag$`), `--` and (nested) `/* */` comments. A cast `x::int` is ordinary text."""
+    (`$$...$$`, `$tag$...$tag$`), `--` and (nested) `/* */` comments. A cast `x::int` is ordinary text.
+    Calls of DuckDB's identity functions in the code (`get_username()`...) become reads of the `mxcp.*` settings in
+    `query` and `numbered`; `get_user_external_token()` is refused."""
     statements: list[Statement] = []
+    identity = _IDENTITY_NAME.search(sql) is not None  # most SQL has none: no per-run search then
     size = len(sql)
     start = 0  # where the current statement began
     query: list[str] = []  # psycopg's text
@@ -96,6 +145,22 @@ def scan(sql: str) -> tuple[Statement, ...]:
         query.append(piece.replace("%", "%%"))
         numbered.append(piece)
         code.append(piece if is_code else " ")
+
+    def code_run(begin: int, end: int) -> None:
+        # Plain code; identity function calls in it rewritten (the code buffer keeps what was written).
+        done = begin
+        for found in _IDENTITY_NAME.finditer(sql, begin, end) if identity else ():
+            if found.start() < done:
+                continue
+            call = _identity_call(sql, found.start(), end, "".join(code) + sql[done:found.start()])
+            if call is None:
+                continue
+            verbatim(sql[done:found.start()], is_code=True)
+            done, replacement = call
+            query.append(replacement.replace("%", "%%"))
+            numbered.append(replacement)
+            code.append(sql[found.start():done])
+        verbatim(sql[done:end], is_code=True)
 
     def finish(end: int) -> None:
         text = sql[start:end].strip()
@@ -201,7 +266,7 @@ def scan(sql: str) -> tuple[Statement, ...]:
             j = i + 1
             while j < size and sql[j] not in "'\"-/$;":
                 j += 1
-            verbatim(sql[i:j], is_code=True)
+            code_run(i, j)
             i = j
     finish(size)
     return tuple(statements)
@@ -323,16 +388,17 @@ class PostgresCursor:
             raise ExecutionError(f"{len(params)} value(s) given but the SQL has no $1 or $name placeholder")
         try:
             for statement in statements[:-1]:
-                self._cursor.execute(statement.query if statement.names else statement.text,
+                # Without parameters the server's text as is (psycopg reads no placeholders then).
+                self._cursor.execute(statement.query if statement.names else statement.numbered,
                                      bind(statement, params))
             last = statements[-1]
             values = bind(last, params)
             if stream and last.streamable:
                 self._serial += 1
                 self._server_cursor = self._conn.cursor(name=f"mxcp_rows_{self._serial}")
-                self._server_cursor.execute(last.query if last.names else last.text, values)
+                self._server_cursor.execute(last.query if last.names else last.numbered, values)
             else:
-                self._cursor.execute(last.query if last.names else last.text, values)
+                self._cursor.execute(last.query if last.names else last.numbered, values)
         except psycopg.Error as exc:
             raise self._error(exc) from None
 
@@ -422,7 +488,7 @@ class PostgresEngine:
         self.settings = settings
         self.project = project
         self.paused = False
-        self.identity = None  # no DuckDB-style identity functions: the caller is in `mxcp.*` settings
+        self.identity = None  # nothing to bind: the caller is in `mxcp.*` settings, which the rewritten calls read
         self._pool: Any = None
         self._where = ""
         self._lock = threading.Lock()
@@ -515,7 +581,8 @@ class PostgresEngine:
         try:
             identity = _identity(user)
             conn.execute("SELECT set_config('mxcp.user_id', %s, true), set_config('mxcp.username', %s, true), "
-                         "set_config('mxcp.role', %s, true), set_config('mxcp.email', %s, true)", identity)
+                         "set_config('mxcp.role', %s, true), set_config('mxcp.email', %s, true), "
+                         "set_config('mxcp.provider', %s, true)", identity)
         except BaseException as exc:
             self.release(cursor, healthy=False)
             if isinstance(exc, psycopg.Error):
@@ -610,11 +677,12 @@ def _discard_session(conn: Any) -> None:
         conn.close()
 
 
-def _identity(user: Any) -> tuple[str, str, str, str]:
-    # The anonymous caller is nobody, as DuckDB's get_user_role() & co. have it (NULL there, '' here).
+def _identity(user: Any) -> tuple[str, str, str, str, str]:
+    # The anonymous caller is nobody, as DuckDB's get_user_role() & co. have it (NULL there, '' here; the rewritten
+    # get_user_role() & co. read '' as NULL).
     if user is None or user.is_anonymous:
-        return ("", "", "", "")
-    return (user.user_id or "", user.username or "", user.role or "", user.email or "")
+        return ("", "", "", "", "")
+    return (user.user_id or "", user.username or "", user.role or "", user.email or "", user.provider or "")
 
 
 # -- what only DuckDB does ------------------------------------------------------------------------------------------

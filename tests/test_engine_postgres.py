@@ -131,6 +131,50 @@ def test_scanner_marks_transaction_control():
                         "", "", "", "", "", "", "", ""]
 
 
+USERNAME = "NULLIF(current_setting('mxcp.username', true), '')"
+
+
+def test_scanner_rewrites_the_duckdb_identity_functions_written_as_code():
+    sql = ("SELECT get_username(), GET_User_Email (  ) AS e, get_user_id\n() AS i, get_user_role()::text AS r, "
+           "x.get_username() AS own, x . /* c */ get_username() AS own2, \"get_username\"() AS quoted, "
+           "'get_username()' AS s, $$get_user_id()$$ AS body, a$get_username() AS dollar_name, "
+           "get_usernamex() AS longer, get_username($who) AS with_argument -- get_user_provider()\n"
+           "/* get_user_role() */ FROM t WHERE owner = get_username() AND p = get_user_provider() AND x LIKE '%a'")
+    (statement,) = scan(sql)
+    assert statement.names == ("who",)
+    assert statement.numbered == (
+        f"SELECT {USERNAME}, NULLIF(current_setting('mxcp.email', true), '') AS e, "
+        "NULLIF(current_setting('mxcp.user_id', true), '') AS i, "
+        "NULLIF(current_setting('mxcp.role', true), '')::text AS r, "
+        "x.get_username() AS own, x . /* c */ get_username() AS own2, \"get_username\"() AS quoted, "
+        "'get_username()' AS s, $$get_user_id()$$ AS body, a$get_username() AS dollar_name, "
+        "get_usernamex() AS longer, get_username($1) AS with_argument -- get_user_provider()\n"
+        f"/* get_user_role() */ FROM t WHERE owner = {USERNAME} AND "
+        "p = NULLIF(current_setting('mxcp.provider', true), '') AND x LIKE '%a'")
+    # psycopg's text: the same rewrite, its placeholders, literal % doubled
+    assert statement.query == statement.numbered.replace("$1", "%(who)s").replace("'%a'", "'%%a'")
+    assert statement.text == sql  # as written: what validate and errors quote
+    # Defining or dropping a function of that name is no call; the statement kinds stay as written.
+    create, drop, default = scan("CREATE OR REPLACE FUNCTION get_username() RETURNS text LANGUAGE sql AS 'SELECT 1'; "
+                                 "DROP FUNCTION IF EXISTS get_username(); "
+                                 "CREATE TABLE n (owner text DEFAULT get_username())")
+    assert "FUNCTION get_username()" in create.numbered and "EXISTS get_username()" in drop.numbered
+    assert default.numbered == f"CREATE TABLE n (owner text DEFAULT {USERNAME})"
+    assert scan("SELECT get_username() ; COMMIT")[1].control == "COMMIT"
+    assert scan("select get_username()")[0].streamable
+
+
+def test_scanner_refuses_the_external_token_function():
+    for sql in ("SELECT 1;\nSELECT * FROM t WHERE token = GET_USER_EXTERNAL_TOKEN ()", "SELECT get_user_external_token()"):
+        with pytest.raises(ExecutionError, match=r"get_user_external_token\(\) \(line \d\) is DuckDB-only") as caught:
+            scan(sql)
+        assert "statement logging" in str(caught.value)
+    # Not code, or not ours: left alone.
+    for sql in ("SELECT 'get_user_external_token()' -- get_user_external_token()",
+                "SELECT vault.get_user_external_token(), \"get_user_external_token\"()"):
+        assert scan(sql)[0].numbered == sql
+
+
 def test_binding_follows_the_duckdb_rules():
     (named,) = scan("SELECT $a, $b, $a")
     assert bind(named, {"a": 1, "b": {"k": [1]}, "unused": 3})["a"] == 1
@@ -308,6 +352,83 @@ def test_row_level_security_filters_per_caller(pg_project, postgres, pg_database
         assert runtime.call("tool", "notes", user=UserContext(username="alice")) == [{"body": "a1"}, {"body": "a2"}]
         assert runtime.call("tool", "notes", user=UserContext(username="bob")) == [{"body": "b1"}]
         assert runtime.call("tool", "notes", user=UserContext.anonymous()) == []
+
+
+NOTES_SQL = ("CREATE TABLE notes (owner VARCHAR, body VARCHAR); "
+             "INSERT INTO notes VALUES ('alice', 'a1'), ('alice', 'a2'), ('bob', 'b1')")
+MY_NOTES = {"tools/my_notes.yml": tool_yaml(
+    "my_notes", "SELECT body FROM notes WHERE owner = get_username() ORDER BY body",
+    extra="  tests:\n"
+          "    - {name: alice, user_context: {username: alice}, result: [{body: a1}, {body: a2}]}\n"
+          "    - {name: bob, user_context: {username: bob}, result: [{body: b1}]}\n"
+          "    - {name: anonymous, result_length: 0}\n")}
+
+
+def test_the_identity_functions_read_the_caller_on_postgres(pg_project, postgres, pg_database):
+    postgres.sql("CREATE SCHEMA mine; CREATE FUNCTION mine.get_username() RETURNS text LANGUAGE sql "
+                 "AS $$ SELECT 'my own' $$", pg_database)
+    root = pg_project({"tools/who.yml": tool_yaml(
+        "who", "SELECT get_username() AS username, get_user_email() AS email, get_user_id() AS user_id, "
+        "get_user_role() AS role, Get_User_Provider () AS provider, mine.get_username() AS own",
+        returns="{type: object}")})
+    alice = UserContext(user_id="u1", username="alice", email="a@example.com", role="admin", provider="github",
+                        external_token="upstream-secret")
+    with started(root) as runtime:
+        assert runtime.call("tool", "who", user=alice) == {
+            "username": "alice", "email": "a@example.com", "user_id": "u1", "role": "admin", "provider": "github",
+            "own": "my own"}
+        # NULL for the anonymous caller, as on DuckDB; a field the caller lacks is NULL too
+        assert runtime.call("tool", "who", user=UserContext.anonymous()) == {
+            "username": None, "email": None, "user_id": None, "role": None, "provider": None, "own": "my own"}
+        assert runtime.call("tool", "who", user=UserContext(username="bob"))["email"] is None
+        with runtime.cursor() as cursor:
+            # a column default reads the caller of the call that inserts
+            cursor.run_sql("CREATE TABLE log (who text DEFAULT get_username(), what text); "
+                           "CREATE VIEW mine_only AS SELECT what FROM log WHERE who = get_username()")
+        with runtime.database.cursor() as cursor:
+            cursor.run_sql("INSERT INTO log (what) VALUES ('anonymous')")
+        db = runtime.database
+        cursor = db.acquire(alice)
+        try:
+            cursor.run_sql("INSERT INTO log (what) VALUES ($what)", {"what": "x%"})
+            assert cursor.execute("SELECT get_username() || '%'").fetchone() == ("alice%",)
+            # the view stored the rewritten expression: it reads the caller of each call
+            assert cursor.run_sql("SELECT what FROM mine_only") == [{"what": "x%"}]
+        finally:
+            db.release(cursor)
+        with pytest.raises(ExecutionError, match="DuckDB-only"), runtime.cursor() as cursor:
+            cursor.run_sql("SELECT get_user_external_token()")
+    assert postgres.sql("SELECT who, what FROM log ORDER BY what", pg_database) == [
+        (None, "anonymous"), ("alice", "x%")]
+
+
+def test_an_endpoint_filtering_by_get_username_passes_on_duckdb_and_on_postgres(pg_project, run_mxcp, postgres,
+                                                                               pg_database):
+    root = pg_project(MY_NOTES)
+    postgres.sql(NOTES_SQL, pg_database)
+    setup = run_mxcp("query", NOTES_SQL, "--profile", "default", cwd=root)
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    for profile in ("default", "pg"):
+        result = run_mxcp("test", "--profile", profile, "--json-output", cwd=root)
+        assert result.returncode == 0, (profile, result.stdout, result.stderr)
+        summary = json.loads(result.stdout)["result"]["summary"]
+        assert summary["total"] == summary["passed"] == 3, (profile, summary)
+        anonymous = run_mxcp("run", "tool", "my_notes", "--profile", profile, "--json-output", cwd=root)
+        assert anonymous.returncode == 0 and json.loads(anonymous.stdout)["result"] == [], (profile, anonymous.stdout)
+        bob = run_mxcp("run", "tool", "my_notes", "-u", '{"username": "bob"}', "--profile", profile,
+                       "--json-output", cwd=root)
+        assert json.loads(bob.stdout)["result"] == [{"body": "b1"}], (profile, bob.stdout, bob.stderr)
+    valid = run_mxcp("validate", "--profile", "pg", cwd=root)
+    assert valid.returncode == 0, valid.stdout + valid.stderr
+    # The external token is refused by validate on postgres (and DuckDB still takes it).
+    (root / "tools" / "token.yml").write_text(tool_yaml(
+        "token", "SELECT body FROM notes WHERE get_user_external_token() IS NOT NULL"), encoding="utf-8")
+    problems = {p.endpoint: p.message for p in validate_project(open_project(root)) if p.severity == "error"}
+    assert set(problems) == {"token"} and "get_user_external_token() (line 1) is DuckDB-only" in problems["token"]
+    refused = run_mxcp("validate", "--profile", "pg", cwd=root)
+    assert refused.returncode != 0 and "get_user_external_token() (line 1) is DuckDB-only" in (
+        refused.stdout + refused.stderr)
+    assert run_mxcp("validate", "--profile", "default", cwd=root).returncode == 0
 
 
 def test_a_timeout_cancels_the_query_on_the_server(pg_project, postgres, pg_database):

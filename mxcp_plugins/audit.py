@@ -410,8 +410,11 @@ def _fsync_folder(folder: Path) -> None:
 
 _sinks: dict[Path, Sink] = {}
 _sinks_lock = threading.Lock()
-# Every sink a call was audited with (any kind), so shutdown can flush and close them.
-_opened: dict[int, Any] = {}
+# The sinks each runtime (by id) has used, so its shutdown flushes and closes those, and only those: sinks are
+# shared per process (a reload reuses them), and another runtime's (a test's, `mxcp run` beside a server) are not
+# this one's to close.
+_used: dict[int, dict[int, Any]] = {}
+_used_lock = threading.Lock()
 _STATE_KEY = "audit.sink"
 
 
@@ -477,7 +480,8 @@ def _sink_of(runtime: Any, project: Any, settings: AuditSettings) -> Any:
         return cached[1]
     sink = open_sink(runtime.hooks, project, settings)
     project.state[_STATE_KEY] = (settings, sink)
-    _opened[id(sink)] = sink
+    with _used_lock:
+        _used.setdefault(id(runtime), {})[id(sink)] = sink
     return sink
 
 
@@ -546,10 +550,13 @@ def register_commands(cli: Any) -> None:
 
 @hookimpl
 def on_shutdown(runtime: Any) -> None:
-    """Records still pending get a last chance; if the file still fails, say loudly what is lost."""
-    every = {id(sink): sink for sink in _sinks.values()}
-    every.update(_opened)
-    for sink in every.values():
+    """Records still pending get a last chance; if the sink still fails, say loudly what is lost. A reload keeps the
+    sinks open (the runtime starts again at once); its pending records wait for the next write."""
+    if runtime.reloading:
+        return
+    with _used_lock:
+        used = _used.pop(id(runtime), {})
+    for sink in used.values():
         if sink.pending:
             try:
                 sink.flush(fsync=True)

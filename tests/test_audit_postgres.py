@@ -4,6 +4,7 @@ the JSONL sink chains its lines; `mxcp log`, `log verify` and `log-cleanup` read
 from __future__ import annotations
 
 import json
+import shutil
 import logging
 import subprocess
 import sys
@@ -478,6 +479,39 @@ def test_a_plugin_provides_its_own_sink_kind(project: Path, tmp_path: Path) -> N
     assert [r["operation_status"] for r in memory.records] == ["started", "success"]
     assert memory.records[1]["output_data"] == {"user": "ann", "token": "[REDACTED]"}
     assert "prev_hash" not in memory.records[0]  # the body as given: a sink chains (or not) as it writes
+
+
+def test_a_runtime_stopping_flushes_and_closes_its_own_sinks_only(project: Path, tmp_path: Path) -> None:
+    """Sinks are shared per process; one runtime's shutdown (or a reload of it) must not close another's, nor try
+    to flush its records (a test saw every later runtime retry a dead server's sink at each shutdown)."""
+    sinks = {"mine": MemorySink(), "theirs": MemorySink()}
+    closed: list[str] = []
+    for name, sink in sinks.items():
+        sink.close = lambda name=name: closed.append(name)  # type: ignore[method-assign]
+
+    class MemoryPlugin:
+        @hookimpl
+        def open_audit_sink(self, settings, project):
+            return sinks.get(settings.table)
+
+    site = SITE.replace("sink: postgres", "sink: memory")
+    other = tmp_path / "other"
+    shutil.copytree(project, other)
+    (project / "mxcp-site.yml").write_text(site % ", table: mine")
+    (other / "mxcp-site.yml").write_text(site % ", table: theirs")
+    theirs = Runtime(open_project(other, extra_plugins=[("memory_sink", MemoryPlugin())]))
+    theirs.start()
+    try:
+        sinks["theirs"].pending.append(b"{}")
+        with Runtime(open_project(project, extra_plugins=[("memory_sink", MemoryPlugin())])) as runtime:
+            login(runtime)
+            runtime.reload(description="test")
+            runtime.wait_for_reloads(timeout=30)
+            assert closed == []  # a reload keeps the sinks open
+        assert closed == ["mine"] and sinks["theirs"].pending == [b"{}"]
+    finally:
+        theirs.stop()
+    assert closed == ["mine", "theirs"] and sinks["theirs"].pending == []
 
 
 def test_the_server_hashes_any_text_as_python_does(postgres: Any, pg_database: str) -> None:

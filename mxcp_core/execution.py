@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from .project import Project
 
 log = logging.getLogger(__name__)
+# How long a reload that reads the project again waits for more requests of the same burst (see _reload_now).
+BURST_SECONDS = 0.05
 
 # The worker thread's interrupter for the call it runs: armed only while the endpoint's own code runs.
 _interrupter: contextvars.ContextVar[ThreadInterrupter | None] = contextvars.ContextVar(
@@ -663,6 +665,15 @@ class Runtime:
     def _reload_now(self, payload: Callable[[], Any] | None, description: str, config_request: int = 0) -> None:
         """`config_request` (0: none): the number of this reload among those that read the project again."""
         about = f" ({description})" if description else ""
+        if config_request and payload is None:
+            # A burst (a `kill -HUP` loop, an editor saving several files) arrives within milliseconds: wait that
+            # long, so only its last request reads the project, however slowly the machine schedules the threads.
+            time.sleep(BURST_SECONDS)
+            with self._reload_lock:
+                if config_request < self._config_requests and not self._stopping:
+                    self._reading.discard(threading.current_thread())
+                    log.info("reload%s superseded by a newer one", about)
+                    return
         # Read and check before draining: resolving references may wait on a secret store, and parsing a large
         # project takes a while; calls go on meanwhile.
         staged, problem = self._stage() if config_request else (None, None)

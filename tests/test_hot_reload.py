@@ -313,7 +313,10 @@ def test_a_call_waiting_behind_a_reload_is_refused_if_the_new_definition_hides_t
             runtime.invoke(call)
 
 
-def test_a_burst_of_reloads_drains_and_restarts_once_or_twice_not_each_time(make_project, tmp_path):
+@pytest.mark.parametrize("gap", [0.0, 0.003], ids=["at-once", "3ms-apart"])
+def test_a_burst_of_reloads_drains_and_restarts_once_or_twice_not_each_time(make_project, tmp_path, gap):
+    """Also when the requests trickle in (a busy machine schedules the signal handler late): CI once saw 5
+    restarts for a burst of 10, each reading finishing before the next request came."""
     marks = tmp_path / "marks.txt"
     root = make_project(tmp_path / "p", {"tools/one.yml": ONE, "python/mark.py": (
         f"from mxcp.runtime import on_init\n\n@on_init\ndef setup():\n"
@@ -322,10 +325,11 @@ def test_a_burst_of_reloads_drains_and_restarts_once_or_twice_not_each_time(make
     with runtime:
         for _ in range(10):
             runtime.reload(description="burst", config=True)
+            time.sleep(gap)
         runtime.wait_for_reloads(timeout=60)
         assert runtime.config_problem is None
     starts = marks.read_text().split()
-    assert 2 <= len(starts) <= 4, starts  # the first start, then the newest reading (rarely one more)
+    assert 2 <= len(starts) <= 3, starts  # the first start, then the newest reading (rarely one more)
 
 
 def test_modern_clients_hear_of_changed_lists_on_a_listen_stream(make_project, tmp_path):

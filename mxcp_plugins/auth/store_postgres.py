@@ -35,9 +35,9 @@ DEFAULT_TABLE = "mxcp_sign_in"
 KEYS = ("type", "secret", "table")
 PURGE_EVERY = 60.0  # seconds between opportunistic purges of expired rows (per process)
 POOL_SIZE = 4  # the proxy's store calls are short; a few connections serve a replica's threads
-CONNECT_WAIT = 5.0  # seconds a call waits for a pooled connection (the proxy waits on its event loop)
-# Seconds one statement may run (or wait for a lock) before the server cancels it: the proxy calls the store on its
-# event loop, so a statement stuck behind a lock would otherwise freeze the whole replica, /health included.
+CONNECT_WAIT = 5.0  # seconds a call waits for a pooled connection (the request it serves waits as long)
+# Seconds one statement may run (or wait for a lock) before the server cancels it: the proxy runs store calls in
+# worker threads, but a statement stuck behind a lock would still hold a thread and its request indefinitely.
 STATEMENT_TIMEOUT = 5.0
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 

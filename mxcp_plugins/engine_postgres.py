@@ -103,8 +103,8 @@ def _identity_call(sql: str, start: int, end: int, before: str) -> tuple[int, st
     replacement; None when it is no call of ours: part of a longer name, schema-qualified (`x.get_username()`: the
     user's own function), or the name a CREATE/DROP FUNCTION defines. `before` is the code so far, comments and
     strings blanked (a `.` may stand before a comment or whitespace)."""
-    call = _IDENTITY_CALL.match(sql, start, end)
-    if call is None or (start > 0 and _name_char(sql[start - 1])):
+    matched = _IDENTITY_CALL.match(sql, start, end)
+    if matched is None or (start > 0 and _name_char(sql[start - 1])):
         return None
     before = before.rstrip()
     if before.endswith(".") or _DEFINES.search(before):
@@ -116,7 +116,7 @@ def _identity_call(sql: str, start: int, end: int, before: str) -> tuple[int, st
             f"SQL error: {EXTERNAL_TOKEN}() (line {line}) is DuckDB-only: on PostgreSQL the caller's upstream token "
             "is never sent to the server, where statement logging could record it; read it in a Python endpoint "
             "(get_user_context().external_token)")
-    return call.end(), f"NULLIF(current_setting('mxcp.{IDENTITY_SETTINGS[name]}', true), '')"
+    return matched.end(), f"NULLIF(current_setting('mxcp.{IDENTITY_SETTINGS[name]}', true), '')"
 
 
 def _syntax_error(what: str, sql: str, at: int) -> ExecutionError:

@@ -58,6 +58,7 @@ _LAZY = {
     "quote_literal": "sql:quote_literal",
     "quote_identifier": "sql:quote_identifier",
     "install_sql_identity": "sql_identity:install_sql_identity",
+    "SQL_IDENTITY_FUNCTIONS": "sql_identity:FUNCTIONS",
     "create_function": "udf:create_function",
     "udf_methods": "udf:udf_methods",
     "function_signature": "udf:function_signature",

@@ -285,7 +285,7 @@ class Runtime:
 
     @contextmanager
     def cursor(self) -> Iterator[Any]:
-        """A fresh DuckDB cursor for work outside a call (inside one, use `mxcp.runtime.db`)."""
+        """A fresh cursor of the profile's engine for work outside a call (inside one, use `mxcp.runtime.db`)."""
         with self.database.cursor() as cursor:
             yield cursor
 
@@ -669,24 +669,13 @@ class Runtime:
             # A burst (a `kill -HUP` loop, an editor saving several files) arrives within milliseconds: wait that
             # long, so only its last request reads the project, however slowly the machine schedules the threads.
             time.sleep(BURST_SECONDS)
-            with self._reload_lock:
-                if config_request < self._config_requests and not self._stopping:
-                    self._reading.discard(threading.current_thread())
-                    log.info("reload%s superseded by a newer one", about)
-                    return
+            if self._ends_here(config_request, payload, about, read=False):
+                return
         # Read and check before draining: resolving references may wait on a secret store, and parsing a large
         # project takes a while; calls go on meanwhile.
         staged, problem = self._stage() if config_request else (None, None)
-        with self._reload_lock:
-            self._reading.discard(threading.current_thread())
-            if self._stopping:
-                log.info("reload%s abandoned: the server is stopping", about)
-                return
-            if config_request and payload is None and config_request < self._config_requests:
-                # A newer reload reads the project again after this one: a burst of SIGHUPs (or saves) costs one
-                # drain and restart, not one each.
-                log.info("reload%s superseded by a newer one", about)
-                return
+        if self._ends_here(config_request, payload, about, read=True):
+            return
         deadline = self.context.site.limits.reload_deadline
         swapped = False
         with self.gate.exclusive(deadline=deadline, overdue=self._interrupt_active_calls), self._reloading():
@@ -753,6 +742,20 @@ class Runtime:
                     listener()
                 except Exception:  # noqa: BLE001 - a listener's bug must not undo a finished reload
                     log.exception("a reload listener failed")
+
+    def _ends_here(self, config_request: int, payload: Any, about: str, *, read: bool) -> bool:
+        """Whether this reload stops before draining: the server is stopping, or a newer reload reads the project
+        after it (a burst of SIGHUPs or saves costs one drain and restart, not one each). `read`: its reading is
+        over, so it no longer holds up a stop."""
+        with self._reload_lock:
+            superseded = bool(config_request and payload is None and config_request < self._config_requests)
+            if read or self._stopping or superseded:
+                self._reading.discard(threading.current_thread())
+            if self._stopping:
+                log.info("reload%s abandoned: the server is stopping", about)
+            elif superseded:
+                log.info("reload%s superseded by a newer one", about)
+            return self._stopping or superseded
 
     @contextmanager
     def _reloading(self) -> Iterator[None]:

@@ -1,4 +1,5 @@
-"""Running SQL text with bound parameters on a DuckDB cursor; the rows type `db.execute` returns."""
+"""Running SQL text with bound parameters on a DuckDB cursor (another engine's cursor runs it itself, through its
+`run_sql`); the rows type `db.execute` returns."""
 from __future__ import annotations
 
 import functools
@@ -105,11 +106,11 @@ def run_sql(
     `Rows.more` says whether there were more. On the current call's cursor, the caller's identity is bound
     first when the SQL needs it (`get_username()` & co., sql_identity.py).
     """
-    import duckdb
-
     engine_run = getattr(cursor, "run_sql", None)
     if engine_run is not None:  # a cursor of another engine (open_sql_engine) runs SQL its own way
         return engine_run(sql, params, max_rows=max_rows)
+    import duckdb
+
     statements = parsed_statements(sql)
     if not statements:
         return Rows([], [])

@@ -43,6 +43,9 @@ def config_sections():
 KNOWN_SECRET_TYPES = frozenset(
     {"s3", "r2", "gcs", "azure", "http", "huggingface", "mysql", "postgres", "iceberg", "ducklake"}
 )
+# The one DuckDB secret type mxcp's own plugins also read (postgres_connect): without DuckDB's extension it is
+# still theirs to use.
+MXCP_OWN_SECRET_TYPE = "postgres"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EXTENSION_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
@@ -104,16 +107,17 @@ def create_secrets(conn: Any, project: ProjectContext) -> None:
         try:
             conn.execute(statement)
         except duckdb.Error as exc:
-            reason = _reason_without_values(exc, secret.parameters)
-            if "automatically install" in first_line(exc):  # the raw text: only the phrase is looked at
-                # The secret may be meant for mxcp itself (a postgres audit sink, sign-in store) rather than for
-                # DuckDB's SQL, so a missing extension is said, not fatal. An extension the project needs is
-                # listed under `extensions:`, which fails the start when it cannot be loaded (load_extensions).
+            # the raw text: only the phrase is looked at
+            if secret_type == MXCP_OWN_SECRET_TYPE and "automatically install" in first_line(exc):
+                # A postgres secret may be meant for mxcp itself (the postgres engine, audit sink, sign-in store)
+                # rather than DuckDB's SQL, so a missing extension is said, not fatal. An extension the project
+                # needs is listed under `extensions:`, which fails the start when it cannot be loaded.
                 log.warning(
                     "secret '%s' (type %s) is not available to DuckDB's SQL: the DuckDB extension providing it is "
                     "not installed and could not be installed automatically (install it once while online, or "
                     "list it under `extensions:` to require it)", secret.name, secret_type)
                 continue
+            reason = _reason_without_values(exc, secret.parameters)
             raise ConfigError(
                 f"secret '{secret.name}' (type {secret_type}): DuckDB could not create it: {reason}"
             ) from None

@@ -31,6 +31,7 @@ from mxcp_core import (
     ConfigError,
     ExecutionError,
     NotFoundError,
+    SQL_IDENTITY_FUNCTIONS,
     Rows,
     first_line,
     hookimpl,
@@ -58,17 +59,12 @@ _TO_SAVEPOINT = re.compile(r"\s*rollback(\s+(work|transaction))?\s+to\b", re.IGN
 # one becomes a read of the transaction-local setting `acquire()` sets, NULL for the anonymous caller (set to '') as
 # on DuckDB. An expression, not a function of ours in the database: nothing to install, and it works in a column
 # DEFAULT, where a subquery would not.
-IDENTITY_SETTINGS = {
-    "get_user_id": "user_id",
-    "get_username": "username",
-    "get_user_email": "email",
-    "get_user_provider": "provider",
-    "get_user_role": "role",
-}
 # Not rewritten but refused: the upstream token would have to travel in a set_config() parameter, and statement
 # logging (log_statement, auto_explain, pg_stat_statements...) can write those to the server's log.
 EXTERNAL_TOKEN = "get_user_external_token"
-_IDENTITY_NAME = re.compile(r"get_(?:username|user_(?:id|email|provider|role|external_token))", re.IGNORECASE)
+IDENTITY_SETTINGS = {name: field for name, field in SQL_IDENTITY_FUNCTIONS.items() if name != EXTERNAL_TOKEN}
+_IDENTITY_NAME = re.compile("(?:" + "|".join(sorted(map(re.escape, SQL_IDENTITY_FUNCTIONS), key=len, reverse=True))
+                            + ")", re.IGNORECASE)
 # A call: the bare name, optional whitespace, `()` (with arguments it is some other function).
 _IDENTITY_CALL = re.compile(_IDENTITY_NAME.pattern + r"\s*\(\s*\)", re.IGNORECASE)
 # The word before a name that makes it the name of a function being defined or dropped, not a call.
@@ -329,10 +325,6 @@ def _jsonb() -> Any:
     return Jsonb
 
 
-def _rows(columns: Sequence[str], tuples: list[tuple[Any, ...]], more: bool = False) -> Rows:
-    return Rows(columns, tuples, more)
-
-
 def _sql_error(exc: BaseException) -> ExecutionError:
     return ExecutionError(f"SQL error: {mask(first_line(exc))}")
 
@@ -357,21 +349,21 @@ class PostgresCursor:
         `max_rows` of them (`more` says whether there were more)."""
         statements = scan(sql)
         if not statements:
-            return _rows([], [])
+            return Rows([], [])
         self._run(statements, params, stream=max_rows is not None)
         current = self._current()
         if current.description is None:
-            return _rows([], [])
+            return Rows([], [])
         columns = [column.name for column in current.description]
         try:
             if max_rows is None:
-                return _rows(columns, current.fetchall())
+                return Rows(columns, current.fetchall())
             tuples = current.fetchmany(max_rows + 1)
         except _psycopg().Error as exc:
             raise self._error(exc) from None
         more = len(tuples) > max_rows
         del tuples[max_rows:]
-        return _rows(columns, tuples, more)
+        return Rows(columns, tuples, more)
 
     def _run(self, statements: tuple[Statement, ...], params: Any, *, stream: bool = False) -> None:
         import psycopg
@@ -493,10 +485,6 @@ class PostgresEngine:
         self._where = ""
         self._lock = threading.Lock()
         self._stopped = False
-
-    @property
-    def is_open(self) -> bool:
-        return self._pool is not None
 
     def open(self) -> None:
         """Check the configuration, connect once (so a bad address or password fails here, naming where), then
@@ -655,7 +643,7 @@ class PostgresEngine:
             if result.status != pq.ExecStatus.COMMAND_OK:
                 message = (result.error_message or b"").decode("utf-8", "replace")
                 # "ERROR:  relation ... does not exist": the message without libpq's severity prefix.
-                message = re.sub(r"^\s*(ERROR|FATAL):\s*", "", first_line(Exception(message)))
+                message = re.sub(r"^\s*(ERROR|FATAL):\s*", "", message.strip().split("\n", 1)[0])
                 return [f"SQL does not prepare: {mask(message)}"]
             return []
         finally:

@@ -33,8 +33,8 @@ class SqlExecutor:
 
     def start(self, runtime: Any) -> None:
         self._texts.clear()
-        # Spans name the profile's engine (`sql.engine`).
-        name = runtime.context.site.profile_config(runtime.context.profile).sql.engine
+        # Spans name the profile's engine.
+        name = runtime.database.name
         self._system = _OTEL_SYSTEMS.get(name, name)
 
     def _text(self, endpoint: EndpointDefinition) -> str:
@@ -85,7 +85,7 @@ class SqlExecutor:
 
 
 @functools.lru_cache(maxsize=512)  # an endpoint's text is the same on every call: hashed once
-def sql_span_attributes(text: str, system: str = "duckdb") -> dict[str, Any]:
+def sql_span_attributes(text: str, system: str) -> dict[str, Any]:
     """What a span says about a statement: a hash of its text and its first keyword. Never the text itself, which
     may hold literals as sensitive as any argument; never the parameter values."""
     attributes = {"db.system.name": system, "db.system": system,

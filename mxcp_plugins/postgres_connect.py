@@ -16,7 +16,8 @@ POSTGRES_EXTRA = "mxcp-pluggy[postgres]"
 SECRET_TYPE = "postgres"
 # The original's keys, and what libpq calls them.
 _RENAMED = {"database": "dbname", "username": "user"}
-# libpq connection keywords a secret may carry besides host, port, dbname, user, password.
+# libpq connection keywords a secret may carry besides host, port, dbname, user, password. Those that say where to
+# connect rather than prove who connects are also in mxcp_core.redaction.LOCATION_KEYS (not masked): keep both.
 _PASSED_THROUGH = frozenset({
     "sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword", "connect_timeout", "application_name",
     "options", "target_session_attrs", "gssencmode", "channel_binding", "hostaddr", "passfile", "service",

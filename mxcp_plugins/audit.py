@@ -34,7 +34,7 @@ SCHEMA_NAME = "mxcp.audit"
 # 3: `prev_hash` and `record_hash` chain the records (docs/audit.md, "The hash chain").
 SCHEMA_VERSION = 3
 STARTED = "started"
-# Completion records kept in memory while the file cannot take them (written before the next record). With
+# Completion records kept in memory while the sink cannot take them (written before the next record). With
 # `on_failure: refuse` calls stop at the first failure, so this only fills when failures are merely logged.
 MAX_PENDING = 1000
 DEFAULT_TABLE = "mxcp_audit"  # a database sink's table
@@ -89,15 +89,6 @@ def config_sections():
 def audit_enabled(settings: AuditSettings) -> bool:
     env = env_flag("MXCP_AUDIT_ENABLED")
     return env if env is not None else settings.enabled
-
-
-def audit_path(project: Any, settings: AuditSettings | None = None) -> Path | None:
-    """Where the JSONL sink writes for this project, or None when auditing is off."""
-    if settings is None:
-        settings = project.plugin_config("audit", scope="site_profile")
-    if not audit_enabled(settings):
-        return None
-    return configured_path(project, settings)
 
 
 def configured_path(project: Any, settings: AuditSettings) -> Path:
@@ -448,7 +439,7 @@ def open_sink(hooks: Any, project: Any, settings: AuditSettings) -> Any:
     """
     key = f"profiles.{project.profile}.audit.sink"
     try:
-        sink = hooks.open_audit_sink(settings=settings, project=project) if hooks is not None else None
+        sink = hooks.open_audit_sink(settings=settings, project=project)
     except Exception as exc:  # noqa: BLE001 - a sink that cannot be opened (its secret missing, ...) stops calls
         raise NoSink(f"the audit sink '{settings.sink}' ({key}) cannot be opened: {reason(exc)}") from None
     if sink is None:
@@ -572,8 +563,8 @@ def on_shutdown(runtime: Any) -> None:
 def reason(exc: BaseException) -> str:
     # strerror alone: the path is named separately, and the client's copy of the message drops paths.
     # A multi-line message (a database driver's, with hints) is shortened to its first line.
-    text = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) or type(exc).__name__
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    text = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _input_data(call: Any) -> Any:

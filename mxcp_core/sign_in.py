@@ -94,10 +94,10 @@ class SignInStore(Protocol):
 
     def take(self, kind: str, key: str) -> dict[str, Any] | None: ...
 
-    # Optional (the proxy falls back to put-then-get without it): store unless a live record exists, answering
-    # the record kept, so replicas racing to create the encryption key all end up with the first one.
-    def put_if_absent(self, kind: str, key: str, record: Mapping[str, Any], *, expires_at: float | None = None,
-                      grant: str | None = None) -> dict[str, Any]: ...
+    # Optional, so not a member here (the proxy falls back to put-then-get without it):
+    #   put_if_absent(kind, key, record, *, expires_at=None, grant=None) -> dict
+    # stores unless a live record exists and answers the record kept, so replicas racing to create the encryption
+    # key all end up with the first one. Both builtin stores offer it; a store shared by replicas should.
 
     def delete(self, kind: str, key: str) -> None: ...
 

@@ -241,7 +241,7 @@ class SignInProxy:
     def _cipher(self) -> Any:
         # The key lives in the store next to what it protects: this keeps upstream tokens and client secrets out
         # of plain sight (backups, a casual `sqlite3 .dump`), not away from someone who can read the whole store.
-        # Replicas sharing a store must agree on it: a store offering `put_if_absent` (the postgres one) keeps the
+        # Replicas sharing a store must agree on it: a store offering `put_if_absent` (both builtin ones) keeps the
         # first writer's key when two create it at the same moment. With others the last writer's is stored, and a
         # replica that raced it would encrypt with a key no other replica reads.
         with self._fernet_lock:
@@ -261,21 +261,22 @@ class SignInProxy:
                 self._fernet = Fernet(record["key"].encode())
             return self._fernet
 
-    async def _cipher_ready(self) -> None:
-        """Read (or create) the key before `_encrypt`/`_decrypt`, off the event loop as every store call."""
+    async def _ready_cipher(self) -> Any:
+        """The cipher, its key read (or created) off the event loop the first time, as every store call."""
         if self._fernet is None:
-            await anyio.to_thread.run_sync(self._cipher)
+            return await anyio.to_thread.run_sync(self._cipher)
+        return self._fernet
 
-    def _encrypt(self, value: str) -> str:
-        return self._cipher().encrypt(value.encode()).decode()
+    async def _encrypt(self, value: str) -> str:
+        return (await self._ready_cipher()).encrypt(value.encode()).decode()
 
-    def _decrypt(self, value: str | None) -> str | None:
+    async def _decrypt(self, value: str | None) -> str | None:
         if value is None:
             return None
         from cryptography.fernet import InvalidToken
 
         try:
-            return self._cipher().decrypt(value.encode()).decode()
+            return (await self._ready_cipher()).decrypt(value.encode()).decode()
         except InvalidToken:
             logger.warning("sign-in: a stored secret could not be decrypted (the store's key changed?)")
             return None
@@ -300,11 +301,10 @@ class SignInProxy:
             return self.static_clients[client_id]
         record = await self._db.get(CLIENT, client_id)
         if record is not None:
-            await self._cipher_ready()
             data = dict(record)
             encrypted = data.pop("client_secret_enc", None)
             if encrypted is not None:
-                data["client_secret"] = self._decrypt(encrypted)
+                data["client_secret"] = await self._decrypt(encrypted)
             return OAuthClientInformationFull.model_validate(data)
         if self.client_metadata_documents and client_id.startswith("https://"):
             return await self._metadata_document_client(client_id)
@@ -320,8 +320,7 @@ class SignInProxy:
         data = client_info.model_dump(mode="json", exclude_none=True)
         secret = data.pop("client_secret", None)
         if secret is not None:
-            await self._cipher_ready()
-            data["client_secret_enc"] = self._encrypt(secret)
+            data["client_secret_enc"] = await self._encrypt(secret)
         await self._db.put(CLIENT, client_info.client_id, data)
         logger.info("sign-in: registered client %s (%s)", client_info.client_id, client_info.client_name or "unnamed")
 
@@ -568,7 +567,6 @@ class SignInProxy:
         code = secrets.token_urlsafe(32)
         grant = uuid.uuid4().hex
         expires_at = time.time() + self.code_ttl
-        await self._cipher_ready()
         await self._db.put(CODE, _hash(code), {
             "client_id": login["client_id"],
             "scopes": login["scopes"],
@@ -579,7 +577,7 @@ class SignInProxy:
             "expires_at": expires_at,
             "subject": claims["sub"],
             "claims": claims,
-            "upstream": self._encrypt(upstream_token),
+            "upstream": await self._encrypt(upstream_token),
             "grant": grant,
         }, expires_at=expires_at, grant=grant)
         logger.info("sign-in: %s user %s signed in for client %s", self.provider_name, claims["sub"],
@@ -748,12 +746,11 @@ class SignInProxy:
         record = await self._db.get(ACCESS, _hash(token))
         if record is None or record["expires_at"] <= time.time():
             return None
-        await self._cipher_ready()
         claims = dict(record["claims"])
         claims.update({
             "iss": self.base_url,
             "mxcp:provider": self.provider_name,
-            "mxcp:upstream_token": self._decrypt(record.get("upstream")),
+            "mxcp:upstream_token": await self._decrypt(record.get("upstream")),
         })
         return AccessToken(token=token, client_id=record["client_id"], scopes=list(record["scopes"]),
                            expires_at=int(record["expires_at"]), resource=record.get("resource"),

@@ -4,8 +4,9 @@
 
 Starts everything it needs on 127.0.0.1 and stops it after: a PostgreSQL server (tests/postgres_server.py, from the
 system's postgresql-15 package), HAProxy (tests/haproxy_server.py, from the haproxy package), and `mxcp serve
---transport http --stateless --json-response` replicas. The load is bench/bench_server.py's HTTP client: `--clients`
-keep-alive connections, each posting `tools/call` of a trivial tool one after another. It prints, in one run:
+--transport http --stateless --json-response` replicas. The load is a client like bench/bench_server.py's, with
+CPU accounting: `--clients` keep-alive connections, each posting `tools/call` of a trivial tool one after another.
+It prints, in one run:
 
 - the machine: its cores (the replicas, HAProxy, PostgreSQL and the load client all share them);
 - trivial-tool calls/s on DuckDB straight to one replica (the reference), and through HAProxy with 1 and with 2
@@ -45,7 +46,7 @@ for folder in (REPO, REPO / "tests", HERE):  # the bench runs from a clean clone
         sys.path.insert(0, str(folder))
 
 from haproxy_server import haproxy, haproxy_binary
-from postgres_server import PostgresServer, postgres_bindir
+from postgres_server import PostgresServer, PostgresUnavailable, launch_postgres
 from server_helpers import free_port, stop_process, wait_for_port
 
 MXCP = [sys.executable, "-c", "from mxcp_core.cli import main; main()"]
@@ -295,20 +296,11 @@ def sink_capacity(sink: Any, writers: int, records: int) -> float:
 
 
 def start_postgres() -> tuple[PostgresServer | None, str]:
-    bindir = postgres_bindir()
-    if bindir is None:
-        return None, "PostgreSQL server binaries not installed (apt-get install postgresql-15)"
+    """The tests' server (tests/postgres_server.py), or None and what is missing."""
     try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        return None, "psycopg not installed (pip install 'mxcp-pluggy[postgres]')"
-    server = PostgresServer(bindir)
-    try:
-        server.start()
-    except BaseException:
-        server.stop()  # its temporary folder, and a server that started but was not answering
-        raise
-    return server, ""
+        return launch_postgres(), ""
+    except PostgresUnavailable as exc:
+        return None, str(exc)
 
 
 def postgres_version(server: PostgresServer) -> str:
@@ -376,11 +368,6 @@ def main() -> None:
               f"p50 {pg_two['p50_ms']:.2f} ms  (x{pg_two['calls_per_s'] / pg_one['calls_per_s']:.2f} of 1 replica)")
         print(cpu_note(pg_two))
 
-        from mxcp_plugins import audit_postgres
-
-        if not hasattr(audit_postgres, "open_audit_sink"):
-            print("\nThe shared postgres audit sink: skipped (mxcp_plugins/audit_postgres.py has no open_audit_sink)")
-            return
         audited = through_haproxy(root, environ, 1, clients, calls, workdir, "--profile", "audited", pg=pg)
         sink = open_postgres_sink(root, environ)
         try:

@@ -21,7 +21,6 @@ import csv
 import io
 import shutil
 import subprocess
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -38,8 +37,7 @@ def haproxy_binary() -> str | None:
     return shutil.which("haproxy")
 
 
-def config_text(port: int, stats_port: int, backends: Sequence[int], *, check_interval_ms: int = 300,
-                keep_alive: bool = False) -> str:
+def config_text(port: int, stats_port: int, backends: Sequence[int], *, keep_alive: bool = False) -> str:
     """The HAProxy config: round robin over `backends` (ports on 127.0.0.1), each health-checked on /health.
 
     `keep_alive`: server-side connections are kept and shared (`http-reuse always`) instead of one per request;
@@ -76,7 +74,7 @@ backend replicas
     balance roundrobin
     option httpchk GET /health
     http-check expect status 200
-    default-server inter {check_interval_ms}ms fall 2 rise 1
+    default-server inter 300ms fall 2 rise 1
 {servers}
 
 frontend stats
@@ -89,14 +87,13 @@ frontend stats
 class HAProxy:
     """One running HAProxy: `url` is the frontend's base URL (http://127.0.0.1:<port>)."""
 
-    def __init__(self, binary: str, backends: Sequence[int], folder: Path | None = None, *,
-                 keep_alive: bool = False) -> None:
+    def __init__(self, binary: str, backends: Sequence[int], folder: Path, *, keep_alive: bool = False) -> None:
         self.binary = binary
         self.keep_alive = keep_alive
         self.backends = list(backends)
         self.port = free_port()
         self.stats_port = free_port()
-        self.folder = Path(folder or tempfile.mkdtemp(prefix="mxcp-haproxy-"))
+        self.folder = Path(folder)
         self.config = self.folder / "haproxy.cfg"
         self.log = self.folder / "haproxy.log"
         self.process: subprocess.Popen | None = None
@@ -153,7 +150,7 @@ class HAProxy:
 
 
 @contextlib.contextmanager
-def haproxy(backends: Sequence[int], folder: Path | None = None, binary: str | None = None, *,
+def haproxy(backends: Sequence[int], folder: Path, binary: str | None = None, *,
             keep_alive: bool = False) -> Iterator[HAProxy]:
     """A started HAProxy balancing over `backends` whose servers are all UP; stopped after.
 

@@ -136,15 +136,28 @@ class PostgresServer:
         return name
 
 
+class PostgresUnavailable(Exception):
+    """What this machine lacks to run a PostgreSQL server (the message says how to get it)."""
+
+
 def start_postgres() -> PostgresServer:
     """A started server, or a skip naming what is missing."""
+    try:
+        return launch_postgres()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+def launch_postgres() -> PostgresServer:
+    """A started server; PostgresUnavailable naming what is missing (for the bench as for the tests)."""
     bindir = postgres_bindir()
     if bindir is None:
-        pytest.skip(SKIP_REASON)
+        raise PostgresUnavailable(SKIP_REASON)
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        pytest.skip("psycopg is not installed (it comes with the test extra: pip install -e '.[test]')")
+        raise PostgresUnavailable("psycopg is not installed (it comes with the test extra: pip install -e "
+                                  "'.[test]', or the postgres extra)") from None
     server = PostgresServer(bindir)
     deadline = time.monotonic() + 5
     while True:

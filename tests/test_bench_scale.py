@@ -44,10 +44,6 @@ def test_bench_scale_quick_prints_every_figure(tmp_path: Path):
     require_haproxy()
     if postgres_bindir() is None:
         pytest.skip(SKIP_REASON)
-    from mxcp_plugins import audit_postgres
-
-    if not hasattr(audit_postgres, "open_audit_sink"):
-        pytest.skip("mxcp_plugins/audit_postgres.py has no open_audit_sink yet (the postgres audit sink)")
     # Its own temporary folder, so what it leaves behind shows: folders, and processes started from them. Not
     # under tmp_path: under root, PostgreSQL runs as the postgres user, who cannot enter pytest's 0700 folders.
     temporary = Path(tempfile.mkdtemp(prefix="mxcp-bench-test-"))
